@@ -1,0 +1,316 @@
+"""Tables and curves from trajectory files (never re-runs training).
+
+Runs are grouped by config values (dotted keys such as "rule.name"); each group reports the
+mean and the sample standard deviation (ddof=1; 0 for a single run) over its runs, which
+usually differ only in their seed. Files that cannot be used (missing, damaged, not a
+trajectory, or without the requested metric) are skipped with a ``SkippedFileWarning`` that
+names the file and the reason; when no file at all can be used a ``NoisysimError`` is raised.
+
+    get_config_value(config, "rule.name")
+    summarize(paths, by=["rule.name"], metric="eval/test_accuracy") -> rows
+    format_table(rows) -> str
+    curves(paths, by=["rule.name"], metric="eval/test_accuracy", x="step") -> per group curves
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from noisysim.errors import NoisysimError
+from noisysim.record import INDEX_KEYS, INT_FILL, Trajectory, _one_line, split_metric
+
+STAT_KEYS = ("mean", "std", "n", "files", "values", "x")
+_MISSING = object()
+
+
+class AnalysisWarning(UserWarning):
+    """Something in the data that the analysis worked around (the message says what)."""
+
+
+class SkippedFileWarning(AnalysisWarning):
+    """A trajectory file was left out of an analysis; the message names it and says why."""
+
+
+# --------------------------------------------------------------------------------------
+# config access
+
+
+def get_config_value(config: Mapping, key: str, default: Any = _MISSING) -> Any:
+    """Value at a dotted path ("rule.name", "network.widths.0"); list items by index.
+
+    Without ``default`` a missing key raises NoisysimError naming what is there instead.
+    """
+    node: Any = config
+    done: list[str] = []
+    for part in key.split("."):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif (
+            isinstance(node, (list, tuple))
+            and part.lstrip("-").isdigit()
+            and -len(node) <= int(part) < len(node)
+        ):
+            node = node[int(part)]
+        else:
+            if default is not _MISSING:
+                return default
+            where = ".".join(done) or "the top level"
+            have = ", ".join(map(str, node)) if isinstance(node, Mapping) else type(node).__name__
+            raise NoisysimError(f"config has no key {key!r} (at {where}: {have})")
+        done.append(part)
+    return node
+
+
+def flatten_config(config: Mapping, prefix: str = "") -> dict[str, Any]:
+    """{"rule": {"name": "np"}} -> {"rule.name": "np"} (lists stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping) and value:
+            out.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# loading
+
+
+def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """Paths as given; a directory stands for the *.h5 / *.hdf5 files below it (sorted)."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: list[Path] = []
+    for item in paths:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*") if p.suffix in (".h5", ".hdf5") and p.is_file()
+            )
+            if not found:
+                text = f"skipping {path}: directory holds no .h5 files"
+                warnings.warn(text, SkippedFileWarning, stacklevel=3)
+            out.extend(found)
+        else:
+            out.append(path)
+    return out
+
+
+def _skip(path: Path, reason: str) -> None:
+    text = f"skipping file: {reason}" if str(path) in reason else f"skipping {path}: {reason}"
+    warnings.warn(text, SkippedFileWarning, stacklevel=4)
+
+
+def _load(
+    paths, metric: str, need: Sequence[str] = ()
+) -> list[tuple[Trajectory, dict[str, np.ndarray]]]:
+    """Open every file and read the metric's group; skip (with a warning) what cannot be used."""
+    group, name = split_metric(metric)
+    loaded = []
+    reasons = []
+    files = expand_paths(paths)
+    for path in files:
+        try:
+            traj = Trajectory(path)
+            table = traj.table(group, [name, *need])  # raises naming what the group has
+            if table[name].shape[0] == 0:
+                raise NoisysimError(f"no rows in {group} yet (status {traj.status})")
+        except (NoisysimError, OSError, RuntimeError, KeyError, ValueError) as err:
+            # damaged files fail in h5py in many ways; none of them stops the analysis
+            reason = _one_line(err)
+            reasons.append(reason if str(path) in reason else f"{path}: {reason}")
+            _skip(path, reason)
+            continue
+        loaded.append((traj, table))
+    if not loaded:
+        if not files:
+            raise NoisysimError("no trajectory files given")
+        raise NoisysimError(
+            f"none of the {len(files)} file(s) could be used for {metric}; first: {reasons[0]}"
+        )
+    return loaded
+
+
+def _as_list(by: str | Sequence[str] | None) -> list[str]:
+    if by is None:
+        return []
+    if isinstance(by, str):
+        return [by]
+    return list(by)
+
+
+def _group_runs(loaded, by: list[str]) -> list[tuple[dict[str, Any], list]]:
+    """Group loaded runs by the values of the ``by`` keys, sorted by those values."""
+    configs = [traj.config for traj, _ in loaded]
+    for key in by:
+        absent = object()
+        if all(get_config_value(c, key, absent) is absent for c in configs):
+            known = sorted({k for c in configs for k in flatten_config(c)})
+            close = difflib.get_close_matches(key, known, n=3)
+            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+            raise NoisysimError(f"no run's config has the key {key!r} to group by{hint}")
+    groups: dict[str, tuple[dict[str, Any], list]] = {}
+    for run in loaded:
+        values = {key: get_config_value(run[0].config, key, None) for key in by}
+        ident = json.dumps([values[k] for k in by], sort_keys=True, default=str)
+        groups.setdefault(ident, (values, []))[1].append(run)
+    return sorted(groups.values(), key=lambda item: [_sort_key(item[0][k]) for k in by])
+
+
+def _sort_key(value: Any) -> tuple:
+    if value is None:
+        return (2, 0.0, "")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, json.dumps(value, sort_keys=True, default=str))
+
+
+def _mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample std (ddof=1) over axis 0; std 0 for one run. NaN propagates."""
+    mean = values.mean(axis=0)
+    std = values.std(axis=0, ddof=1) if values.shape[0] > 1 else np.zeros_like(mean)
+    return mean, std
+
+
+# --------------------------------------------------------------------------------------
+# summaries
+
+
+def summarize(
+    paths,
+    by: str | Sequence[str] | None = ("rule.name",),
+    metric: str = "eval/test_accuracy",
+) -> list[dict[str, Any]]:
+    """Final value of ``metric`` per run, aggregated per group of ``by`` config values.
+
+    Each row: the ``by`` values (None where a run's config lacks the key), ``mean``,
+    ``std`` (ddof=1, 0 when n == 1), ``n``, ``files`` and the per-file ``values``. A run's
+    final value is its last recorded row, NaN included (a diverged run makes the mean NaN).
+    """
+    by = _as_list(by)
+    _, name = split_metric(metric)
+    loaded = _load(paths, metric)
+    rows = []
+    for values, runs in _group_runs(loaded, by):
+        finals = np.array([float(table[name][-1]) for _, table in runs])
+        mean, std = _mean_std(finals)
+        rows.append(
+            {
+                **values,
+                "mean": float(mean),
+                "std": float(std),
+                "n": len(runs),
+                "files": [str(traj.path) for traj, _ in runs],
+                "values": finals.tolist(),
+            }
+        )
+    return rows
+
+
+def _cell(value: Any, digits: int) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.{digits}g}"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], digits: int = 4) -> str:
+    """Plain-text table: the group columns, then mean, std and n (numbers right-aligned)."""
+    if not rows:
+        return "(no runs)"
+    columns = [k for k in rows[0] if k not in STAT_KEYS]
+    columns += [k for k in ("mean", "std", "n") if k in rows[0]]
+    cells = [[_cell(row.get(col), digits) for col in columns] for row in rows]
+    numeric = [
+        all(
+            isinstance(row.get(col), (int, float)) and not isinstance(row.get(col), bool)
+            for row in rows
+        )
+        for col in columns
+    ]
+    widths = [max(len(col), *(len(line[i]) for line in cells)) for i, col in enumerate(columns)]
+
+    def line(items: Sequence[str]) -> str:
+        parts = [
+            item.rjust(w) if num else item.ljust(w) for item, w, num in zip(items, widths, numeric)
+        ]
+        return "  ".join(parts).rstrip()
+
+    out = [line(columns), line(["-" * w for w in widths])]
+    out.extend(line(c) for c in cells)
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------
+# curves
+
+
+def curves(
+    paths,
+    by: str | Sequence[str] | None = ("rule.name",),
+    metric: str = "eval/test_accuracy",
+    x: str = "step",
+) -> list[dict[str, Any]]:
+    """Mean and std over runs of ``metric`` against ``x`` (a series of the same group).
+
+    Runs are aligned by x value. A group's curve covers the x values that all its runs
+    have (the common values; a shorter or still running run shortens the curve, with a
+    warning). A run that logged the same x twice contributes its last row. Each entry: the
+    ``by`` values, ``x``, ``mean``, ``std`` (ddof=1, 0 for one run), ``n``, ``files``.
+    """
+    by = _as_list(by)
+    _, name = split_metric(metric)
+    loaded = _load(paths, metric, need=(x,))
+    out = []
+    for values, runs in _group_runs(loaded, by):
+        per_run = []
+        for _, table in runs:
+            xs, ys = table[x], table[name]
+            keep = xs != INT_FILL if x in INDEX_KEYS else np.isfinite(xs)
+            xs, ys = xs[keep], ys[keep]
+            # last occurrence of each x value
+            rev_x, rev_idx = np.unique(xs[::-1], return_index=True)
+            per_run.append((rev_x, ys[::-1][rev_idx]))
+        common = per_run[0][0]
+        for xs, _ in per_run[1:]:
+            common = np.intersect1d(common, xs)
+        if any(xs.shape[0] != common.shape[0] for xs, _ in per_run):
+            label = ", ".join(f"{k}={v}" for k, v in values.items()) or "all runs"
+            warnings.warn(
+                f"{label}: runs have different {x} values; using the {common.shape[0]} they share",
+                AnalysisWarning,
+                stacklevel=2,
+            )
+        stacked = np.stack([ys[np.searchsorted(xs, common)] for xs, ys in per_run])
+        stacked = stacked.astype(np.float64)
+        mean, std = _mean_std(stacked)
+        out.append(
+            {
+                **values,
+                "x": common,
+                "mean": mean,
+                "std": std,
+                "n": len(runs),
+                "files": [str(traj.path) for traj, _ in runs],
+            }
+        )
+    return out
+
+
+def group_label(entry: Mapping[str, Any]) -> str:
+    """"np" for one grouping key, "rule.name=np, seed=1" for several, "all runs" for none."""
+    keys = [k for k in entry if k not in STAT_KEYS]
+    if len(keys) == 1:
+        return _cell(entry[keys[0]], 6)
+    return ", ".join(f"{k}={_cell(entry[k], 6)}" for k in keys) or "all runs"

@@ -1,0 +1,131 @@
+"""``noisysim bench``: time full training steps and compare with numpy's matmul.
+
+A full step is what the training engine does per batch: the device's passes, the rule's
+estimate, the optimiser update and (for decorrelated rules) the R update. Warm-up steps
+(compilation, first-touch allocations) are excluded; the median of the timed steps is
+reported.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+
+import numpy as np
+
+from .errors import NoisysimError, check_number
+
+FLOP_COUNTING = (
+    "FLOPs are counted as 2*m*n*k for every matrix product the step needs as noisysim "
+    "schedules it: forward products per layer over the rows of the passes that layer computes "
+    "(layer 0 once, its input being noise-free), the x R^T products of decorrelated layers, "
+    "the rule's gradient products (outer products of per-sample scales and inputs, or BP's "
+    "backward products) and the two products of each R update; elementwise work (noise, "
+    "activations, losses, optimiser) is not counted. gemm_gflop_per_s is numpy's matmul on "
+    "exactly those shapes in the same process, so ratio_to_gemm = time of those products "
+    "alone / time of the whole step."
+)
+
+
+def step_products(rule, widths, batch) -> list[tuple[int, int, int]]:
+    """The (m, k, n) shapes of the matrix products of one step (see FLOP_COUNTING)."""
+    L = len(widths) - 1
+    req = rule.request()
+    K = req.get("samples", 1)
+    if req.get("perturb") == "each_layer":
+        rows = [1 + (l + 1) * K for l in range(L)]
+        P = 1 + L * K
+    else:
+        P = 1 + K
+        rows = [P] * L
+    prods = []
+    for l in range(L):
+        n_in, n_out = widths[l], widths[l + 1]
+        passes = 1 if l == 0 else rows[l]
+        if rule.decorrelated:
+            prods.append((passes * batch, n_in, n_in))          # x R^T
+        prods.append((passes * batch, n_in, n_out))              # forward
+        if rule.family in ("bp", "fg"):
+            prods.append((n_out, batch, n_in))                   # gradient / tangent product
+            if l > 0:
+                prods.append((batch, n_out, n_in))               # delta W / tangent forward
+        else:
+            prods.append((n_out, (P - 1) * batch if rule.family != "wp" else 1, n_in))
+        if rule.decorrelated:
+            prods.append((batch, n_in, n_in))                    # X R
+            prods.append((n_in, batch, n_in))                    # X^T (X R)
+    return prods
+
+
+def _median_time(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bench(rule="danp", layers="3072,1024,1024,1024,10", batch=1000, steps=5, backend="cpu",
+          noise="gaussian", dtype="float32", verbose=False) -> dict:
+    from .data import Dataset
+    from .decorrelation import Decorrelator
+    from .device import Device
+    from .network import Network
+    from .noise import make_noise
+    from .optim import make_optimizer
+    from .rules import make_rule
+    from .train import Trainer, TrainSettings
+
+    if backend == "cuda":
+        raise NoisysimError("backend 'cuda' is not available in this build: no usable GPU "
+                            "backend; use --backend cpu")
+    widths = [int(check_number("layer width", int(w), 1, None, integer=True))
+              for w in str(layers).split(",")]
+    batch = int(check_number("batch", batch, 1, None, integer=True))
+    steps = int(check_number("steps", steps, 1, None, integer=True))
+    r = make_rule(rule)
+    net = Network(widths, dtype=dtype, decorrelation=r.decorrelated, seed=0)
+    noise_model = make_noise(noise, **({"sigma": 0.01} if noise == "gaussian" else {}))
+    device = Device(net, noise=noise_model, seed=0)
+    gen = np.random.default_rng(0)
+    x = gen.random((batch, widths[0]), dtype=np.float32).astype(dtype)
+    y = gen.integers(0, widths[-1], batch)
+    data = Dataset(name="random", x_train=x, y_train=y, x_test=x[:0], y_test=y[:0],
+                   n_classes=widths[-1], input_shape=(widths[0],), meta={})
+    trainer = Trainer(device, r, make_optimizer("adam", lr=1e-4), data,
+                      TrainSettings(epochs=1, batch_size=batch, log_every=10**9),
+                      decorrelator=Decorrelator(1e-7) if r.decorrelated else None)
+
+    def one_step():
+        failure = trainer._train_step(x, y)
+        if failure:
+            raise NoisysimError(f"benchmark step diverged: {failure}")
+
+    if verbose:
+        print(f"timing {rule} on {widths}, batch {batch}: warm-up, then {steps} steps",
+              flush=True)
+    t_step = _median_time(one_step, steps)
+    prods = step_products(r, widths, batch)
+    mats = [(gen.random((m, k), dtype=np.float32).astype(dtype),
+             gen.random((k, n), dtype=np.float32).astype(dtype)) for m, k, n in prods]
+
+    def gemms():
+        for a, b in mats:
+            a @ b
+
+    t_gemm = _median_time(gemms, steps)
+    flop = float(sum(2.0 * m * k * n for m, k, n in prods))
+    return {
+        "rule": rule, "layers": widths, "batch": batch, "backend": "cpu", "dtype": dtype,
+        "noise": noise,
+        "step_s": round(t_step, 5),
+        "samples_per_s": round(batch / t_step, 1),
+        "gflop_per_s": round(flop / t_step / 1e9, 2),
+        "gemm_gflop_per_s": round(flop / t_gemm / 1e9, 2),
+        "ratio_to_gemm": round(t_gemm / t_step, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }

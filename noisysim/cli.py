@@ -1,0 +1,247 @@
+"""The ``noisysim`` command: parse, call, print.
+
+User mistakes (bad config, bad values, missing or corrupt files) end with exit code 2 and
+one line on stderr; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import NoisysimError
+
+MAIN_RULES = ("bp", "np", "anp", "danp")
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or 0)
+    except NoisysimError as err:
+        if args.debug:
+            raise
+        print(f"noisysim: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("noisysim: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="noisysim",
+        description="Simulate noisy neural hardware and train it with perturbation-based rules.",
+    )
+    p.add_argument("--version", action="version", version=f"noisysim {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    r = sub.add_parser("run", parents=[common], help="train one configured run (or the main job)",
+                       description="Train the run CONFIG describes. Without CONFIG: the main job, "
+                       "which compares " + ", ".join(MAIN_RULES) + " on the embedded digits data "
+                       "with intrinsic noise and prints the comparison table.")
+    r.add_argument("config", nargs="?", help="TOML experiment file (default: the embedded default)")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set rule.name=anp (repeatable)")
+    r.add_argument("--out", default=None, help="output folder (default runs/, main job runs/main/)")
+    r.add_argument("--resume", metavar="FILE", help="continue an interrupted trajectory")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing trajectory")
+    r.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("summary", parents=[common], help="final metrics grouped by config keys")
+    s.add_argument("paths", nargs="+", help="trajectory files or folders")
+    s.add_argument("--by", action="append", default=None, help="config key to group by (default rule.name)")
+    s.add_argument("--metric", default="eval/test_accuracy", help="group/series (default eval/test_accuracy)")
+    s.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    s.set_defaults(func=_cmd_summary)
+
+    pl = sub.add_parser("plot", parents=[common], help="mean curves with a band over seeds")
+    pl.add_argument("paths", nargs="+")
+    pl.add_argument("-o", "--output", required=True, help="PNG file to write")
+    pl.add_argument("--metric", default="eval/test_accuracy")
+    pl.add_argument("--by", action="append", default=None)
+    pl.add_argument("--x", default="epoch", choices=["step", "epoch"])
+    pl.set_defaults(func=_cmd_plot)
+
+    i = sub.add_parser("inspect", parents=[common], help="status, config and datasets of a trajectory")
+    i.add_argument("file")
+    i.set_defaults(func=_cmd_inspect)
+
+    sw = sub.add_parser("sweep", parents=[common], help="run a grid of configs (process pool or Dask)")
+    sw.add_argument("config", nargs="?")
+    sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                    help="a config key and its values (repeatable: the grid is the product)")
+    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sw.add_argument("--out", default="runs/sweep")
+    sw.add_argument("--workers", type=int, default=None, help="local processes (default: CPU count)")
+    sw.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:port)")
+    sw.set_defaults(func=_cmd_sweep)
+
+    b = sub.add_parser("bench", parents=[common], help="time full training steps",
+                       description=_bench_description())
+    b.add_argument("--rule", default="danp")
+    b.add_argument("--layers", default="3072,1024,1024,1024,10")
+    b.add_argument("--batch", type=int, default=1000)
+    b.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
+    b.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"])
+    b.add_argument("--noise", default="gaussian", help="intrinsic noise model (default gaussian, sigma 0.01)")
+    b.add_argument("--dtype", default="float32")
+    b.add_argument("--json", action="store_true", help="print only the JSON line")
+    b.set_defaults(func=_cmd_bench)
+    return p
+
+
+# -- run ------------------------------------------------------------------------------------
+def _cmd_run(args) -> int:
+    from .config import load_config
+    from .experiment import Progress, run
+
+    if args.resume:
+        result, path = run({}, resume=args.resume, progress=Progress())
+        return _report_run(result, path)
+    if args.config is None and not args.overrides:
+        return _main_job(args)
+    config = load_config(args.config, args.overrides).to_dict()
+    out = args.out or "runs"
+    result, path = run(config, out, overwrite=args.overwrite, progress=Progress())
+    return _report_run(result, path)
+
+
+def _report_run(result, path) -> int:
+    final = result.final
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in final.items() if k not in ("epoch", "step"))
+    print(f"{result.status}: {path} (step {result.step}, epoch {result.epoch})"
+          + (f"; {metrics}" if metrics else ""))
+    if result.message:
+        print(f"  {result.message}")
+    if result.status == "interrupted":
+        print(f"  resume with: noisysim run --resume {path}")
+        return EXIT_INTERRUPTED
+    return 0 if result.status == "completed" else 1
+
+
+def _main_job(args) -> int:
+    from .analysis import format_table, summarize
+    from .config import load_config
+    from .experiment import Progress, run
+    from .plot import plot_curves
+    from .record import Trajectory
+
+    out = Path(args.out or "runs/main")
+    base = load_config(None).to_dict()
+    print(f"noisysim main job: {', '.join(MAIN_RULES)} on {base['data']['name']} with "
+          f"{base['noise']['model']} intrinsic noise -> {out}/")
+    paths = []
+    data = None
+    for rule in MAIN_RULES:
+        config = load_config(None, [f"rule.name={rule}", f"name={base['name']}-{rule}"]).to_dict()
+        path = out / f"{config['name']}.h5"
+        if path.exists() and not args.overwrite and _completed(path):
+            print(f"{rule}: already completed in {path} (use --overwrite to rerun)")
+        else:
+            if data is None:
+                from .experiment import build
+                data = build(config).data
+            result, path = run(config, out, overwrite=True, progress=Progress(f"{rule:>5} "), data=data)
+            _report_run(result, path)
+            if result.status == "interrupted":
+                return EXIT_INTERRUPTED
+        paths.append(path)
+    rows = summarize(paths, by=["rule.name"], metric="eval/test_accuracy")
+    print("\nfinal test accuracy (noise-free inference):")
+    print(format_table(rows))
+    fig = out / "comparison.png"
+    plot_curves(paths, fig, metric="eval/test_accuracy", by="rule.name", x="epoch")
+    print(f"figure: {fig}")
+    return 0
+
+
+def _completed(path: Path) -> bool:
+    from .record import Trajectory
+
+    try:
+        return Trajectory(path).status == "completed"
+    except NoisysimError:
+        return False
+
+
+# -- analysis -------------------------------------------------------------------------------
+def _cmd_summary(args) -> int:
+    from .analysis import format_table, summarize
+
+    rows = summarize(args.paths, by=args.by or ["rule.name"], metric=args.metric)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row, default=str))
+    else:
+        print(format_table(rows))
+    return 0
+
+
+def _cmd_plot(args) -> int:
+    from .plot import plot_curves
+
+    plot_curves(args.paths, args.output, metric=args.metric, by=args.by or ["rule.name"], x=args.x)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    from .record import Trajectory
+
+    t = Trajectory(args.file)
+    print(f"file:    {args.file}")
+    print(f"status:  {t.status}" + (f" ({t.message})" if t.message else ""))
+    print(f"format:  noisysim-trajectory v{t.format_version}, seed {t.seed}")
+    print("config:")
+    for line in json.dumps(t.config, indent=2, sort_keys=True).splitlines():
+        print(f"  {line}")
+    print("datasets:")
+    for name, shape, dtype in t.describe():
+        print(f"  {name:40s} {str(shape):18s} {dtype}")
+    return 0
+
+
+# -- sweep ----------------------------------------------------------------------------------
+def _cmd_sweep(args) -> int:
+    from .sweep import parse_grid, sweep
+
+    grid = parse_grid(args.grid)
+    summary = sweep(args.config, grid, overrides=args.overrides, out=args.out,
+                    workers=args.workers, scheduler=args.scheduler)
+    failed = [p for p in summary if p["status"] not in ("completed", "skipped")]
+    return 1 if failed else 0
+
+
+# -- bench ----------------------------------------------------------------------------------
+def _bench_description() -> str:
+    from .bench import FLOP_COUNTING
+
+    return "Time full training steps on random data and print one JSON line. " + FLOP_COUNTING
+
+
+def _cmd_bench(args) -> int:
+    from .bench import bench
+
+    result = bench(rule=args.rule, layers=args.layers, batch=args.batch, steps=args.steps,
+                   backend=args.backend, noise=args.noise, dtype=args.dtype,
+                   verbose=not args.json)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

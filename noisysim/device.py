@@ -1,0 +1,367 @@
+"""The simulated hardware: a network whose nodes carry intrinsic noise the learner cannot read.
+
+``Device.measure`` runs one batch through P forward passes and returns a ``Measurement``:
+what a physical experiment could record (inputs, pre-activations, per-sample losses, and the
+perturbation the caller asked to inject). The intrinsic noise samples never leave the device.
+
+Passes of one call are stacked so that each layer does one matrix product over the rows of
+all passes that need it:
+
+- pass 0 is the reference pass (clean, or noisy when ``clean_pass=False``);
+- passes 1..P-1 carry intrinsic noise plus any injected perturbation;
+- layer 0 sees the same (noise-free) input in every pass, so its product is computed once;
+- passes that perturb only layer k reuse the reference pass for layers before k (the
+  hardware holds its upstream activity), so those layers are not recomputed.
+
+One forward pass is one time step of the noise processes: pass p of a call runs at time
+``clock + p`` and the clock advances by P. Stateful noise (telegraph, smtj, ou, pink,
+trace) carries its state across passes and calls; ``state_dict`` saves it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from . import losses
+from .errors import NoisysimError, check_choice, check_finite_array, check_number
+from .kernels import cpu, rng
+from .network import Network
+
+PERTURBATIONS = ("none", "nodes", "layer", "each_layer", "weights")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one ``Device.measure`` call recorded, per pass p (pass 0 = reference).
+
+    inputs[l]   (P, B, N_{l-1})  decorrelated input x*_{l-1} of layer l (layer 0: a
+                                 read-only broadcast view, identical in every pass)
+    pre[l]      (P, B, N_l)      pre-activation a_l as measured (noise included)
+    outputs     (P, B, N_L)      network output f_L(a_L), fed to the loss
+    losses      (P, B)           per-sample loss ell_n
+    targets                      the batch targets
+    injected    per layer (P, B, N_l) node perturbation the caller asked for, zero where
+                a pass injected nothing; None when no node perturbation was injected
+    injected_weights / injected_bias
+                per layer (P, N_l, N_{l-1}) / (P, N_l): weight perturbation; else None
+    perturbed_layer (P,)         layer a pass perturbed alone, or -1 (all layers / none)
+    """
+
+    inputs: tuple
+    pre: tuple
+    outputs: np.ndarray
+    losses: np.ndarray
+    targets: np.ndarray
+    injected: tuple | None
+    injected_weights: tuple | None
+    injected_bias: tuple | None
+    perturbed_layer: np.ndarray
+
+    @property
+    def n_passes(self) -> int:
+        return self.losses.shape[0]
+
+
+class Device:
+    """A network on simulated noisy hardware.
+
+    Parameters
+    ----------
+    network : Network
+    noise : None, NoiseModel, or mapping {layer index: NoiseModel}
+        Intrinsic noise added to pre-activations. A single model applies to every layer
+        (output included) unless ``noise_layers`` selects some.
+    noise_layers : "all" or sequence of int
+    seed : int
+        Key of every draw the device makes (noise, perturbations, stochastic activations).
+    """
+
+    def __init__(self, network: Network, noise=None, noise_layers="all", seed: int = 0):
+        self.network = network
+        self.seed = int(check_number("seed", seed, 0, 2**63 - 1, integer=True))
+        self.noise = _noise_by_layer(noise, noise_layers, network.n_layers)
+        self.clock = 0
+        self._noise_state: dict[int, dict] = {
+            l: model.init_state(self.seed, l, 0, network.widths[l + 1])
+            for l, model in self.noise.items()
+        }
+
+    # -- state as data -------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Clock and noise-process states (copies), for checkpoints."""
+        return {
+            "clock": np.int64(self.clock),
+            "noise": {str(l): {k: v.copy() for k, v in s.items()}
+                      for l, s in self._noise_state.items()},
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.clock = int(state["clock"])
+        self._noise_state = {
+            int(l): {k: np.array(v) for k, v in s.items()} for l, s in state["noise"].items()
+        }
+
+    # -- the experiment ------------------------------------------------------------------
+    def measure(
+        self,
+        x: np.ndarray,
+        targets: np.ndarray,
+        perturb: str = "none",
+        sigma: float = 0.0,
+        samples: int = 1,
+        layer: int | None = None,
+        values: Sequence | None = None,
+        bias_values: Sequence | None = None,
+        clean_pass: bool = True,
+    ) -> Measurement:
+        """Run a batch through a reference pass and perturbed passes.
+
+        perturb : "none" | "nodes" | "layer" | "each_layer" | "weights"
+            What the caller injects in the perturbed passes, on top of intrinsic noise:
+            nothing; N(0, sigma^2) node perturbations in all layers; in layer ``layer``
+            only; in each layer in turn (``samples`` passes per layer, ordered by layer);
+            or N(0, sigma^2) weight (and bias) perturbations.
+        sigma : std of the injected perturbation (ignored when ``values`` is given).
+        samples : number K of perturbed passes (per layer for "each_layer"); 0 runs the
+            reference pass alone (what BP needs).
+        values : explicit perturbations instead of draws: per layer (K, B, N_l) for node
+            kinds (None for an unperturbed layer), (K, N_l, N_{l-1}) for "weights" (with
+            optional ``bias_values`` (K, N_l)).
+        clean_pass : whether the reference pass is free of intrinsic noise.
+        """
+        net = self.network
+        x = self._check_inputs(x)
+        targets = losses.check_targets(net.loss, targets, net.widths[-1])
+        if targets.shape[0] != x.shape[0]:
+            raise NoisysimError(
+                f"targets must have one row per input sample ({x.shape[0]}), got {targets.shape[0]}"
+            )
+        check_choice("perturb", perturb, PERTURBATIONS)
+        sigma = check_number("sigma", sigma, 0.0, None)
+        samples = check_number("samples", samples, 0, None, integer=True)
+        L = net.n_layers
+        if perturb == "layer":
+            layer = check_number("layer", layer, 0, L - 1, integer=True,
+                                 hint=f"the network has {L} layers (0..{L - 1})")
+        batch = x.shape[0]
+
+        groups = L if perturb == "each_layer" else 1
+        P = 1 + groups * samples
+        perturbed_layer = np.full(P, -1, dtype=np.int64)
+        if perturb == "layer":
+            perturbed_layer[1:] = layer
+        elif perturb == "each_layer":
+            perturbed_layer[1:] = np.repeat(np.arange(L), samples)
+        # Passes that layer l must compute: a prefix of the pass list (see module doc).
+        n_rows = [P] * L
+        if perturb == "layer":
+            n_rows = [1 if l < layer else P for l in range(L)]
+        elif perturb == "each_layer":
+            n_rows = [1 + (l + 1) * samples for l in range(L)]
+
+        times = self.clock + np.arange(P, dtype=np.int64)
+        node_eps = self._node_perturbations(perturb, sigma, samples, values, perturbed_layer,
+                                            times, batch)
+        w_eps, b_eps = self._weight_perturbations(perturb, sigma, samples, values, bias_values,
+                                                  times)
+
+        dtype = net.dtype
+        inputs, pres = [], []
+        x_star = x if net.layers[0].R is None else x @ net.layers[0].R.T
+        h = np.broadcast_to(x_star, (P,) + x_star.shape)  # layer-0 input, shared by passes
+        for l, params in enumerate(net.layers):
+            n = n_rows[l]
+            if l > 0 and params.R is not None:
+                h_star = np.empty_like(h)
+                np.matmul(h[:n].reshape(n * batch, -1), params.R.T,
+                          out=h_star[:n].reshape(n * batch, -1))
+                h_star[n:] = h_star[0]
+                h = h_star
+            inputs.append(h)
+            a = np.empty((P, batch, net.widths[l + 1]), dtype=dtype)
+            if w_eps is not None:
+                for p in range(P):
+                    W = params.W + w_eps[l][p]
+                    np.matmul(h[p], W.T, out=a[p])
+                    if b_eps is not None:
+                        a[p] += b_eps[l][p]
+            elif l == 0:
+                np.matmul(h[0], params.W.T, out=a[0])
+                a[1:n] = a[0]
+            else:
+                np.matmul(h[:n].reshape(n * batch, -1), params.W.T,
+                          out=a[:n].reshape(n * batch, -1))
+            eps = node_eps[l] if node_eps is not None else None
+            cpu.add_bias_and_perturbation(
+                a[:n], params.b if params.b is not None else _EMPTY[dtype.char],
+                eps[:n] if eps is not None else _EMPTY3[dtype.char],
+                params.b is not None, eps is not None,
+            )
+            self._add_noise(l, a, n, times, clean_pass)
+            a[n:] = a[0]
+            pres.append(a)
+            out = np.empty_like(a)
+            net.activations[l].apply(a[:n], out[:n], self.seed, l, times[:n])
+            out[n:] = out[0]
+            h = out
+
+        flat = h.reshape(P * batch, -1)
+        loss = losses.loss(net.loss, flat, targets).reshape(P, batch)
+        self.clock += P
+        return Measurement(
+            inputs=tuple(inputs),
+            pre=tuple(pres),
+            outputs=h,
+            losses=loss,
+            targets=targets,
+            injected=None if node_eps is None else tuple(node_eps),
+            injected_weights=None if w_eps is None else tuple(w_eps),
+            injected_bias=None if b_eps is None else tuple(b_eps),
+            perturbed_layer=perturbed_layer,
+        )
+
+    def infer(self, x: np.ndarray, noisy: bool = False) -> np.ndarray:
+        """Network outputs (B, N_L) for one pass: noise-free, or with intrinsic noise.
+
+        A noisy pass is one time step of the hardware (the clock advances); a noise-free
+        pass touches no noise state.
+        """
+        x = self._check_inputs(x)
+        net = self.network
+        time = np.array([self.clock], dtype=np.int64)
+        h = x[None]
+        for l, params in enumerate(net.layers):
+            if params.R is not None:
+                h = h @ params.R.T
+            a = np.ascontiguousarray(h @ params.W.T, dtype=net.dtype)
+            if params.b is not None:
+                a += params.b
+            if noisy:
+                self._add_noise(l, a, 1, time, clean_pass=False)
+            h = net.activations[l].apply(a, np.empty_like(a), self.seed, l, time)
+        if noisy:
+            self.clock += 1
+        return h[0]
+
+    def loss(self, x: np.ndarray, targets: np.ndarray, noisy: bool = False) -> np.ndarray:
+        """Per-sample losses of one inference pass."""
+        targets = losses.check_targets(self.network.loss, targets, self.network.widths[-1])
+        return losses.loss(self.network.loss, self.infer(x, noisy), targets)
+
+    # -- internals -----------------------------------------------------------------------
+    def _check_inputs(self, x) -> np.ndarray:
+        x = np.asarray(x)
+        n_in = self.network.widths[0]
+        if x.ndim != 2 or x.shape[1] != n_in:
+            raise NoisysimError(
+                f"inputs must have shape (batch, {n_in}) for this network, got {x.shape}"
+            )
+        if x.shape[0] < 1:
+            raise NoisysimError("the batch is empty: pass at least one sample")
+        check_finite_array("inputs", x)
+        return np.ascontiguousarray(x, dtype=self.network.dtype)
+
+    def _add_noise(self, l, a, n, times, clean_pass) -> None:
+        model = self.noise.get(l)
+        if model is None:
+            return
+        start = 1 if clean_pass else 0
+        if n > start:
+            model.apply(a[start:n], times[start:n], self._noise_state[l], self.seed, l)
+
+    def _node_perturbations(self, perturb, sigma, samples, values, perturbed_layer, times,
+                            batch):
+        if perturb in ("none", "weights"):
+            return None
+        net = self.network
+        P = perturbed_layer.shape[0]
+        out = []
+        for l in range(net.n_layers):
+            eps = np.zeros((P, batch, net.widths[l + 1]), dtype=net.dtype)
+            passes = np.flatnonzero((perturbed_layer == l) | (perturbed_layer == -1))
+            passes = passes[passes > 0]
+            if values is not None:
+                if values[l] is not None and passes.size:
+                    v = np.asarray(values[l], dtype=net.dtype)
+                    _check_shape(f"values[{l}]", v, (passes.size, batch, net.widths[l + 1]))
+                    eps[passes] = v
+            elif sigma > 0:
+                for p in passes:
+                    eps[p] = sigma * rng.normal_array(self.seed, rng.STREAM_PERTURB, times[p],
+                                                      l, eps.shape[1:])
+            out.append(eps)
+        return out
+
+    def _weight_perturbations(self, perturb, sigma, samples, values, bias_values, times):
+        if perturb != "weights":
+            return None, None
+        net = self.network
+        P = 1 + samples
+        w_out, b_out = [], []
+        for l, params in enumerate(net.layers):
+            w = np.zeros((P,) + params.W.shape, dtype=net.dtype)
+            b = np.zeros((P, params.W.shape[0]), dtype=net.dtype)
+            if values is not None:
+                v = np.asarray(values[l], dtype=net.dtype)
+                _check_shape(f"values[{l}]", v, (samples,) + params.W.shape)
+                w[1:] = v
+                if bias_values is not None and params.b is not None:
+                    bv = np.asarray(bias_values[l], dtype=net.dtype)
+                    _check_shape(f"bias_values[{l}]", bv, (samples, params.W.shape[0]))
+                    b[1:] = bv
+            elif sigma > 0:
+                for p in range(1, P):
+                    # One draw of W.size + N_l elements per layer and pass: weights first.
+                    z = rng.normal_array(self.seed, rng.STREAM_PERTURB, times[p], l,
+                                         (params.W.size + params.W.shape[0],))
+                    w[p] = sigma * z[: params.W.size].reshape(params.W.shape)
+                    if params.b is not None:
+                        b[p] = sigma * z[params.W.size:]
+            w_out.append(w)
+            b_out.append(b)
+        return w_out, (b_out if net.bias else None)
+
+
+def exact_gradient(network: Network, x: np.ndarray, targets: np.ndarray):
+    """The oracle: exact gradient of the batch-mean loss of the noise-free network.
+
+    For diagnostics (gradient alignment), outside the rule API: it reads the network's
+    true derivatives, which no perturbation rule may. Discontinuous activations give their
+    true derivative (zero almost everywhere).
+    """
+    device = Device(network)
+    m = device.measure(x, targets)
+    pass0 = lambda arrays: [a[0] for a in arrays]  # noqa: E731
+    dout = network.loss_grad(m.outputs[0], m.targets)
+    return network.backward(pass0(m.inputs), pass0(m.pre), dout)
+
+
+def _noise_by_layer(noise, noise_layers, n_layers) -> dict:
+    if noise is None:
+        return {}
+    if isinstance(noise, Mapping):
+        out = {}
+        for l, model in noise.items():
+            l = check_number("noise layer", l, 0, n_layers - 1, integer=True,
+                             hint=f"the network has {n_layers} layers (0..{n_layers - 1})")
+            out[l] = model
+        return out
+    if noise_layers == "all":
+        layers = range(n_layers)
+    else:
+        layers = [check_number("noise layer", l, 0, n_layers - 1, integer=True,
+                               hint=f"the network has {n_layers} layers (0..{n_layers - 1})")
+                  for l in noise_layers]
+    return {l: noise for l in layers}
+
+
+def _check_shape(name, array, shape) -> None:
+    if array.shape != tuple(shape):
+        raise NoisysimError(f"{name} must have shape {tuple(shape)}, got {array.shape}")
+
+
+_EMPTY = {c: np.zeros(0, dtype=c) for c in "fd"}
+_EMPTY3 = {c: np.zeros((0, 0, 0), dtype=c) for c in "fd"}

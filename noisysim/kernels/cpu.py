@@ -1,0 +1,259 @@
+"""CPU kernels of the simulated network: activations, their derivatives, losses.
+
+Pure Numba: arrays and scalars in, arrays out; no configuration objects, no I/O. Matrix
+products are not here: they go to BLAS through numpy in the callers. Each kernel has a
+plain-numpy twin in tests/naive.py that the test suite compares it against.
+
+An activation is an integer code plus three float parameters, so one compiled kernel serves
+all of them (see ``noisysim.activations`` for the meaning of each code and parameter).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from . import rng
+
+# Activation codes (stable: they are stored in nothing, but tests and the GPU twin use them).
+IDENTITY = 0
+RELU = 1
+LEAKY_RELU = 2
+TANH = 3
+SIGMOID = 4
+HARDTANH = 5
+STEP = 6
+SIGN = 7
+QUANTIZE = 8
+BINARY_STOCHASTIC = 9
+
+# Which derivative the backward kernels use.
+TRUE_DERIVATIVE = 0
+STRAIGHT_THROUGH = 1
+
+
+@njit(cache=True, inline="always")
+def _sigmoid(a):
+    # Split by sign so exp never overflows.
+    if a >= 0.0:
+        return 1.0 / (1.0 + math.exp(-a))
+    e = math.exp(a)
+    return e / (1.0 + e)
+
+
+@njit(cache=True)
+def activation_scalar(code, a, p0, p1, p2, u):
+    """f(a) for one element; ``u`` is a uniform draw used only by binary_stochastic."""
+    if code == IDENTITY:
+        return a
+    if code == RELU:
+        return a if a > 0.0 else 0.0
+    if code == LEAKY_RELU:
+        return a if a > 0.0 else p0 * a
+    if code == TANH:
+        return math.tanh(a)
+    if code == SIGMOID:
+        return _sigmoid(a)
+    if code == HARDTANH:
+        return min(max(a, p0), p1)
+    if code == STEP:
+        return 1.0 if a > p0 else 0.0
+    if code == SIGN:
+        return 1.0 if a >= 0.0 else -1.0
+    if code == QUANTIZE:
+        # p0 = levels, p1 = lo, p2 = hi: round to the nearest of `levels` equispaced values.
+        c = min(max(a, p1), p2)
+        width = (p2 - p1) / (p0 - 1.0)
+        return p1 + math.floor((c - p1) / width + 0.5) * width
+    if code == BINARY_STOCHASTIC:
+        return 1.0 if u < _sigmoid(a) else 0.0
+    return math.nan
+
+
+@njit(cache=True)
+def derivative_scalar(code, a, p0, p1, p2, mode):
+    """f'(a) (mode TRUE_DERIVATIVE, zero where f is flat) or its straight-through surrogate."""
+    if code == IDENTITY:
+        return 1.0
+    if code == RELU:
+        return 1.0 if a > 0.0 else 0.0
+    if code == LEAKY_RELU:
+        return 1.0 if a > 0.0 else p0
+    if code == TANH:
+        t = math.tanh(a)
+        return 1.0 - t * t
+    if code == SIGMOID or code == BINARY_STOCHASTIC:
+        if code == BINARY_STOCHASTIC and mode == TRUE_DERIVATIVE:
+            return 0.0
+        # Surrogate of a Bernoulli(sigmoid(a)) unit: derivative of its mean.
+        s = _sigmoid(a)
+        return s * (1.0 - s)
+    if code == HARDTANH:
+        return 1.0 if (a > p0 and a < p1) else 0.0
+    if mode == TRUE_DERIVATIVE:
+        return 0.0  # step, sign, quantize are flat almost everywhere
+    if code == STEP:
+        return 1.0 if abs(a - p0) <= 0.5 else 0.0  # d/da clip(a - threshold + 1/2, 0, 1)
+    if code == SIGN:
+        return 1.0 if abs(a) <= 1.0 else 0.0  # d/da hardtanh(a)
+    if code == QUANTIZE:
+        return 1.0 if (a >= p1 and a <= p2) else 0.0  # d/da clip(a, lo, hi)
+    return math.nan
+
+
+# Kernels over rows come in two drivers: ``_*_rows(..., r0, r1)`` does rows r0..r1-1 serially
+# (called directly for small arrays, where a parallel launch costs more than it saves) and a
+# ``prange`` driver over blocks of rows for large ones. Results do not depend on the driver.
+PARALLEL_MIN_SIZE = 1 << 15
+_BLOCK_ROWS = 16
+
+
+@njit(cache=True, inline="always")
+def _blocks(n_rows):
+    return (n_rows + _BLOCK_ROWS - 1) // _BLOCK_ROWS
+
+
+@njit(cache=True)
+def _activation_rows(a, out, code, p0, p1, p2, seed, layer, times, n_batch, r0, r1):
+    width = a.shape[1]
+    for r in range(r0, r1):
+        u = 0.5
+        k = np.uint64(0)
+        if code == BINARY_STOCHASTIC:
+            k = rng.key(seed, rng.STREAM_ACTIVATION, times[r // n_batch], layer)
+        base = (r % n_batch) * width
+        # The common piecewise-linear units get their own branch-free loops, which LLVM
+        # vectorises; everything else goes through activation_scalar.
+        if code == LEAKY_RELU or code == RELU:
+            slope = p0 if code == LEAKY_RELU else 0.0
+            for j in range(width):
+                v = a[r, j]
+                out[r, j] = v if v > 0.0 else slope * v
+        elif code == IDENTITY:
+            for j in range(width):
+                out[r, j] = a[r, j]
+        else:
+            for j in range(width):
+                if code == BINARY_STOCHASTIC:
+                    u = rng.uniform(k, base + j)
+                out[r, j] = activation_scalar(code, a[r, j], p0, p1, p2, u)
+
+
+@njit(parallel=True, cache=True)
+def _activation_blocks(a, out, code, p0, p1, p2, seed, layer, times, n_batch):
+    n = a.shape[0]
+    for blk in prange(_blocks(n)):
+        _activation_rows(a, out, code, p0, p1, p2, seed, layer, times, n_batch,
+                         blk * _BLOCK_ROWS, min(n, (blk + 1) * _BLOCK_ROWS))
+
+
+def activation_forward(a, out, code, p0, p1, p2, seed, layer, times):
+    """out[p, b, j] = f(a[p, b, j]); pass p of binary_stochastic draws with key time times[p].
+
+    a, out: (P, B, N) C-contiguous. The uniform for element (b, j) of pass p is
+    rng.uniform(rng.key(seed, STREAM_ACTIVATION, times[p], layer), b * N + j).
+    """
+    n_pass, n_batch, width = a.shape
+    args = (a.reshape(n_pass * n_batch, width), out.reshape(n_pass * n_batch, width),
+            code, p0, p1, p2, seed, layer, times, n_batch)
+    if a.size >= PARALLEL_MIN_SIZE:
+        _activation_blocks(*args)
+    else:
+        _activation_rows(*args, 0, n_pass * n_batch)
+
+
+@njit(cache=True)
+def activation_derivative(a, out, code, p0, p1, p2, mode):
+    """out = f'(a) (or the surrogate when mode == STRAIGHT_THROUGH); a, out: (B, N).
+
+    Serial: it runs once per layer per BP step, on arrays a memory pass can handle.
+    """
+    n_batch, width = a.shape
+    for b in range(n_batch):
+        for j in range(width):
+            out[b, j] = derivative_scalar(code, a[b, j], p0, p1, p2, mode)
+
+
+@njit(cache=True)
+def _add_rows(a, bias, eps, has_bias, has_eps, r0, r1):
+    width = a.shape[1]
+    for r in range(r0, r1):
+        if has_bias:
+            for j in range(width):
+                a[r, j] += bias[j]
+        if has_eps:
+            for j in range(width):
+                a[r, j] += eps[r, j]
+
+
+@njit(parallel=True, cache=True)
+def _add_blocks(a, bias, eps, has_bias, has_eps):
+    n = a.shape[0]
+    for blk in prange(_blocks(n)):
+        _add_rows(a, bias, eps, has_bias, has_eps, blk * _BLOCK_ROWS,
+                  min(n, (blk + 1) * _BLOCK_ROWS))
+
+
+def add_bias_and_perturbation(a, bias, eps, has_bias, has_eps):
+    """a[p, b, :] += bias (when has_bias) and a += eps (when has_eps); a, eps: (P, B, N)."""
+    n_pass, n_batch, width = a.shape
+    a2 = a.reshape(n_pass * n_batch, width)
+    e2 = eps.reshape(n_pass * n_batch, width) if has_eps else eps.reshape(0, 0)
+    if a.size >= PARALLEL_MIN_SIZE:
+        _add_blocks(a2, bias, e2, has_bias, has_eps)
+    else:
+        _add_rows(a2, bias, e2, has_bias, has_eps, 0, a2.shape[0])
+
+
+@njit(cache=True)
+def cross_entropy(logits, labels, out):
+    """out[r] = -log softmax(logits[r])[y], y = labels[r % len(labels)]; logits: (R, C).
+
+    Labels broadcast over stacked passes (R = P * B rows, B labels). Serial: the output
+    layer is narrow, so this is a small fraction of a step.
+    """
+    n_rows, n_classes = logits.shape
+    n_labels = labels.shape[0]
+    for r in range(n_rows):
+        m = logits[r, 0]
+        for c in range(1, n_classes):
+            m = max(m, logits[r, c])
+        s = 0.0
+        for c in range(n_classes):
+            s += math.exp(logits[r, c] - m)
+        out[r] = m + math.log(s) - logits[r, labels[r % n_labels]]
+
+
+@njit(cache=True)
+def cross_entropy_grad(logits, labels, out):
+    """out[r] = d ell_r / d logits[r] = softmax(logits[r]) - onehot(labels[r % len(labels)])."""
+    n_rows, n_classes = logits.shape
+    n_labels = labels.shape[0]
+    for r in range(n_rows):
+        m = logits[r, 0]
+        for c in range(1, n_classes):
+            m = max(m, logits[r, c])
+        s = 0.0
+        for c in range(n_classes):
+            e = math.exp(logits[r, c] - m)
+            out[r, c] = e
+            s += e
+        for c in range(n_classes):
+            out[r, c] /= s
+        out[r, labels[r % n_labels]] -= 1.0
+
+
+@njit(cache=True)
+def squared_error(outputs, targets, out):
+    """out[r] = 0.5 * ||outputs[r] - targets[r % len(targets)]||^2 (targets broadcast)."""
+    n_rows, width = outputs.shape
+    n_t = targets.shape[0]
+    for r in range(n_rows):
+        t = r % n_t
+        s = 0.0
+        for c in range(width):
+            d = outputs[r, c] - targets[t, c]
+            s += d * d
+        out[r] = 0.5 * s

@@ -1,0 +1,224 @@
+"""Feed-forward networks of dense layers: parameters, initialisation, backpropagation.
+
+Layer l (0-based here, 1-based in SCIENCE.md) maps its input x_{l-1} to
+    x*_{l-1} = x_{l-1} R_l^T          (optional decorrelation, R_l = I at start)
+    a_l      = x*_{l-1} W_l^T + b_l   (pre-activation; device noise is added here)
+    x_l      = f_l(a_l)
+with row-major batches (B, N). The forward pass with noise lives in ``noisysim.device``;
+this module owns the parameters and the exact backward pass shared by the oracle and BP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from . import losses
+from .activations import Activation, make_activation
+from .errors import NoisysimError, check_choice, check_number
+from .kernels import rng
+
+INITIALISERS = ("he_normal", "xavier")
+DTYPES = ("float32", "float64")
+
+
+@dataclass
+class LayerParams:
+    """Parameters of one dense layer: W (N_l, N_{l-1}), b (N_l,) or None, R or None."""
+
+    W: np.ndarray
+    b: np.ndarray | None
+    R: np.ndarray | None
+
+
+class LayerGrad(NamedTuple):
+    """A gradient (estimate) for one layer: batch mean of d ell / dW and d ell / db."""
+
+    W: np.ndarray
+    b: np.ndarray | None
+
+
+class Network:
+    """A dense feed-forward network.
+
+    Parameters
+    ----------
+    widths : sequence of int
+        Layer widths including the input, e.g. ``[784, 500, 10]`` (two layers).
+    activation : str, Activation or sequence
+        Hidden-layer activation (one for all, or one per hidden layer).
+    activation_params : dict
+        Parameters of the hidden activation when given by name (e.g. ``{"slope": 0.1}``).
+    output_activation : str or Activation
+        Applied to the last layer's pre-activation before the loss (default identity).
+    bias : bool
+        Whether layers have a bias (initialised to zero).
+    init : "he_normal" | "xavier" | sequence of arrays
+        He-normal: W ~ N(0, 2 / fan_in); Xavier: N(0, 2 / (fan_in + fan_out)); or the
+        weight arrays themselves, shapes (N_l, N_{l-1}). Draws come from the counter-based
+        generator (stream INIT, layer l, element = flat index), so they are reproducible.
+    decorrelation : bool
+        Give every layer an input decorrelation matrix R_l (identity at start).
+    dtype : "float32" | "float64"
+    seed : int
+    loss : "cross_entropy" | "squared_error"
+    """
+
+    def __init__(
+        self,
+        widths: Sequence[int],
+        activation: str | Activation | Sequence = "leaky_relu",
+        activation_params: dict | None = None,
+        output_activation: str | Activation = "identity",
+        bias: bool = True,
+        init: str | Sequence[np.ndarray] = "he_normal",
+        decorrelation: bool = False,
+        dtype: str = "float32",
+        seed: int = 0,
+        loss: str = "cross_entropy",
+    ):
+        self.widths = _check_widths(widths)
+        self.dtype = np.dtype(check_choice("dtype", str(np.dtype(dtype)), DTYPES))
+        self.loss = check_choice("loss", loss, losses.LOSSES)
+        self.seed = int(check_number("seed", seed, 0, 2**63 - 1, integer=True))
+        self.bias = bool(bias)
+        self.decorrelation = bool(decorrelation)
+        self.activations = _make_activations(
+            activation, activation_params or {}, output_activation, self.n_layers
+        )
+        weights = _initial_weights(init, self.widths, self.seed, self.dtype)
+        self.layers = [
+            LayerParams(
+                W=w,
+                b=np.zeros(w.shape[0], dtype=self.dtype) if self.bias else None,
+                R=np.eye(w.shape[1], dtype=self.dtype) if self.decorrelation else None,
+            )
+            for w in weights
+        ]
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.widths) - 1
+
+    @property
+    def n_nodes(self) -> int:
+        """Number of nodes that carry noise: all layers except the input, output included."""
+        return int(sum(self.widths[1:]))
+
+    def __repr__(self) -> str:
+        acts = ",".join(a.name for a in self.activations)
+        return (f"Network(widths={list(self.widths)}, activations=[{acts}], loss={self.loss!r}, "
+                f"bias={self.bias}, decorrelation={self.decorrelation}, dtype={self.dtype})")
+
+    # -- parameters as data -------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """All parameters by name (W_0, b_0, R_0, W_1, ...), as copies."""
+        out = {}
+        for l, p in enumerate(self.layers):
+            out[f"W_{l}"] = p.W.copy()
+            if p.b is not None:
+                out[f"b_{l}"] = p.b.copy()
+            if p.R is not None:
+                out[f"R_{l}"] = p.R.copy()
+        return out
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        for l, p in enumerate(self.layers):
+            for name in ("W", "b", "R"):
+                current = getattr(p, name)
+                if current is None:
+                    continue
+                value = np.asarray(state[f"{name}_{l}"])
+                if value.shape != current.shape:
+                    raise NoisysimError(
+                        f"parameter {name}_{l} must have shape {current.shape}, got {value.shape}"
+                    )
+                current[...] = value
+
+    # -- exact derivatives --------------------------------------------------------------
+    def backward(
+        self,
+        inputs: Sequence[np.ndarray],
+        pre: Sequence[np.ndarray],
+        dout: np.ndarray,
+        surrogate: bool = False,
+    ) -> list[LayerGrad]:
+        """Backpropagate per-sample output gradients through one pass.
+
+        inputs[l] = x*_{l-1} (B, N_{l-1}), pre[l] = a_l (B, N_l), dout = d ell_n / d x_L
+        (B, N_L). Returns batch-mean gradients. With ``surrogate`` the activations'
+        straight-through derivatives replace the true ones (see ``noisysim.activations``).
+        """
+        n = dout.shape[0]
+        grads: list[LayerGrad] = [None] * self.n_layers  # type: ignore[list-item]
+        delta = dout * self._derivative(self.n_layers - 1, pre[-1], surrogate)
+        for l in range(self.n_layers - 1, -1, -1):
+            p = self.layers[l]
+            gW = (delta.T @ inputs[l]) / n
+            gb = delta.mean(axis=0) if p.b is not None else None
+            grads[l] = LayerGrad(gW.astype(self.dtype), None if gb is None else gb.astype(self.dtype))
+            if l > 0:
+                upstream = delta @ p.W
+                if p.R is not None:
+                    upstream = upstream @ p.R
+                delta = upstream * self._derivative(l - 1, pre[l - 1], surrogate)
+        return grads
+
+    def _derivative(self, l: int, a: np.ndarray, surrogate: bool) -> np.ndarray:
+        act = self.activations[l]
+        return act.surrogate(a) if surrogate else act.derivative(a)
+
+    def loss_grad(self, outputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        return losses.loss_grad(self.loss, outputs, targets)
+
+
+def _check_widths(widths) -> tuple[int, ...]:
+    try:
+        widths = tuple(widths)
+    except TypeError:
+        raise NoisysimError(f"layers must be a list of widths like [784, 500, 10], got {widths!r}")
+    if len(widths) < 2:
+        raise NoisysimError(
+            f"layers must list at least an input and an output width, got {list(widths)}"
+        )
+    return tuple(
+        int(check_number(f"width of layer {i}", w, 1, None, integer=True,
+                         hint="every layer needs at least one node"))
+        for i, w in enumerate(widths)
+    )
+
+
+def _make_activations(activation, params, output_activation, n_layers) -> list[Activation]:
+    n_hidden = n_layers - 1
+    if isinstance(activation, (str, Activation)):
+        act = make_activation(activation, **params)  # validated even without hidden layers
+        hidden = [act] * n_hidden
+    else:
+        hidden = [make_activation(a) if not isinstance(a, dict) else make_activation(**a)
+                  for a in activation]
+        if len(hidden) != n_hidden:
+            raise NoisysimError(
+                f"activation list must have one entry per hidden layer ({n_hidden}), "
+                f"got {len(hidden)}"
+            )
+    return hidden + [make_activation(output_activation)]
+
+
+def _initial_weights(init, widths, seed, dtype) -> list[np.ndarray]:
+    shapes = [(widths[l + 1], widths[l]) for l in range(len(widths) - 1)]
+    if not isinstance(init, str):
+        arrays = [np.array(w, dtype=dtype) for w in init]
+        if [a.shape for a in arrays] != shapes:
+            raise NoisysimError(
+                f"init arrays must have shapes {shapes}, got {[a.shape for a in arrays]}"
+            )
+        return arrays
+    check_choice("init", init, INITIALISERS)
+    out = []
+    for l, (fan_out, fan_in) in enumerate(shapes):
+        var = 2.0 / fan_in if init == "he_normal" else 2.0 / (fan_in + fan_out)
+        z = rng.normal_array(seed, rng.STREAM_INIT, 0, l, (fan_out, fan_in))
+        out.append((np.sqrt(var) * z).astype(dtype))
+    return out

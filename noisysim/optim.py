@@ -1,0 +1,395 @@
+"""Optimisers: turn gradient estimates into parameter updates, W <- W - lr * step(g).
+
+Every learning rule in noisysim produces a batch-mean estimate g of dLoss/dW (and dLoss/db)
+per layer (a list of ``LayerGrad``); an optimiser turns it into an update applied in place
+to the layer's ``W`` and ``b``. The decorrelation matrix ``R`` is never touched here (see
+``noisysim.decorrelation``).
+
+One update, in this order (all arithmetic in the parameters' dtype)::
+
+    ||g||   = sqrt(sum over all layers of ||g_W||_F^2 + ||g_b||^2)     (global gradient norm)
+    s       = min(1, clip / ||g||)     when clip > 0, else 1             (global-norm clipping)
+    g       <- s * g
+    g       <- g + weight_decay * p    (SGD only; coupled L2 on W and b, PyTorch convention)
+    step    = rule below;  Delta p = lr * step;  p <- p - Delta p
+
+SGD (PyTorch convention, no dampening; velocity v starts at zero, so v_1 = g_1)::
+
+    momentum = 0 :   step = g
+    momentum mu  :   v <- mu v + g;   step = v            (heavy ball)
+    nesterov     :   v <- mu v + g;   step = g + mu v
+
+Adam (Kingma & Ba 2015, with bias correction; t = 1, 2, ... counts updates)::
+
+    m <- beta1 m + (1 - beta1) g           v <- beta2 v + (1 - beta2) g^2
+    m_hat = m / (1 - beta1^t)              v_hat = v / (1 - beta2^t)
+    step  = m_hat / (sqrt(v_hat) + eps)
+
+The state is data (optax style): ``SGDState`` / ``AdamState`` NamedTuples holding the update
+count and one ``LayerGrad``-shaped pair of arrays per layer and moment. For speed the state
+arrays are updated in place (layers can hold millions of weights); ``state_dict()`` returns
+copies and ``load_state_dict()`` restores them, so a run resumed from a checkpoint continues
+bit for bit. Usage::
+
+    opt = make_optimizer("adam", lr=1e-4, clip=1.0)
+    opt.init(net.layers)
+    scalars = opt.update(net.layers, grads)   # {"update_norm_l0": ..., "clip_scale": ...}
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from .errors import NoisysimError, check_choice, check_number
+from .network import LayerGrad, LayerParams
+
+
+class SGDState(NamedTuple):
+    """State of SGD: ``count`` updates applied so far (np.int64); ``velocity`` one
+    ``LayerGrad(W, b)`` of momentum buffers per layer (same shapes and dtype as the
+    parameters), or ``None`` without momentum."""
+
+    count: np.int64
+    velocity: tuple[LayerGrad, ...] | None
+
+
+class AdamState(NamedTuple):
+    """State of Adam: ``count`` = t, updates applied so far (np.int64); ``m`` and ``v`` the
+    first and raw second moment estimates, one ``LayerGrad(W, b)`` per layer."""
+
+    count: np.int64
+    m: tuple[LayerGrad, ...]
+    v: tuple[LayerGrad, ...]
+
+
+class Optimizer:
+    """Common shell: validation, clipping, applying the update, logging, checkpoints.
+
+    Subclasses define ``name``, ``_slot_names`` (the state's per-layer array fields),
+    ``_init_state`` and ``_delta`` (lr * step for one parameter array).
+    """
+
+    name = ""
+    _slot_names: tuple[str, ...] = ()
+
+    def __init__(self, lr: float, clip: float | None = None):
+        self.lr = check_number("lr", lr, 0.0, None, lo_open=True,
+                               hint="the learning rate must be positive")
+        if clip is None or (not isinstance(clip, bool) and clip == 0
+                            and isinstance(clip, (int, float, np.integer, np.floating))):
+            self.clip = None
+        else:
+            self.clip = check_number("clip", clip, 0.0, None, lo_open=True,
+                                     hint="the maximal global gradient norm; 0 or None = off")
+        self.state: SGDState | AdamState | None = None
+        self._layout: tuple[tuple[tuple[int, ...], tuple[int, ...] | None, np.dtype], ...] = ()
+
+    # -- state ---------------------------------------------------------------------------
+    def init(self, params: Sequence[LayerParams]) -> SGDState | AdamState:
+        """Create a fresh state (count 0, zero moments) shaped like ``params``; returns it
+        and keeps it as ``self.state``."""
+        params = list(params)
+        if not params:
+            raise NoisysimError("optimizer init needs at least one layer, got an empty list")
+        self._layout = tuple(
+            (p.W.shape, None if p.b is None else p.b.shape, p.W.dtype) for p in params
+        )
+        for l, p in enumerate(params):
+            if p.W.dtype not in (np.float32, np.float64):
+                raise NoisysimError(f"W_{l} must be float32 or float64, got {p.W.dtype}")
+            if p.b is not None and p.b.dtype != p.W.dtype:
+                raise NoisysimError(f"b_{l} must have W_{l}'s dtype {p.W.dtype}, got {p.b.dtype}")
+        self.state = self._init_state(params)
+        return self.state
+
+    def _zeros(self, params: Sequence[LayerParams]) -> tuple[LayerGrad, ...]:
+        return tuple(
+            LayerGrad(np.zeros_like(p.W), None if p.b is None else np.zeros_like(p.b))
+            for p in params
+        )
+
+    def _init_state(self, params):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, np.ndarray | np.int64]:
+        """Copies of the state: ``step`` (np.int64, updates applied so far) and one array
+        per slot, layer and parameter, named ``{slot}_{W|b}_{l}`` (e.g. ``m_W_0``)."""
+        state = self._require_state()
+        out: dict[str, np.ndarray | np.int64] = {"step": np.int64(state.count)}
+        for slot in self._slot_names:
+            layers = getattr(state, slot)
+            if layers is None:
+                continue
+            for l, pair in enumerate(layers):
+                out[f"{slot}_W_{l}"] = pair.W.copy()
+                if pair.b is not None:
+                    out[f"{slot}_b_{l}"] = pair.b.copy()
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a ``state_dict()`` (after ``init`` with parameters of the same shapes).
+
+        Every key must be present with the right shape; values are copied into the
+        state's arrays (cast to the parameters' dtype).
+        """
+        current = self._require_state()
+        expected = self.state_dict()
+        missing = sorted(set(expected) - set(state))
+        extra = sorted(set(state) - set(expected))
+        if missing or extra:
+            raise NoisysimError(
+                f"{self.name} optimizer state must have keys {sorted(expected)}; "
+                f"missing {missing}, unexpected {extra} (was it saved by another optimizer "
+                "or for another network?)"
+            )
+        for key, ref in expected.items():
+            if key == "step":
+                continue
+            value = np.asarray(state[key])
+            if value.shape != ref.shape:
+                raise NoisysimError(
+                    f"optimizer state {key} must have shape {ref.shape}, got {value.shape}"
+                )
+        step = state["step"]
+        if isinstance(step, np.ndarray) and step.shape == ():
+            step = step[()]
+        count = check_number("optimizer state step", step, 0, None, integer=True)
+        for slot in self._slot_names:
+            layers = getattr(current, slot)
+            if layers is None:
+                continue
+            for l, pair in enumerate(layers):
+                pair.W[...] = np.asarray(state[f"{slot}_W_{l}"])
+                if pair.b is not None:
+                    pair.b[...] = np.asarray(state[f"{slot}_b_{l}"])
+        self.state = current._replace(count=np.int64(count))
+
+    def _require_state(self):
+        if self.state is None:
+            raise NoisysimError(
+                f"{self.name} optimizer has no state: call init(params) before update, "
+                "state_dict or load_state_dict"
+            )
+        return self.state
+
+    # -- update --------------------------------------------------------------------------
+    def update(
+        self, params: Sequence[LayerParams], grads: Sequence[LayerGrad]
+    ) -> dict[str, float]:
+        """Apply one update in place to every layer's W and b (never R).
+
+        Returns scalars to log: ``update_norm_l{l}`` = ||Delta W_l||_F including the bias
+        (sqrt(||Delta W_l||_F^2 + ||Delta b_l||^2)), ``grad_norm`` (global norm of the
+        gradients before clipping) and ``clip_scale`` (the factor s applied to them, 1.0 when
+        not clipped). Raises ``NoisysimError`` before touching anything if the gradients are
+        not finite (the run has diverged) or do not match the parameters.
+        """
+        state = self._require_state()
+        arrays = self._pairs(params, grads)
+        grad_norm = _global_norm([g for _, _, _, g in arrays])
+        if not math.isfinite(grad_norm):
+            bad = next((f"gradient {name}_{l} is not finite" for l, name, _, g in arrays
+                        if not np.all(np.isfinite(g))), f"gradient norm overflows ({grad_norm})")
+            raise NoisysimError(
+                f"{bad} at update {int(state.count) + 1}: the run diverged; lower the "
+                "learning rate or enable clip"
+            )
+        scale = 1.0
+        if self.clip is not None and grad_norm > self.clip:
+            scale = self.clip / grad_norm
+        count = int(state.count) + 1
+        sq = [0.0] * len(self._layout)
+        for l, name, p, g in arrays:
+            if scale != 1.0:
+                g = g * p.dtype.type(scale)
+            delta = self._delta(state, l, name, p, g, count)
+            sq[l] += _sum_squares(delta)
+            p -= delta
+        self.state = self.state._replace(count=np.int64(count))
+        out = {f"update_norm_l{l}": math.sqrt(s) for l, s in enumerate(sq)}
+        out["grad_norm"] = grad_norm
+        out["clip_scale"] = scale
+        return out
+
+    def _pairs(self, params, grads) -> list[tuple[int, str, np.ndarray, np.ndarray]]:
+        """Validate and flatten to (layer, "W"|"b", parameter, gradient in its dtype)."""
+        params, grads = list(params), list(grads)
+        if len(params) != len(self._layout):
+            raise NoisysimError(
+                f"{self.name} optimizer was initialised for {len(self._layout)} layers, "
+                f"got parameters for {len(params)}"
+            )
+        if len(grads) != len(params):
+            raise NoisysimError(
+                f"need one gradient per layer ({len(params)}), got {len(grads)}"
+            )
+        out = []
+        for l, (p, g, layout) in enumerate(zip(params, grads, self._layout)):
+            for name, value, grad, shape in (("W", p.W, g.W, layout[0]),
+                                             ("b", p.b, g.b, layout[1])):
+                if value is None and grad is None:
+                    continue
+                if value is None or grad is None:
+                    raise NoisysimError(
+                        f"layer {l}: parameter {name} is {'absent' if value is None else 'present'}"
+                        f" but its gradient is {'absent' if grad is None else 'present'}"
+                    )
+                grad = np.asarray(grad)
+                if value.shape != shape or grad.shape != shape:
+                    raise NoisysimError(
+                        f"{name}_{l} and its gradient must have shape {shape} (as at init), "
+                        f"got {value.shape} and {grad.shape}"
+                    )
+                if value.dtype != layout[2]:
+                    raise NoisysimError(
+                        f"{name}_{l} must keep dtype {layout[2]} (as at init), got {value.dtype}"
+                    )
+                out.append((l, name, value, grad.astype(value.dtype, copy=False)))
+        return out
+
+    def _delta(self, state, l, name, p, g, count):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
+        return f"{type(self).__name__}({opts})"
+
+    def options(self) -> dict:
+        """The hyperparameters, as accepted by ``make_optimizer(self.name, **options)``."""
+        raise NotImplementedError  # pragma: no cover
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum and L2 weight decay.
+
+    See the module docstring for the equations (PyTorch's convention, dampening 0).
+    """
+
+    name = "sgd"
+    _slot_names = ("velocity",)
+
+    def __init__(self, lr: float, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0, clip: float | None = None):
+        super().__init__(lr, clip)
+        self.momentum = check_number("momentum", momentum, 0.0, 1.0, hi_open=True)
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise NoisysimError(f"nesterov must be true or false, got {nesterov!r}")
+        self.nesterov = bool(nesterov)
+        if self.nesterov and self.momentum == 0.0:
+            raise NoisysimError(
+                "nesterov=True needs momentum in (0, 1), got momentum=0.0; set a momentum "
+                "(e.g. 0.9) or nesterov=False"
+            )
+        self.weight_decay = check_number("weight_decay", weight_decay, 0.0, None)
+
+    def options(self) -> dict:
+        return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
+                "weight_decay": self.weight_decay, "clip": self.clip}
+
+    def _init_state(self, params) -> SGDState:
+        velocity = self._zeros(params) if self.momentum > 0.0 else None
+        return SGDState(count=np.int64(0), velocity=velocity)
+
+    def _delta(self, state, l, name, p, g, count):
+        t = p.dtype.type
+        if self.weight_decay:
+            g = g + t(self.weight_decay) * p
+        if state.velocity is None:
+            return t(self.lr) * g
+        v = getattr(state.velocity[l], name)
+        mu = t(self.momentum)
+        v *= mu
+        v += g
+        step = g + mu * v if self.nesterov else v
+        return t(self.lr) * step
+
+
+class Adam(Optimizer):
+    """Adam with bias correction (Kingma & Ba 2015); equations in the module docstring."""
+
+    name = "adam"
+    _slot_names = ("m", "v")
+
+    def __init__(self, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 clip: float | None = None):
+        super().__init__(lr, clip)
+        self.beta1 = check_number("beta1", beta1, 0.0, 1.0, hi_open=True)
+        self.beta2 = check_number("beta2", beta2, 0.0, 1.0, hi_open=True)
+        self.eps = check_number("eps", eps, 0.0, None, lo_open=True,
+                                hint="eps keeps the step finite where v_hat = 0")
+
+    def options(self) -> dict:
+        return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
+                "clip": self.clip}
+
+    def _init_state(self, params) -> AdamState:
+        return AdamState(count=np.int64(0), m=self._zeros(params), v=self._zeros(params))
+
+    def _delta(self, state, l, name, p, g, count):
+        t = p.dtype.type
+        m = getattr(state.m[l], name)
+        v = getattr(state.v[l], name)
+        m *= t(self.beta1)
+        m += t(1.0 - self.beta1) * g
+        v *= t(self.beta2)
+        v += t(1.0 - self.beta2) * (g * g)
+        # bias corrections in float64, then cast: 1 - beta^t underflows nothing at float64
+        correction1 = 1.0 - self.beta1 ** count
+        correction2 = 1.0 - self.beta2 ** count
+        denom = np.sqrt(v * t(1.0 / correction2))
+        denom += t(self.eps)
+        delta = m * t(self.lr / correction1)
+        delta /= denom
+        return delta
+
+
+def _sum_squares(a: np.ndarray) -> float:
+    """Sum of squared elements, accumulated in the array's dtype (BLAS dot); redone in
+    float64 if that overflowed although every value is finite (float32 beyond ~1e19)."""
+    flat = a.reshape(-1)
+    total = float(np.dot(flat, flat))
+    if not math.isfinite(total) and a.dtype != np.float64 and np.all(np.isfinite(a)):
+        flat = flat.astype(np.float64)
+        total = float(np.dot(flat, flat))
+    return total
+
+
+def _global_norm(arrays: Sequence[np.ndarray]) -> float:
+    """sqrt(sum over arrays of their squared elements)."""
+    return math.sqrt(sum(_sum_squares(a) for a in arrays))
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam}
+_OPTIONS = {
+    "sgd": ("lr", "momentum", "nesterov", "weight_decay", "clip"),
+    "adam": ("lr", "beta1", "beta2", "eps", "clip"),
+}
+
+
+def make_optimizer(name: str, **options) -> Optimizer:
+    """Build an optimiser by name: ``"sgd"`` or ``"adam"``.
+
+    Options
+    -------
+    sgd  : lr (> 0, required), momentum in [0, 1) (default 0), nesterov (default False,
+           needs momentum > 0), weight_decay >= 0 (default 0), clip
+    adam : lr (> 0, required), beta1 in [0, 1) (0.9), beta2 in [0, 1) (0.999),
+           eps > 0 (1e-8), clip
+    clip : maximal global gradient norm over all layers' W and b; 0 or None (default) = off.
+
+    Unknown names or options raise ``NoisysimError`` listing the valid ones.
+    """
+    check_choice("optimizer", name, OPTIMIZERS)
+    valid = _OPTIONS[name]
+    unknown = [k for k in options if k not in valid]
+    if unknown:
+        raise NoisysimError(
+            f"unknown option {unknown[0]!r} for optimizer {name!r}; valid options: "
+            f"{', '.join(valid)}"
+        )
+    if "lr" not in options:
+        raise NoisysimError(f"optimizer {name!r} needs lr (the learning rate, > 0)")
+    return OPTIMIZERS[name](**options)

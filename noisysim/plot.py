@@ -1,0 +1,134 @@
+"""Figures from trajectory files: mean curve with a +-std band per group of runs.
+
+Uses matplotlib's Agg canvas directly (no pyplot, no global backend switch), so it works
+headless and inside other programs' matplotlib sessions.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from noisysim.analysis import (
+    STAT_KEYS,
+    _as_list,
+    curves,
+    expand_paths,
+    flatten_config,
+    group_label,
+)
+from noisysim.errors import NoisysimError
+from noisysim.record import INDEX_KEYS, Trajectory
+
+# config keys named in the title when all plotted runs share them (first match wins)
+_DATASET_KEYS = ("data.name", "data.dataset", "dataset.name", "dataset", "data")
+# leaf names of shared settings worth a mention under the title
+_SETTING_LEAVES = (
+    "widths", "activation", "optimizer", "lr", "batch_size", "epochs", "sigma", "noise",
+)
+
+
+@dataclass
+class PlotResult:
+    """What plot_curves drew: ``curves`` as returned by analysis.curves, one line each."""
+
+    curves: list[dict[str, Any]]
+    figure: Figure
+    path: Path
+    data_path: Path | None = None
+    lines: list = field(default_factory=list)  # the Line2D of each curve, same order
+
+
+def _title(configs: Sequence[dict], by: list[str], metric: str) -> str:
+    flat = [flatten_config(c) for c in configs]
+    common = {
+        k: v
+        for k, v in flat[0].items()
+        if k not in by and all(k in f and f[k] == v for f in flat[1:])
+    }
+    dataset = next((common[k] for k in _DATASET_KEYS if isinstance(common.get(k), str)), None)
+    head = f"{metric} on {dataset}" if dataset else metric
+    if by:
+        head += f" by {', '.join(by)}"
+    settings = []
+    for key, value in common.items():
+        leaf = key.rsplit(".", 1)[-1]
+        text = str(value)
+        named = leaf == "name" and key.split(".")[0] in _SETTING_LEAVES  # e.g. optimizer.name
+        if (leaf in _SETTING_LEAVES or named) and len(text) <= 30:
+            settings.append(f"{key}={text}")
+    return head + ("\n" + ", ".join(settings[:5]) if settings else "")
+
+
+def plot_curves(
+    paths,
+    out_png: str | os.PathLike,
+    metric: str = "eval/test_accuracy",
+    by: str | Sequence[str] | None = "rule.name",
+    x: str = "epoch",
+    *,
+    title: str | None = None,
+    save_data: bool = True,
+    dpi: int = 120,
+) -> PlotResult:
+    """Plot mean +- std of ``metric`` against ``x`` for each group of runs; save to ``out_png``.
+
+    The figure format follows the file suffix (.png, .pdf, .svg). With ``save_data`` the
+    plotted numbers are also written as CSV beside it (same name, suffix .csv).
+    """
+    by_keys = _as_list(by)
+    files = expand_paths(paths)
+    entries = curves(files, by_keys, metric, x=x)
+    out = Path(out_png)
+    if out.is_dir():
+        raise NoisysimError(
+            f"{out} is a directory; give a file name for the figure (e.g. curves.png)"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    lines = []
+    for entry in entries:
+        (line,) = ax.plot(
+            entry["x"], entry["mean"], label=f"{group_label(entry)} (n={entry['n']})",
+            marker="o" if len(entry["x"]) <= 30 else None, markersize=3,
+        )
+        ax.fill_between(
+            entry["x"], entry["mean"] - entry["std"], entry["mean"] + entry["std"],
+            color=line.get_color(), alpha=0.2, linewidth=0,
+        )
+        lines.append(line)
+    ax.set_xlabel(x)
+    if x in INDEX_KEYS:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(metric)
+    ax.grid(True, alpha=0.3)
+    if entries:
+        ax.legend(title=", ".join(by_keys) or None, fontsize="small")
+    if title is None:
+        used = sorted({f for e in entries for f in e["files"]})
+        title = _title([Trajectory(f).config for f in used], by_keys, metric)
+    ax.set_title(title, fontsize="medium")
+    fig.savefig(out, dpi=dpi)
+
+    data_path = None
+    if save_data:
+        data_path = out.with_suffix(".csv")
+        with open(data_path, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            keys = [k for k in (entries[0] if entries else {}) if k not in STAT_KEYS]
+            writer.writerow(keys + [x, f"{metric} mean", f"{metric} std", "n"])
+            for entry in entries:
+                for xv, mv, sv in zip(entry["x"], entry["mean"], entry["std"]):
+                    values = [xv, repr(float(mv)), repr(float(sv)), entry["n"]]
+                    writer.writerow([entry[k] for k in keys] + values)
+    return PlotResult(curves=entries, figure=fig, path=out, data_path=data_path, lines=lines)

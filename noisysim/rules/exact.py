@@ -1,0 +1,104 @@
+"""Rules that differentiate the measured reference pass exactly: BP and the forward gradient.
+
+Both ask the device for the reference pass alone (``samples=0``) and use the network's
+derivatives at the measured pre-activations, so with discontinuous activations (derivative
+zero almost everywhere) they pass no signal upstream, by design. BP's ``surrogate="ste"``
+replaces the true derivatives with straight-through ones.
+
+Forward gradient (exact directional derivative, no finite-difference bias): draw a tangent
+v ~ N(0, I) over all weights and biases, propagate it forward through the reference pass
+
+    dA_l  = X*_{l-1} V_l^T + dX*_{l-1} W_l^T + v_{b,l}     (dX*_{-1} = 0: the input is fixed)
+    dX_l  = f'_l(a_l) * dA_l
+    dX*_l = dX_l R_{l+1}^T                                 (when layer l+1 decorrelates)
+
+and take the per-sample directional derivative of the loss d_n = (d ell_n / d z_n) . dZ_n
+(z = network output). Then g = mean_n(d_n) v = (grad . v) v; K tangents are averaged.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..kernels import rng
+from ..network import LayerGrad, Network
+from .base import Rule, direction_gradient, reference
+
+
+class Backprop(Rule):
+    """BP: exact backpropagation through the measured reference pass.
+
+    Options: surrogate ("none" | "ste": straight-through derivatives), clean_pass
+    (False: backpropagate through a noisy pass), decorrelated.
+    """
+
+    family = "bp"
+    OPTIONS = {"surrogate": "none", "clean_pass": True, "decorrelated": False}
+
+    def request(self) -> dict:
+        return {"perturb": "none", "sigma": 0.0, "samples": 0,
+                "clean_pass": self.options["clean_pass"]}
+
+    def estimate(self, m, network: Network) -> list[LayerGrad]:
+        dout = network.loss_grad(m.outputs[0], m.targets)
+        return network.backward(reference(m.inputs), reference(m.pre), dout,
+                                surrogate=self.options["surrogate"] == "ste")
+
+
+class ForwardGradientState(NamedTuple):
+    """step: number of estimates made so far; keys the tangent draws."""
+
+    step: np.int64
+
+
+class ForwardGradient(Rule):
+    """FG: g = (grad . v) v with v ~ N(0, I) over all W and b, grad . v by forward mode.
+
+    Options: samples K (tangents averaged per estimate), seed (of the tangent draws),
+    clean_pass, decorrelated. State: ``step``, advanced by one per estimate. Tangents of
+    estimate ``step`` come from ``rng.normal_array(seed, STREAM_PERTURB, step, l,
+    (K, N_l * N_{l-1} + N_l))``: row k holds tangent k of layer l, weights (C order) first,
+    then the bias.
+    """
+
+    family = "fg"
+    OPTIONS = {"samples": 1, "seed": 0, "clean_pass": True, "decorrelated": False}
+
+    def initial_state(self) -> ForwardGradientState:
+        return ForwardGradientState(step=np.int64(0))
+
+    def request(self) -> dict:
+        return {"perturb": "none", "sigma": 0.0, "samples": 0,
+                "clean_pass": self.options["clean_pass"]}
+
+    def tangents(self, network: Network, step: int) -> tuple[list, list | None]:
+        """The K tangents of estimate ``step``: per layer V (K, N_l, N_{l-1}) and v_b (K, N_l)."""
+        K = self.options["samples"]
+        Vs, vbs = [], []
+        for l, p in enumerate(network.layers):
+            n_b = p.W.shape[0] if p.b is not None else 0
+            z = rng.normal_array(self.options["seed"], rng.STREAM_PERTURB, int(step), l,
+                                 (K, p.W.size + n_b), dtype=network.dtype)
+            Vs.append(z[:, : p.W.size].reshape((K,) + p.W.shape))
+            vbs.append(z[:, p.W.size:] if p.b is not None else None)
+        return Vs, (vbs if network.bias else None)
+
+    def estimate(self, m, network: Network) -> list[LayerGrad]:
+        Vs, vbs = self.tangents(network, self.state.step)
+        self.state = ForwardGradientState(step=np.int64(self.state.step + 1))
+        L = network.n_layers
+        dx_star = None  # dX*_{l-1}: (K, B, N_{l-1})
+        for l, p in enumerate(network.layers):
+            da = np.matmul(m.inputs[l][0], Vs[l].transpose(0, 2, 1))
+            if dx_star is not None:
+                da += dx_star @ p.W.T
+            if vbs is not None:
+                da += vbs[l][:, None, :]
+            dx = network.activations[l].derivative(m.pre[l][0]) * da
+            nxt = network.layers[l + 1].R if l + 1 < L else None
+            dx_star = dx @ nxt.T if nxt is not None else dx
+        dout = network.loss_grad(m.outputs[0], m.targets)
+        d = np.einsum("bn,kbn->k", dout, dx_star, dtype=np.float64) / dout.shape[0]
+        return direction_gradient(d, Vs, vbs)
