@@ -251,7 +251,7 @@ class GaussianNoise(NoiseModel):
         self.mean = self._check("mean", mean)
 
     def _apply(self, a, times, state, seed, layer) -> None:
-        _k.gaussian_apply(a, times, seed, layer, self.mean, self.sigma, False)
+        _k.pick(_k.gaussian_apply, a.size)(a, times, seed, layer, self.mean, self.sigma, False)
 
 
 class MultiplicativeNoise(NoiseModel):
@@ -268,7 +268,7 @@ class MultiplicativeNoise(NoiseModel):
         self.sigma = self._check("sigma", sigma, 0.0)
 
     def _apply(self, a, times, state, seed, layer) -> None:
-        _k.gaussian_apply(a, times, seed, layer, 0.0, self.sigma, True)
+        _k.pick(_k.gaussian_apply, a.size)(a, times, seed, layer, 0.0, self.sigma, True)
 
 
 class BernoulliNoise(NoiseModel):
@@ -290,7 +290,7 @@ class BernoulliNoise(NoiseModel):
         self.offset = self._check("offset", offset)
 
     def _apply(self, a, times, state, seed, layer) -> None:
-        _k.bernoulli_apply(a, times, seed, layer, self.p, self.amplitude, self.offset,
+        _k.pick(_k.bernoulli_apply, a.size)(a, times, seed, layer, self.p, self.amplitude, self.offset,
                            self.n_sources, False)
 
 
@@ -310,7 +310,7 @@ class CentredBernoulliNoise(NoiseModel):
         self.n_sources = self._check("n_sources", n_sources, 1, integer=True)
 
     def _apply(self, a, times, state, seed, layer) -> None:
-        _k.bernoulli_apply(a, times, seed, layer, self.p, self.amplitude, 0.0,
+        _k.pick(_k.bernoulli_apply, a.size)(a, times, seed, layer, self.p, self.amplitude, 0.0,
                            self.n_sources, True)
 
 
@@ -345,7 +345,7 @@ class TelegraphNoise(_TelegraphBase):
         self.n_sources = self._check("n_sources", n_sources, 1, integer=True)
 
     def _apply(self, a, times, state, seed, layer) -> None:
-        _k.telegraph_apply(a, times, state["last_time"], state["spin"], seed, layer,
+        _k.pick(_k.telegraph_apply, a.size)(a, times, state["last_time"], state["spin"], seed, layer,
                            self.p_flip, self.amplitude, self.offset, 0.0, 1.0, False)
 
 
@@ -374,7 +374,7 @@ class SMTJNoise(_TelegraphBase):
         self.n_sources = self._check("n_sources", n_sources, 1, integer=True)
 
     def _apply(self, a, times, state, seed, layer) -> None:
-        _k.telegraph_apply(a, times, state["last_time"], state["spin"], seed, layer,
+        _k.pick(_k.telegraph_apply, a.size)(a, times, state["last_time"], state["spin"], seed, layer,
                            self.p_flip, self.amplitude, self.n_sources * self.mean,
                            self.sigma, self.scale, True)
 
@@ -404,7 +404,7 @@ class _OUBase(NoiseModel):
 
     def _apply(self, a, times, state, seed, layer) -> None:
         decay, c1, std = self._constants
-        _k.ou_apply(a, times, state["last_time"], state["x"], seed, layer, decay, c1, std,
+        _k.pick(_k.ou_apply, a.size)(a, times, state["last_time"], state["x"], seed, layer, decay, c1, std,
                     self.mean)
 
 

@@ -15,7 +15,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from . import rng
+from . import PARALLEL_MIN_SIZE, rng
 
 # Activation codes (stable: they are stored in nothing, but tests and the GPU twin use them).
 IDENTITY = 0
@@ -106,7 +106,6 @@ def derivative_scalar(code, a, p0, p1, p2, mode):
 # Kernels over rows come in two drivers: ``_*_rows(..., r0, r1)`` does rows r0..r1-1 serially
 # (called directly for small arrays, where a parallel launch costs more than it saves) and a
 # ``prange`` driver over blocks of rows for large ones. Results do not depend on the driver.
-PARALLEL_MIN_SIZE = 1 << 15
 _BLOCK_ROWS = 16
 
 

@@ -41,7 +41,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from . import rng
+from . import PARALLEL_MIN_SIZE, rng, serial_twin
 
 # fastmath=False keeps every product and sum rounded as written (no FMA contraction), which
 # a GPU twin must match; error_model="numpy" drops zero-division checks (none can occur).
@@ -279,3 +279,12 @@ def ou_apply(a, times, last_time, x, seed, layer, decay, c1, std, mean):
                 i = i_end
     for b in range(n_slots):
         last_time[b] = times[n_pass - 1]
+
+
+_SERIAL = {k: serial_twin(k, **_OPTS)
+           for k in (gaussian_apply, bernoulli_apply, telegraph_apply, ou_apply)}
+
+
+def pick(kernel, size):
+    """The parallel kernel for large arrays, its serial twin for small ones."""
+    return kernel if size >= PARALLEL_MIN_SIZE else _SERIAL[kernel]

@@ -92,7 +92,8 @@ import operator
 import numpy as np
 from numba import njit, prange
 
-from noisysim.errors import NoisysimError, check_choice, check_number
+from ..errors import NoisysimError, check_choice, check_number
+from . import PARALLEL_MIN_SIZE
 
 __all__ = [
     "STREAM_NOISE",
@@ -505,10 +506,6 @@ def _prepare(seed, stream, step, layer, shape, dtype):
     out = np.empty(dims, dtype=_check_dtype(dtype))
     return np.uint64(key(*counters)), out
 
-
-# Below this many elements a parallel launch costs more than it saves (both paths give the
-# same values: draws depend only on their keys).
-PARALLEL_MIN_SIZE = 1 << 16
 
 
 def uniform_array(seed, stream, step, layer, shape, dtype=np.float64) -> np.ndarray:
