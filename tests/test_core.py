@@ -12,6 +12,7 @@ from noisysim.errors import NoisysimError
 from noisysim.kernels import rng
 from noisysim.losses import loss, loss_grad
 from noisysim.network import Network
+from noisysim.noise import make_noise
 
 ACT_PARAMS = {
     "leaky_relu": {"slope": 0.1},
@@ -171,9 +172,10 @@ def test_drawn_perturbations_follow_the_key_and_sigma():
     assert device.clock == 2
 
 
-def test_no_noise_makes_perturbed_passes_equal_reference():
+@pytest.mark.parametrize("noise", [None, "none"])
+def test_no_noise_makes_perturbed_passes_equal_reference(noise):
     net = _net("float32")
-    device = Device(net, seed=1)
+    device = Device(net, noise=make_noise(noise) if noise else None, seed=1)
     x = _data((6, 7)).astype(np.float32)
     m = device.measure(x, np.arange(6) % 4, perturb="none", samples=3, clean_pass=False)
     for p in range(1, 4):
