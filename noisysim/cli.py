@@ -1,7 +1,11 @@
 """The ``noisysim`` command: parse, call, print.
 
-User mistakes (bad config, bad values, missing or corrupt files) end with exit code 2 and
-one line on stderr; ``--debug`` shows the traceback instead.
+Exit codes: 0 done; 1 a run (or a sweep point) ended diverged or failed; 2 a user mistake
+(bad config, bad values, missing or corrupt files, an existing output file): one line on
+stderr naming the file/key/value and the fix, ``--debug`` shows the traceback instead;
+130 interrupted by SIGINT or SIGTERM (the trajectory is flushed and checkpointed, status
+"interrupted"; continue it with ``noisysim run --resume FILE``). Warnings (e.g. a file that
+summary or plot skips) are printed as one line each on stderr.
 """
 
 from __future__ import annotations
@@ -9,12 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+import warnings
 from pathlib import Path
 
 from . import __version__
 from .errors import NoisysimError
 
 MAIN_RULES = ("bp", "np", "anp", "danp")
+EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -25,18 +32,38 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USAGE
-    try:
-        return int(args.func(args) or 0)
-    except NoisysimError as err:
-        if args.debug:
-            raise
-        print(f"noisysim: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        if args.debug:
-            raise
-        print("noisysim: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    with warnings.catch_warnings():
+        if not args.debug:
+            warnings.showwarning = _show_warning
+        try:
+            return int(args.func(args) or 0)
+        except NoisysimError as err:
+            if args.debug:
+                raise
+            print(f"noisysim: error: {_one_line(err)}", file=sys.stderr)
+            return EXIT_USAGE
+        except OSError as err:  # e.g. an output folder that cannot be created
+            if args.debug:
+                raise
+            print(f"noisysim: error: {_one_line(err)} (run with --debug for details)",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            if args.debug:
+                raise
+            print("noisysim: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Every warning as one line on stderr: noisysim's own by their message alone."""
+    ours = category.__module__.split(".")[0] == "noisysim"
+    text = _one_line(message) if ours else f"{category.__name__}: {_one_line(message)}"
+    print(f"noisysim: warning: {text}", file=file or sys.stderr, flush=True)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,29 +77,43 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     r = sub.add_parser("run", parents=[common], help="train one configured run (or the main job)",
-                       description="Train the run CONFIG describes. Without CONFIG: the main job, "
-                       "which compares " + ", ".join(MAIN_RULES) + " on the embedded digits data "
-                       "with intrinsic noise and prints the comparison table.")
+                       description="Train the run CONFIG describes, streaming its trajectory to "
+                       "OUT/<name>.h5. Without CONFIG and --set: the main job, which compares "
+                       + ", ".join(MAIN_RULES) + " on the embedded digits data with intrinsic "
+                       "noise and prints the comparison table. Progress goes to stderr (a bar on "
+                       "a terminal, a plain line every 10 s otherwise), a summary to stdout.",
+                       epilog="Exit codes: 0 completed, 1 diverged or failed, 2 bad input, 130 "
+                       "interrupted (SIGINT/SIGTERM: flushed, checkpointed; continue with "
+                       "--resume FILE). NOISYSIM_FLUSH_SECONDS (default 5) bounds what a killed "
+                       "process loses.")
     r.add_argument("config", nargs="?", help="TOML experiment file (default: the embedded default)")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set rule.name=anp (repeatable)")
     r.add_argument("--out", default=None, help="output folder (default runs/, main job runs/main/)")
-    r.add_argument("--resume", metavar="FILE", help="continue an interrupted trajectory")
+    r.add_argument("--resume", metavar="FILE",
+                   help="continue an interrupted (or killed) trajectory from its last checkpoint")
     r.add_argument("--overwrite", action="store_true", help="replace an existing trajectory")
     r.set_defaults(func=_cmd_run)
 
-    s = sub.add_parser("summary", parents=[common], help="final metrics grouped by config keys")
+    s = sub.add_parser("summary", parents=[common], help="final metrics grouped by config keys",
+                       description="Final value of a metric per run, as mean +- std (ddof 1) and "
+                       "n over the runs of each group (usually seeds). Unreadable files are "
+                       "skipped with a warning.")
     s.add_argument("paths", nargs="+", help="trajectory files or folders")
-    s.add_argument("--by", action="append", default=None, help="config key to group by (default rule.name)")
+    s.add_argument("--by", action="append", default=None,
+                   help="config key to group by (default rule.name; repeatable)")
     s.add_argument("--metric", default="eval/test_accuracy", help="group/series (default eval/test_accuracy)")
     s.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     s.set_defaults(func=_cmd_summary)
 
-    pl = sub.add_parser("plot", parents=[common], help="mean curves with a band over seeds")
-    pl.add_argument("paths", nargs="+")
-    pl.add_argument("-o", "--output", required=True, help="PNG file to write")
-    pl.add_argument("--metric", default="eval/test_accuracy")
-    pl.add_argument("--by", action="append", default=None)
+    pl = sub.add_parser("plot", parents=[common], help="mean curves with a band over seeds",
+                        description="Mean +- std of a metric against step or epoch per group of "
+                        "runs; writes the figure and the plotted numbers as CSV beside it.")
+    pl.add_argument("paths", nargs="+", help="trajectory files or folders")
+    pl.add_argument("-o", "--output", required=True, help="figure file (.png, .pdf, .svg)")
+    pl.add_argument("--metric", default="eval/test_accuracy", help="group/series (default eval/test_accuracy)")
+    pl.add_argument("--by", action="append", default=None,
+                    help="config key to group by (default rule.name; repeatable)")
     pl.add_argument("--x", default="epoch", choices=["step", "epoch"])
     pl.set_defaults(func=_cmd_plot)
 
@@ -80,14 +121,24 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("file")
     i.set_defaults(func=_cmd_inspect)
 
-    sw = sub.add_parser("sweep", parents=[common], help="run a grid of configs (process pool or Dask)")
-    sw.add_argument("config", nargs="?")
+    sw = sub.add_parser("sweep", parents=[common], help="run a grid of configs (local processes or Dask)",
+                        description="Run every point of the grid (the product of the --grid "
+                        "values) as its own trajectory OUT/<name>-<key>=<value>....h5. A failed "
+                        "point is reported and does not stop the others; a rerun skips completed "
+                        "points and resumes interrupted ones.",
+                        epilog="Exit codes: 0 all points completed, 1 some diverged or failed, "
+                        "2 bad input, 130 interrupted.")
+    sw.add_argument("config", nargs="?", help="TOML experiment file (default: the embedded default)")
     sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                     help="a config key and its values (repeatable: the grid is the product)")
-    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    sw.add_argument("--out", default="runs/sweep")
-    sw.add_argument("--workers", type=int, default=None, help="local processes (default: CPU count)")
-    sw.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:port)")
+    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key for every point (repeatable)")
+    sw.add_argument("--out", default="runs/sweep", help="output folder (default runs/sweep)")
+    sw.add_argument("--workers", type=int, default=None,
+                    help="local processes at a time (default: CPU count)")
+    sw.add_argument("--scheduler", default=None,
+                    help="run on the Dask cluster of this scheduler (tcp://host:port); workers "
+                    "need noisysim and the output folder")
     sw.set_defaults(func=_cmd_sweep)
 
     b = sub.add_parser("bench", parents=[common], help="time full training steps",
@@ -109,28 +160,39 @@ def _cmd_run(args) -> int:
     from .config import load_config
     from .experiment import Progress, run
 
+    start = time.monotonic()
     if args.resume:
+        if args.config is not None or args.overrides or args.overwrite or args.out:
+            given = ("CONFIG" if args.config is not None else "--set" if args.overrides
+                     else "--overwrite" if args.overwrite else "--out")
+            raise NoisysimError(f"--resume continues {args.resume} with its recorded config in "
+                                f"place; drop {given} (or start a new run without --resume)")
         result, path = run({}, resume=args.resume, progress=Progress())
-        return _report_run(result, path)
+        return _report_run(result, path, start)
     if args.config is None and not args.overrides:
         return _main_job(args)
     config = load_config(args.config, args.overrides).to_dict()
     out = args.out or "runs"
     result, path = run(config, out, overwrite=args.overwrite, progress=Progress())
-    return _report_run(result, path)
+    return _report_run(result, path, start)
 
 
-def _report_run(result, path) -> int:
+def _report_run(result, path, start: float | None = None) -> int:
+    """The closing summary: status, file, position, final evaluation, what to do next."""
     final = result.final
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in final.items() if k not in ("epoch", "step"))
-    print(f"{result.status}: {path} (step {result.step}, epoch {result.epoch})"
-          + (f"; {metrics}" if metrics else ""))
+    metrics = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if k not in ("epoch", "step"))
+    took = f" in {time.monotonic() - start:.1f} s" if start is not None else ""
+    print(f"{result.status}: {path} (step {result.step}, epoch {result.epoch}{took})"
+          + (f"; {metrics}" if metrics else ""), flush=True)
     if result.message:
         print(f"  {result.message}")
     if result.status == "interrupted":
-        print(f"  resume with: noisysim run --resume {path}")
+        print(f"  resume with: noisysim run --resume {path}", flush=True)
         return EXIT_INTERRUPTED
-    return 0 if result.status == "completed" else 1
+    if result.status == "diverged":
+        print("  the file holds every row up to the divergence; lower optimizer.lr or "
+              "rule.sigma and rerun with --overwrite", flush=True)
+    return 0 if result.status == "completed" else EXIT_FAILED
 
 
 def _main_job(args) -> int:
@@ -147,7 +209,7 @@ def _main_job(args) -> int:
     paths = []
     data = None
     for rule in MAIN_RULES:
-        config = load_config(None, [f"rule.name={rule}", f"name={base['name']}-{rule}"]).to_dict()
+        config = load_config(None, [f"rule.name={rule}"]).to_dict()  # named <rule>-digits
         path = out / f"{config['name']}.h5"
         if path.exists() and not args.overwrite and _completed(path):
             print(f"{rule}: already completed in {path} (use --overwrite to rerun)")
@@ -155,8 +217,9 @@ def _main_job(args) -> int:
             if data is None:
                 from .experiment import build
                 data = build(config).data
+            start = time.monotonic()
             result, path = run(config, out, overwrite=True, progress=Progress(f"{rule:>5} "), data=data)
-            _report_run(result, path)
+            _report_run(result, path, start)
             if result.status == "interrupted":
                 return EXIT_INTERRUPTED
         paths.append(path)
@@ -194,8 +257,11 @@ def _cmd_summary(args) -> int:
 def _cmd_plot(args) -> int:
     from .plot import plot_curves
 
-    plot_curves(args.paths, args.output, metric=args.metric, by=args.by or ["rule.name"], x=args.x)
-    print(f"wrote {args.output}")
+    res = plot_curves(args.paths, args.output, metric=args.metric, by=args.by or ["rule.name"],
+                      x=args.x)
+    n = sum(len(c["files"]) for c in res.curves)
+    print(f"wrote {res.path} ({len(res.curves)} curves from {n} runs) and the plotted data "
+          f"{res.data_path}")
     return 0
 
 
@@ -205,7 +271,12 @@ def _cmd_inspect(args) -> int:
     t = Trajectory(args.file)
     print(f"file:    {args.file}")
     print(f"status:  {t.status}" + (f" ({t.message})" if t.message else ""))
-    print(f"format:  noisysim-trajectory v{t.format_version}, seed {t.seed}")
+    if t.status in ("interrupted", "running", "failed"):
+        print(f"         continue with: noisysim run --resume {args.file}")
+    print(f"format:  noisysim-trajectory v{t.format_version}, seed {t.seed}, noisysim "
+          f"{t.noisysim_version}, created {t.created}, updated {t.updated}, "
+          f"resumed {int(t.attrs.get('resumes', 0))} times")
+    print("rows:    " + ", ".join(f"{g} {t.length(g)}" for g in t.groups()))
     print("config:")
     for line in json.dumps(t.config, indent=2, sort_keys=True).splitlines():
         print(f"  {line}")
@@ -219,11 +290,18 @@ def _cmd_inspect(args) -> int:
 def _cmd_sweep(args) -> int:
     from .sweep import parse_grid, sweep
 
+    if args.workers is not None and args.scheduler:
+        raise NoisysimError("--workers applies to local processes; with --scheduler the Dask "
+                            "cluster's workers run the points: drop one of them")
+    if args.workers is not None and args.workers < 1:
+        raise NoisysimError(f"--workers must be >= 1, got {args.workers}")
     grid = parse_grid(args.grid)
-    summary = sweep(args.config, grid, overrides=args.overrides, out=args.out,
+    results = sweep(args.config, grid, overrides=args.overrides, out=args.out,
                     workers=args.workers, scheduler=args.scheduler)
-    failed = [p for p in summary if p["status"] not in ("completed", "skipped")]
-    return 1 if failed else 0
+    statuses = {r["status"] for r in results}
+    if statuses & {"interrupted", "not finished"}:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if statuses - {"completed", "skipped"} else 0
 
 
 # -- bench ----------------------------------------------------------------------------------

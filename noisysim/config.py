@@ -10,13 +10,15 @@ Entry points::
     resolve_value(cfg, "rule.sigma")         # one value by its dotted key
 
 Layers, lowest first: the defaults of ``SCHEMA`` (and of the rule, noise model, optimiser,
-dataset and activation themselves), an included model file (``model = "models/x.toml"`` at
-the top level, or ``file = ...`` inside ``[model]``), the config file, then each ``--set`` in
-order. A later layer replaces single keys, never whole sections. When a later layer changes
-a component (``rule.name``, ``noise.model``, ``optimizer.name``, ``data.name``,
-``model.activation``), the options that lower layers gave the *old* component and that the
-new one does not accept are dropped, so ``--set rule.name=bp`` works on a file written for
-``danp``; options it accepts are kept.
+dataset and activation themselves), the config file, then each ``--set`` in order. A model
+file (``model = "models/x.toml"`` at the top level, or ``file = ...`` inside ``[model]``)
+sits just below the layer that names it: the including file overrides its keys, and
+``--set model=models/x.toml`` overrides the file's ``[model]`` and ``[noise]``. A later layer
+replaces single keys, never whole sections. When a later layer changes a component
+(``rule.name``, ``noise.model``, ``optimizer.name``, ``data.name``, ``model.activation``), the
+options that lower layers gave the *old* component and that the new one does not accept are
+dropped, so ``--set rule.name=bp`` works on a file written for ``danp``; options it accepts
+are kept.
 
 Validation happens once, in ``load_config`` / ``config_from_dict``, before any work, and
 stops at the first problem with a one-line ``NoisysimError`` naming the place (file and
@@ -185,7 +187,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("model.output_activation", "string", "identity",
         "applied to the last layer before the loss", lambda: ACTIVATIONS),
     Key("model.loss", "string", "cross_entropy",
-        "cross_entropy (classification) or squared_error (regression)", lambda: LOSSES),
+        "per-sample loss on the outputs (classification needs cross_entropy, regression "
+        "squared_error)", lambda: LOSSES),
     Key("model.bias", "boolean", True, "layers have biases (initialised to zero)"),
     Key("model.init", "string", "he_normal", "weight initialisation", lambda: INITIALISERS),
     Key("model.dtype", "string", "float32", "precision of parameters and activities "
@@ -202,7 +205,7 @@ SCHEMA: tuple[Key, ...] = (
     Key("rule.<option>", "per rule", _NO_DEFAULT,
         "options of the rule: sigma (std of the injected perturbation), samples (perturbed "
         "passes per update), clean_pass (reference pass without intrinsic noise), surrogate "
-        "(bp/dbp: none or ste), seed (fg)", open=True),
+        "(bp/dbp: none or ste), seed (fg); decorrelated is implied by the d* names", open=True),
     Key("decorrelation.lr", "float", 1e-3,
         "learning rate of the decorrelation matrices R (dbp, dnp, dinp, danp); 0 freezes R"),
     Key("decorrelation.kappa", "float", 0.0,
@@ -261,7 +264,8 @@ def schema_markdown() -> str:
 class _Source:
     label: str                 # "run.toml", "--set rule.sigma=1", "config dict", "defaults"
     kind: str                  # "file" | "set" | "dict" | "default"
-    layer: int                 # 0 defaults, 1 include, 2 file or dict, 3... each --set
+    layer: float               # 0 defaults, 2 file or dict, 3... each --set; an
+                               # included file: 0.5 below the layer naming it
     text: str | None = None    # file text, for line numbers
     base: Path | None = None   # folder that relative paths start from
 
@@ -302,6 +306,8 @@ def _find_line(text: str, dotted: str) -> int | None:
         m = header.match(line)
         if m:
             table = _norm_key(m.group(1))
+            if table == dotted:
+                return i
             continue
         m = assign.match(line)
         if m:
@@ -502,7 +508,9 @@ def _include(entries: dict[str, _Entry]) -> tuple[dict[str, _Entry], _Source | N
         )
     label = _label(path)
     doc, text = _read_toml(path, label)
-    src = _Source(label, "file", 1, text, path.parent)
+    # Just below the layer that names it: the naming file overrides it, and a --set include
+    # overrides the files under it.
+    src = _Source(label, "file", e.source.layer - 0.5, text, path.parent)
     inc = _flatten(doc, src, include_file=True)
     return inc, src
 
@@ -561,6 +569,8 @@ def _plain(v: Any) -> Any:
         return [_plain(x) for x in v]
     if hasattr(v, "item") and type(v).__module__ == "numpy" and getattr(v, "ndim", 1) == 0:
         return v.item()
+    if isinstance(v, os.PathLike):
+        return os.fspath(v)
     return v
 
 
@@ -640,7 +650,8 @@ class _Resolver:
                     blame, pos = k, m.start()
             name_key = _GROUPS[prefix][0]
             if blame is None:
-                raise NoisysimError(f"{self.where(name_key)}: {name_key} = {name!r}: {msg}") from None
+                raise NoisysimError(
+                    f"{self.where(name_key)}: {name_key} = {name!r}: {msg}") from None
             e = opts[blame]
             dotted = f"{prefix}.{blame}"
             hint = _unquote_hint(dotted, e.value, e.source)
@@ -819,32 +830,45 @@ class _Resolver:
                                 f"{exc}") from None
         self.out["train"] = t
 
+    def blame(self, key: str, cause: str) -> str:
+        """Where to point for a conflict: ``key`` if the user set it, else ``cause``."""
+        if key in self.entries:
+            return self.where(key)
+        return f"{self.where(cause)}"
+
+    def defaulted(self, key: str) -> str:
+        return "" if key in self.entries else " (the default)"
+
     def cross_checks(self) -> None:
         m, d = self.out["model"], self.out["data"]
         layers = m["layers"]
         info = _dataset_info(d)
         if info is not None:
-            inputs, classes, task = info
-            want_out = classes
+            inputs, want_out, task = info
             loss = m["loss"]
+            cause = "data.task" if "data.task" in self.entries else "data.name"
             if task == "classification" and loss != "cross_entropy":
-                self.fail("model.loss", f"model.loss = {loss!r} needs regression targets but "
-                          f"dataset {d['name']!r} is a classification set (integer labels); "
-                          "use loss = 'cross_entropy'")
+                raise NoisysimError(
+                    f"{self.blame('model.loss', cause)}: model.loss = {loss!r}"
+                    f"{self.defaulted('model.loss')} needs regression targets but dataset "
+                    f"{d['name']!r} is a classification set (integer labels); set [model] "
+                    "loss = \"cross_entropy\"")
             if task == "regression" and loss != "squared_error":
-                self.fail("model.loss", f"model.loss = {loss!r} needs class labels but dataset "
-                          f"{d['name']!r} is a regression set (float targets); use loss = "
-                          "'squared_error' (or data.task = 'classification')")
+                raise NoisysimError(
+                    f"{self.blame('model.loss', cause)}: model.loss = {loss!r}"
+                    f"{self.defaulted('model.loss')} needs class labels but dataset "
+                    f"{d['name']!r} is a regression set (float targets); set [model] loss = "
+                    "\"squared_error\" (or [data] task = \"classification\")")
             if layers[0] != inputs or layers[-1] != want_out:
                 good = [inputs] + list(layers[1:-1]) + [want_out]
                 what = "classes" if task == "classification" else "outputs"
                 bad = (f"the first width must be its input size {inputs}"
                        if layers[0] != inputs else
                        f"the last width must be its number of {what} {want_out}")
-                src = self.entry("model.layers").source
-                self.fail("model.layers",
-                          f"model.layers = {_toml_value(layers)} does not fit dataset "
-                          f"{d['name']!r}: {bad}; {src.fix('model.layers', _toml_value(good))}")
+                raise NoisysimError(
+                    f"{self.blame('model.layers', 'data.name')}: model.layers = "
+                    f"{_toml_value(layers)}{self.defaulted('model.layers')} does not fit "
+                    f"dataset {d['name']!r}: {bad}; set [model] layers = {_toml_value(good)}")
         n_layers = len(layers) - 1
         nl = self.out["noise"]["layers"]
         if nl != "all":
@@ -970,7 +994,9 @@ def _check_type(dotted: str, typ: str, value: Any, source: _Source) -> Any:
 
 def _check_fixed_value(dotted: str, value: Any) -> Any:
     if dotted == "seed":
-        return check_number("seed", value, 0, _MAX_SEED, integer=True)
+        if isinstance(value, int) and not 0 <= value <= _MAX_SEED:
+            raise NoisysimError(f"seed must be in 0..2**63-1, got {value}; e.g. seed = 0")
+        return value
     if dotted == "model.layers":
         if len(value) < 2:
             raise NoisysimError(
@@ -1158,8 +1184,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
     ``overrides``: ``"section.key=value"`` strings as given to ``--set`` (TOML values; text
     that is not valid TOML is a string). Raises ``NoisysimError`` at the first problem.
     """
-    if isinstance(overrides, str):
-        overrides = [overrides]
+    overrides = [overrides] if isinstance(overrides, str) else list(overrides)
     sets = [parse_override(o) for o in overrides]  # syntax first: cheap and certain
     if path is None:
         resource = _default_config_resource()
@@ -1213,9 +1238,13 @@ def _resolve(layers: list[dict[str, _Entry]]) -> dict:
     for layer in layers:
         merged.update(layer)
     included, _ = _include(merged)  # pops the include keys
-    final = {**included, **merged}
-    history: dict[str, list[tuple[int, Any]]] = {}
-    for layer in [included] + layers:
+    ordered = sorted([included] + layers,
+                     key=lambda lay: next(iter(lay.values())).source.layer if lay else 0)
+    final: dict[str, _Entry] = {}
+    for layer in ordered:
+        final.update({k: e for k, e in layer.items() if k not in _INCLUDE_KEYS})
+    history: dict[str, list[tuple[float, Any]]] = {}
+    for layer in ordered:
         for k, e in layer.items():
             if k in _NAME_KEYS:
                 history.setdefault(k, []).append((e.source.layer, e.value))
