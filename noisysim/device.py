@@ -163,8 +163,8 @@ class Device:
             n_rows = [1 + (l + 1) * samples for l in range(L)]
 
         times = self.clock + np.arange(P, dtype=np.int64)
-        node_eps = self._node_perturbations(perturb, sigma, samples, values, perturbed_layer,
-                                            times, batch)
+        node_eps, draws = self._node_perturbations(perturb, sigma, values, perturbed_layer,
+                                                   batch)
         w_eps, b_eps = self._weight_perturbations(perturb, sigma, samples, values, bias_values,
                                                   times)
 
@@ -194,12 +194,17 @@ class Device:
             else:
                 np.matmul(h[:n].reshape(n * batch, -1), params.W.T,
                           out=a[:n].reshape(n * batch, -1))
-            eps = node_eps[l] if node_eps is not None else None
-            cpu.add_bias_and_perturbation(
-                a[:n], params.b if params.b is not None else _EMPTY[dtype.char],
-                eps[:n] if eps is not None else _EMPTY3[dtype.char],
-                params.b is not None, eps is not None,
-            )
+            bias = params.b if params.b is not None else _EMPTY[dtype.char]
+            if draws is not None:  # draw eps ~ N(0, sigma^2) and add it with the bias
+                cpu.draw_and_add_perturbation(a[:n], node_eps[l][:n], bias, params.b is not None,
+                                              sigma, np.uint64(self.seed), np.uint64(l),
+                                              times[:n].astype(np.uint64), draws[l][:n])
+            else:
+                eps = node_eps[l] if node_eps is not None else None
+                cpu.add_bias_and_perturbation(
+                    a[:n], bias, eps[:n] if eps is not None else _EMPTY3[dtype.char],
+                    params.b is not None, eps is not None,
+                )
             self._add_noise(l, a, n, times, clean_pass)
             a[n:] = a[0]
             pres.append(a)
@@ -272,28 +277,25 @@ class Device:
         if n > start:
             model.apply(a[start:n], times[start:n], self._noise_state[l], self.seed, l)
 
-    def _node_perturbations(self, perturb, sigma, samples, values, perturbed_layer, times,
-                            batch):
-        if perturb in ("none", "weights"):
-            return None
+    def _node_perturbations(self, perturb, sigma, values, perturbed_layer, batch):
+        """Per layer (P, B, N_l) perturbation arrays, zero where a pass injects nothing,
+        and which passes draw N(0, sigma^2) (drawn in the forward loop, fused with the bias
+        addition); (None, None) when nothing is injected."""
+        if perturb in ("none", "weights") or (values is None and sigma == 0):
+            return None, None
         net = self.network
         P = perturbed_layer.shape[0]
-        out = []
+        eps_by_layer, draws = [], []
         for l in range(net.n_layers):
             eps = np.zeros((P, batch, net.widths[l + 1]), dtype=net.dtype)
-            passes = np.flatnonzero((perturbed_layer == l) | (perturbed_layer == -1))
-            passes = passes[passes > 0]
-            if values is not None:
-                if values[l] is not None and passes.size:
-                    v = np.asarray(values[l], dtype=net.dtype)
-                    _check_shape(f"values[{l}]", v, (passes.size, batch, net.widths[l + 1]))
-                    eps[passes] = v
-            elif sigma > 0:
-                for p in passes:
-                    eps[p] = sigma * rng.normal_array(self.seed, rng.STREAM_PERTURB, times[p],
-                                                      l, eps.shape[1:])
-            out.append(eps)
-        return out
+            mask = ((perturbed_layer == l) | (perturbed_layer == -1)) & (np.arange(P) > 0)
+            if values is not None and values[l] is not None and mask.any():
+                v = np.asarray(values[l], dtype=net.dtype)
+                _check_shape(f"values[{l}]", v, (int(mask.sum()), batch, net.widths[l + 1]))
+                eps[mask] = v
+            eps_by_layer.append(eps)
+            draws.append(mask)
+        return eps_by_layer, (None if values is not None else draws)
 
     def _weight_perturbations(self, perturb, sigma, samples, values, bias_values, times):
         if perturb != "weights":

@@ -207,6 +207,50 @@ def add_bias_and_perturbation(a, bias, eps, has_bias, has_eps):
 
 
 @njit(cache=True)
+def _perturb_rows(a, eps, bias, has_bias, sigma, seed, layer, times, draw, n_batch, r0, r1):
+    width = a.shape[1]
+    z = np.empty(width)
+    for r in range(r0, r1):
+        p = r // n_batch
+        if draw[p]:
+            k = rng.key(seed, rng.STREAM_PERTURB, times[p], layer)
+            rng.fill_normal_serial(z, k, (r % n_batch) * width)
+            for j in range(width):
+                eps[r, j] = sigma * z[j]
+        if has_bias:
+            for j in range(width):
+                a[r, j] += bias[j]
+        if draw[p]:
+            for j in range(width):
+                a[r, j] += eps[r, j]
+
+
+@njit(parallel=True, cache=True)
+def _perturb_blocks(a, eps, bias, has_bias, sigma, seed, layer, times, draw, n_batch):
+    n = a.shape[0]
+    for blk in prange(_blocks(n)):
+        _perturb_rows(a, eps, bias, has_bias, sigma, seed, layer, times, draw, n_batch,
+                      blk * _BLOCK_ROWS, min(n, (blk + 1) * _BLOCK_ROWS))
+
+
+def draw_and_add_perturbation(a, eps, bias, has_bias, sigma, seed, layer, times, draw):
+    """Draw node perturbations and add them (and the bias) to pre-activations, in one pass.
+
+    For every pass p with draw[p]: eps[p, b, j] = sigma * rng.normal(rng.key(seed,
+    STREAM_PERTURB, times[p], layer), b * N + j) (exactly ``sigma * rng.normal_array(...)``
+    cast to eps's dtype); then a += bias (when has_bias) and a += eps for those passes.
+    a, eps: (P, B, N) C-contiguous; eps rows of passes without a draw are left untouched.
+    """
+    n_pass, n_batch, width = a.shape
+    args = (a.reshape(n_pass * n_batch, width), eps.reshape(n_pass * n_batch, width), bias,
+            has_bias, sigma, seed, layer, times, draw, n_batch)
+    if a.size >= PARALLEL_MIN_SIZE:
+        _perturb_blocks(*args)
+    else:
+        _perturb_rows(*args, 0, n_pass * n_batch)
+
+
+@njit(cache=True)
 def cross_entropy(logits, labels, out):
     """out[r] = -log softmax(logits[r])[y], y = labels[r % len(labels)]; logits: (R, C).
 
