@@ -16,27 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import numpy as np
 
+from noisysim.bench import median_time
 from noisysim.device import Device
 from noisysim.network import Network
 from noisysim.noise import make_noise
 
 NOISE_DEFAULTS = {"none": {}, "gaussian": {"sigma": 0.01}, "telegraph": {"p_flip": 0.1, "amplitude": 0.01},
                   "smtj": {}}
-
-
-def median_time(fn, repeats):
-    fn()  # warm-up: compilation, page faults, BLAS thread start
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main(argv=None):

@@ -58,7 +58,8 @@ def step_products(rule, widths, batch) -> list[tuple[int, int, int]]:
     return prods
 
 
-def _median_time(fn, repeats: int, warmup: int = 2) -> float:
+def median_time(fn, repeats: int, warmup: int = 2) -> float:
+    """Median wall time of fn() over repeats, after warmup calls (compilation, first touch)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -108,7 +109,7 @@ def bench(rule="danp", layers="3072,1024,1024,1024,10", batch=1000, steps=5, bac
     if verbose:
         print(f"timing {rule} on {widths}, batch {batch}: warm-up, then {steps} steps",
               flush=True)
-    t_step = _median_time(one_step, steps)
+    t_step = median_time(one_step, steps)
     prods = step_products(r, widths, batch)
     mats = [(gen.random((m, k), dtype=np.float32).astype(dtype),
              gen.random((k, n), dtype=np.float32).astype(dtype)) for m, k, n in prods]
@@ -117,7 +118,7 @@ def bench(rule="danp", layers="3072,1024,1024,1024,10", batch=1000, steps=5, bac
         for a, b in mats:
             a @ b
 
-    t_gemm = _median_time(gemms, steps)
+    t_gemm = median_time(gemms, steps)
     flop = float(sum(2.0 * m * k * n for m, k, n in prods))
     return {
         "rule": rule, "layers": widths, "batch": batch, "backend": "cpu", "dtype": dtype,
