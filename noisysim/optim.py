@@ -44,6 +44,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from .errors import NoisysimError, check_choice, check_number
+from .kernels.cpu import adam_update
 from .network import LayerGrad, LayerParams
 
 
@@ -205,9 +206,7 @@ class Optimizer:
         for l, name, p, g in arrays:
             if scale != 1.0:
                 g = g * p.dtype.type(scale)
-            delta = self._delta(state, l, name, p, g, count)
-            sq[l] += _sum_squares(delta)
-            p -= delta
+            sq[l] += self._apply(state, l, name, p, g, count)
         self.state = self.state._replace(count=np.int64(count))
         out = {f"update_norm_l{l}": math.sqrt(s) for l, s in enumerate(sq)}
         out["grad_norm"] = grad_norm
@@ -249,6 +248,12 @@ class Optimizer:
                     )
                 out.append((l, name, value, grad.astype(value.dtype, copy=False)))
         return out
+
+    def _apply(self, state, l, name, p, g, count) -> float:
+        """p <- p - Delta p in place; returns ||Delta p||^2."""
+        delta = self._delta(state, l, name, p, g, count)
+        p -= delta
+        return _sum_squares(delta)
 
     def _delta(self, state, l, name, p, g, count):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -328,22 +333,16 @@ class Adam(Optimizer):
     def _init_state(self, params) -> AdamState:
         return AdamState(count=np.int64(0), m=self._zeros(params), v=self._zeros(params))
 
-    def _delta(self, state, l, name, p, g, count):
-        t = p.dtype.type
+    def _apply(self, state, l, name, p, g, count) -> float:
+        # One fused pass (kernels.cpu.adam_update) with the same rounding as the equations;
+        # bias corrections in float64, then cast: 1 - beta^t underflows nothing at float64.
         m = getattr(state.m[l], name)
         v = getattr(state.v[l], name)
-        m *= t(self.beta1)
-        m += t(1.0 - self.beta1) * g
-        v *= t(self.beta2)
-        v += t(1.0 - self.beta2) * (g * g)
-        # bias corrections in float64, then cast: 1 - beta^t underflows nothing at float64
         correction1 = 1.0 - self.beta1 ** count
         correction2 = 1.0 - self.beta2 ** count
-        denom = np.sqrt(v * t(1.0 / correction2))
-        denom += t(self.eps)
-        delta = m * t(self.lr / correction1)
-        delta /= denom
-        return delta
+        return adam_update(p.reshape(-1), np.ascontiguousarray(g).reshape(-1), m.reshape(-1),
+                           v.reshape(-1), self.beta1, self.beta2, self.lr / correction1,
+                           1.0 / correction2, self.eps)
 
 
 def _sum_squares(a: np.ndarray) -> float:
