@@ -374,3 +374,219 @@ def test_time_based_flush_reaches_the_file(tmp_path):
         assert w._pending == 0  # the background thread flushed without another log call
         assert len(Trajectory(path).series("train", "loss")) == 1  # a second reader sees it
         w.set_status("completed")
+
+
+def _layout_state(k, n=4, tag="abc"):
+    """A checkpoint whose layout does not depend on ``k``."""
+    return {
+        "position": {"step": np.int64(10 * k), "epoch": k},
+        "W": np.full((n, 3), k, np.float32),
+        "order": np.arange(n, dtype=np.int64)[::-1] + k,
+        "tag": f"{tag}{k % 10}",
+        "lr": 0.1 * k,
+        "flags": [k % 2 == 0, None, b"x" * 3],
+        "beta": np.float64(k),
+    }
+
+
+def test_checkpoints_of_one_layout_are_overwritten_in_place(tmp_path):
+    path = tmp_path / "run.h5"
+    with TrajectoryWriter(path, CONFIG, 1, flush_every=2) as w:
+        sizes = []
+        w.log("train", {"step": 0, "loss": 0.0})
+        for k in range(6):
+            state = _layout_state(k)
+            w.write_checkpoint(state)
+            _assert_same(w.read_checkpoint(), state)
+            _assert_same(Trajectory(path).checkpoint(), state)
+            assert w._file.swmr_mode
+            sizes.append(path.stat().st_size)
+        assert w._restructures == 2  # the train series, then the two checkpoint slots
+        assert len(set(sizes[1:])) == 1  # in place: the file does not grow
+        # a new layout (shapes, a key, a string length): both slots are laid out again
+        for k in range(6, 9):
+            state = _layout_state(k, n=7, tag="longer")
+            state["extra"] = {"z": np.zeros(2, np.complex64)}
+            w.write_checkpoint(state)
+            _assert_same(w.read_checkpoint(), state)
+            _assert_same(Trajectory(path).checkpoint(), state)
+        assert w._restructures == 4
+        w.set_status("completed")
+    _assert_same(Trajectory(path).checkpoint(), state)
+    with h5py.File(path, "r") as f:  # the documented layout, read with h5py only
+        slot = f["checkpoint/current"][()].decode()
+        group = f["checkpoint"][slot]
+        manifest = json.loads(group["__noisysim_manifest__"][()].tobytes())
+        assert manifest["root"]["items"]["tag"] == {"kind": "str", "n": 7}
+        assert group["tag"][()].decode() == "longer8"
+        np.testing.assert_array_equal(group["W"][...], np.full((7, 3), 8, np.float32))
+
+
+def test_series_and_groups_added_after_several_flushes(tmp_path):
+    path = tmp_path / "run.h5"
+    with TrajectoryWriter(path, CONFIG, 1, flush_every=2) as w:
+        for step in range(8):
+            w.log("train", {"step": step, "loss": float(step)})
+        w.write_checkpoint({"step": 7})
+        w.log("train", {"step": 8, "loss": 8.0, "late": 1.5})  # a new key, 4 flushes later
+        w.log("custom", {"step": 8, "x": 2.0})  # a new group
+        w.snapshot(8, {"W_0": np.ones((2, 2), np.float32)})
+        w.flush()
+        w.snapshot(9, {"W_0": np.zeros((2, 2), np.float32), "R_0": np.eye(2)})  # new param
+        w.log("train", {"step": 9, "loss": 9.0})
+        w.flush()
+        assert w._file.swmr_mode
+        # another process reads everything while the writer still has the file open
+        code = ("import sys, h5py; f = h5py.File(sys.argv[1], 'r', swmr=True); "
+                "print(len(f['train/late']), len(f['custom/x']), f['snapshots/R_0'].shape)")
+        out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                             text=True, timeout=60)
+        assert out.stdout.split() == ["10", "1", "(2,", "2,", "2)"], out.stderr
+        w.set_status("completed")
+    t = Trajectory(path)
+    late = t.series("train", "late")
+    assert np.isnan(late[:8]).all() and late[8] == 1.5 and np.isnan(late[9])
+    np.testing.assert_array_equal(t.series("train", "step"), np.arange(10))
+    assert list(t.series("custom", "x")) == [2.0]
+    r0 = t.series("snapshots", "R_0")
+    assert np.isnan(r0[0]).all() and (r0[1] == np.eye(2)).all()
+    assert t.checkpoint() == {"step": 7}
+
+
+def test_checkpoint_of_the_first_layout_is_read_and_migrated_on_resume(tmp_path):
+    path = tmp_path / "run.h5"
+    with TrajectoryWriter(path, CONFIG, 1) as w:
+        w.log("train", {"step": 0, "loss": 1.0})
+        w.set_status("interrupted")
+    manifest = {"format_version": 1, "root": {"kind": "dict", "items": {
+        "step": {"kind": "int"}, "note": {"kind": "str"}, "W": {"kind": "ndarray"}}}}
+    with h5py.File(path, "r+") as f:  # what the first writer left: one tree, vlen strings
+        g = f.create_group("checkpoint")
+        g["step"] = np.int64(5)
+        g.create_dataset("note", data="héllo", dtype=h5py.string_dtype())
+        g["W"] = np.arange(3.0)
+        g.create_dataset("__noisysim_manifest__", data=json.dumps(manifest),
+                         dtype=h5py.string_dtype())
+    expected = {"step": 5, "note": "héllo", "W": np.arange(3.0)}
+    _assert_same(Trajectory(path).checkpoint(), expected)
+    with TrajectoryWriter(path, None, None, mode="resume") as w:
+        _assert_same(w.read_checkpoint(), expected)
+        w.write_checkpoint({"step": 6})
+        assert w.read_checkpoint() == {"step": 6}
+        w.set_status("completed")
+    with h5py.File(path, "r") as f:
+        assert sorted(f["checkpoint"]) == ["a", "b", "current"]
+    assert Trajectory(path).checkpoint() == {"step": 6}
+
+
+LOOP_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from noisysim.record import TrajectoryWriter
+
+    def state(k):
+        return {"k": k, "W": np.full((384, 384), k, np.float64), "v": np.full(999, k, np.int32),
+                "tag": f"{k:08d}",
+                "nested": {"list": [np.full(5, k % 100, np.int8), k, str(k % 7)]}}
+
+    w = TrajectoryWriter(sys.argv[1], {"rule": {"name": "np"}}, 3, mode=sys.argv[2],
+                         flush_every=7, flush_seconds=3600)
+    k = 0 if sys.argv[2] == "new" else w.read_checkpoint()["k"] + 1
+    for j in range(2):  # lays out the series and both slots
+        w.log("train", {"step": k, "loss": float(k)})
+        w.write_checkpoint(state(k))
+        k += 1
+    print("ready", flush=True)
+    while True:
+        for _ in range(3):
+            w.log("train", {"step": k, "loss": float(k)})
+        w.write_checkpoint(state(k))
+        k += 1
+    """
+)
+
+
+def _check_whole(ckpt):
+    k = ckpt["k"]
+    assert ckpt["W"].shape == (384, 384) and (ckpt["W"] == k).all()
+    assert (ckpt["v"] == k).all() and ckpt["tag"] == f"{k:08d}"
+    lst = ckpt["nested"]["list"]
+    assert (lst[0] == k % 100).all() and lst[1] == k and lst[2] == str(k % 7)
+    return k
+
+
+def test_writer_killed_at_random_moments_leaves_a_whole_checkpoint(tmp_path):
+    path = tmp_path / "loop.h5"
+    env = dict(os.environ)
+    root = str(Path(noisysim.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    rng = np.random.default_rng(12345)
+    last = -1
+    for i in range(5):
+        mode = "new" if i == 0 else "resume"  # resuming repairs the killed writer's file
+        proc = subprocess.Popen([sys.executable, "-c", LOOP_SCRIPT, str(path), mode],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+        try:
+            line = proc.stdout.readline()
+            assert line.strip() == "ready", proc.stderr.read()
+            import time
+
+            time.sleep(rng.uniform(0.0, 0.25))
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait()
+        t = Trajectory(path)  # opens
+        assert t.status == "running"
+        k = _check_whole(t.checkpoint())
+        assert k > last
+        last = k
+        steps = t.series("train", "step")
+        assert steps[-1] >= k - 1 and len(steps) == len(t.series("train", "loss"))
+
+
+WINDOW_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    import numpy as np
+    import noisysim.record as record
+
+    w = record.TrajectoryWriter(sys.argv[1], {"rule": {"name": "np"}}, 3, flush_every=4)
+    for step in range(8):
+        w.log("train", {"step": step, "loss": float(step)})
+    w.write_checkpoint({"step": 7, "W": np.arange(3.0)})
+    create = record._create_series
+
+    def killed_inside(f, missing):  # SIGKILL while the file is out of SWMR mode
+        create(f, missing)
+        if sys.argv[2] == "flushed":
+            f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    record._create_series = killed_inside
+    for step in range(8, 12):
+        w.log("train", {"step": step, "loss": float(step), "new": 1.0})
+    """
+)
+
+
+@pytest.mark.parametrize("when", ["flushed", "unflushed"])
+def test_resume_recovers_a_writer_killed_during_a_structural_change(tmp_path, when):
+    path = tmp_path / "window.h5"
+    env = dict(os.environ)
+    root = str(Path(noisysim.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", WINDOW_SCRIPT, str(path), when],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    with pytest.raises(NoisysimError, match="h5clear"):  # HDF5 refuses it until cleared
+        Trajectory(path)
+    with TrajectoryWriter(path, None, None, mode="resume") as w:  # clears and copies it
+        assert w.read_checkpoint()["step"] == 7
+        w.truncate_after(7)
+        w.log("train", {"step": 8, "loss": -8.0})
+        w.set_status("completed")
+    t = Trajectory(path)
+    np.testing.assert_array_equal(t.series("train", "step"), np.arange(9))
+    assert t.series("train", "loss")[8] == -8.0
