@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -64,7 +65,9 @@ def _title(configs: Sequence[dict], by: list[str], metric: str) -> str:
         named = leaf == "name" and key.split(".")[0] in _SETTING_LEAVES  # e.g. optimizer.name
         if (leaf in _SETTING_LEAVES or named) and len(text) <= 30:
             settings.append(f"{key}={text}")
-    return head + ("\n" + ", ".join(settings[:5]) if settings else "")
+    # Wrapped so that long settings stay inside the figure.
+    lines = textwrap.wrap(", ".join(settings[:6]), width=80) if settings else []
+    return "\n".join([head] + lines)
 
 
 def plot_curves(
