@@ -1,32 +1,86 @@
 """Grids of runs: every point is its own trajectory.
 
-Points run in a local process pool by default, or on a Dask distributed cluster when a
-scheduler address is given. A failed point is reported and does not stop the others; a rerun
-skips completed points (and resumes interrupted ones).
+    noisysim sweep CONFIG --grid rule.name=np,anp --grid seed=0,1 [--out DIR]
+                          [--workers N | --scheduler tcp://host:port]
+
+The grid is the product of the ``--grid`` values; point ``rule.name=np, seed=1`` of a config
+named ``tiny`` writes ``DIR/tiny-rule.name=np-seed=1.h5`` (the config's own name, with the
+point's values appended). Every point's config is resolved and validated here, before any
+work, and sent to the workers as data (workers need noisysim and the output folder, not the
+config file).
+
+Points run in local processes (one fresh process per point, ``--workers`` at a time), or on a
+Dask distributed cluster when a scheduler address is given. A point that fails (an error, a
+divergence, even a crashed process or a lost Dask worker) is reported and does not stop the
+others. A rerun of the same sweep skips the points whose file holds a finished run of the
+same config, resumes interrupted ones and reruns failed ones; a file written by a different
+config is left alone and the point reported as failed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
+import multiprocessing
+import multiprocessing.connection
 import os
+import re
+import signal
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import threading
 from pathlib import Path
 
 from .errors import NoisysimError
 
+#: Status of a point whose file already holds a finished run of the same config.
+SKIPPED = "skipped"
+_NAME_BAD = re.compile(r"[^A-Za-z0-9._+=@,-]+")
+
 
 def parse_grid(specs: list[str]) -> dict[str, list[str]]:
-    """["rule.name=np,anp", "seed=0,1"] -> {"rule.name": ["np", "anp"], "seed": ["0", "1"]}."""
+    """["rule.name=np,anp", "seed=0,1"] -> {"rule.name": ["np", "anp"], "seed": ["0", "1"]}.
+
+    Values are split at commas outside brackets and quotes, so list values work:
+    ``model.layers=[64,32,10],[64,16,10]``.
+    """
     grid: dict[str, list[str]] = {}
     for spec in specs:
         key, sep, values = spec.partition("=")
-        if not sep or not key.strip() or not values.strip():
+        key = key.strip()
+        items = _split_values(values) if sep else []
+        if not sep or not key or not items:
             raise NoisysimError(f"--grid expects KEY=V1,V2,... (e.g. rule.name=np,anp), got {spec!r}")
-        grid[key.strip()] = [v.strip() for v in values.split(",") if v.strip()]
+        if key in grid:
+            raise NoisysimError(f"--grid names {key} twice; give all its values in one "
+                                f"--grid {key}=V1,V2,...")
+        if len(set(items)) != len(items):
+            raise NoisysimError(f"--grid {spec!r} lists a value twice; list each value once")
+        grid[key] = items
     if not grid:
-        raise NoisysimError("sweep needs at least one --grid KEY=V1,V2,...")
+        raise NoisysimError("sweep needs at least one --grid KEY=V1,V2,... "
+                            "(e.g. --grid rule.name=np,anp --grid seed=0,1)")
     return grid
+
+
+def _split_values(text: str) -> list[str]:
+    items, depth, quote, cur = [], 0, "", []
+    for ch in text:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append("".join(cur).strip())
+            cur = []
+            continue
+        cur.append(ch)
+    items.append("".join(cur).strip())
+    return [i for i in items if i]
 
 
 def points(grid: dict[str, list[str]]) -> list[list[str]]:
@@ -36,79 +90,261 @@ def points(grid: dict[str, list[str]]) -> list[list[str]]:
 
 
 def point_name(base: str, overrides: list[str]) -> str:
-    parts = [o.split("=", 1) for o in overrides]
-    tag = "-".join(f"{k.split('.')[-1]}{v}" for k, v in parts)
-    return f"{base}-{tag}".replace("/", "_").replace(" ", "")
+    """``tiny`` + ["rule.name=np", "seed=1"] -> ``tiny-rule.name=np-seed=1`` (a valid name)."""
+    tag = "-".join(_NAME_BAD.sub("_", o.replace(" ", "")).strip("_") for o in overrides)
+    name = f"{base}-{tag}"
+    if len(name) > 200:
+        name = f"{name[:180]}-{hashlib.sha1(name.encode()).hexdigest()[:10]}"
+    return name
 
 
-def run_point(config_path, overrides, out) -> dict:
-    """Run (or skip, or resume) one point; never raises: failures come back as a status."""
-    from .config import load_config
+def _label(point: list[str]) -> str:
+    return " ".join(point)
+
+
+# -- planning -------------------------------------------------------------------------------
+def plan(config: dict, path: Path) -> tuple[str, str]:
+    """What to do for one point: ("run" | "resume" | "skip" | "conflict", why)."""
+    from .record import Trajectory, _first_difference, config_to_json
+
+    if not path.exists():
+        return "run", ""
+    try:
+        traj = Trajectory(path)
+    except NoisysimError as err:
+        return "run", f"replacing an unreadable file ({err})"
+    diff = _first_difference(json.loads(config_to_json(config)), traj.config)
+    if diff is not None:
+        return "conflict", (f"{path} holds a run of a different config (first difference at "
+                            f"{diff!r}); delete it or choose another --out")
+    if traj.status == "completed":
+        return "skip", "already completed"
+    if traj.status == "diverged":
+        return "skip", f"diverged earlier ({traj.message}); change the config to rerun"
+    if traj.status in ("interrupted", "running"):  # running: its writer was killed
+        return "resume", f"resuming ({traj.status})"
+    return "run", f"rerunning ({traj.status}: {traj.message})"
+
+
+def run_point(config: dict, path: str, action: str = "run") -> dict:
+    """Run or resume one point; never raises: failures come back as a status."""
     from .experiment import run
-    from .record import Trajectory
 
     try:
-        config = load_config(config_path, overrides).to_dict()
-        path = Path(out) / f"{config['name']}.h5"
-        if path.exists():
-            status = Trajectory(path).status
-            if status == "completed":
-                return {"point": overrides, "path": str(path), "status": "skipped"}
-            if status == "interrupted":
-                result, path = run({}, resume=path)
-                return {"point": overrides, "path": str(path), "status": result.status,
-                        "message": result.message}
-        result, path = run(config, out, path=path, overwrite=True)
-        return {"point": overrides, "path": str(path), "status": result.status,
-                "message": result.message, "final": result.final}
+        if action == "resume":
+            result, _ = run({}, resume=path)
+        else:
+            result, _ = run(config, path=path, overwrite=True)
+        return {"status": result.status, "message": result.message, "final": result.final}
+    except NoisysimError as err:
+        return {"status": "failed", "message": str(err)}
+    except KeyboardInterrupt:
+        return {"status": "interrupted", "message": "interrupted before training started"}
     except Exception as err:  # a failed point is a result, not the end of the sweep
-        return {"point": overrides, "path": "", "status": "failed",
-                "message": f"{type(err).__name__}: {err}"}
+        return {"status": "failed", "message": " ".join(f"{type(err).__name__}: {err}".split())}
 
 
+# -- the sweep ------------------------------------------------------------------------------
 def sweep(config_path, grid, overrides=(), out="runs/sweep", workers=None, scheduler=None,
           stream=None) -> list[dict]:
-    """Run every grid point; prints one line per finished point and returns the results."""
+    """Run every grid point; prints one line per finished point and returns the results.
+
+    Each result: ``point`` (its KEY=VALUE list), ``path``, ``status`` (completed, skipped,
+    diverged, interrupted, failed, not finished), ``message`` and ``final`` (last eval row).
+    """
     from .config import load_config
 
     stream = stream or sys.stdout
-    base = load_config(config_path, list(overrides)).to_dict()  # validate once, up front
-    todo = []
+    overrides = list(overrides)
+    load_config(config_path, overrides)  # the base config first: its errors are clearer
+    out = Path(out).resolve()
+    tasks = []
     for point in points(grid):
-        ov = list(overrides) + point + [f"name={point_name(base['name'], point)}"]
-        load_config(config_path, ov)  # a bad grid value fails here, before any work
-        todo.append(ov)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    print(f"sweep: {len(todo)} points -> {out}/ "
-          f"({'dask ' + scheduler if scheduler else 'local pool'})", file=stream, flush=True)
-    results = []
+        ov = overrides + point
+        base_name = load_config(config_path, ov)["name"]  # a bad grid value fails here
+        config = load_config(config_path, ov + [f"name={point_name(base_name, point)}"]).to_dict()
+        tasks.append({"point": point, "config": config,
+                      "path": str(out / f"{config['name']}.h5")})
+    names = [t["path"] for t in tasks]
+    if len(set(names)) != len(names):
+        raise NoisysimError("two grid points map to the same file name; make the values differ "
+                            "in letters or digits")
+    out.mkdir(parents=True, exist_ok=True)
 
-    def report(res):
+    results: list[dict] = []
+    n = len(tasks)
+
+    def report(task, res):
+        res = {"point": task["point"], "path": task["path"], **res}
         results.append(res)
-        label = " ".join(o for o in res["point"] if not o.startswith("name="))
-        msg = f": {res['message']}" if res.get("message") else ""
-        print(f"[{len(results)}/{len(todo)}] {label}: {res['status']}{msg}", file=stream, flush=True)
+        msg = f" ({res['message']})" if res.get("message") else ""
+        acc = (res.get("final") or {}).get("test_accuracy")
+        score = (f", test_accuracy {acc:.4f}"
+                 if res["status"] == "completed" and isinstance(acc, float) else "")
+        print(f"[{len(results)}/{n}] {_label(task['point'])}: {res['status']}{score}{msg}",
+              file=stream, flush=True)
 
-    if scheduler:
-        try:
-            from dask.distributed import Client, as_completed as dask_completed
-        except ImportError:
-            raise NoisysimError("--scheduler needs Dask: pip install 'noisysim[dist]'") from None
-        with Client(scheduler) as client:
-            futures = [client.submit(run_point, config_path, ov, str(out), pure=False) for ov in todo]
-            for fut in dask_completed(futures):
-                report(fut.result())
-    else:
-        workers = workers or os.cpu_count() or 1
-        if workers == 1:
-            for ov in todo:
-                report(run_point(config_path, ov, str(out)))
+    todo = []
+    for task in tasks:
+        action, why = plan(task["config"], Path(task["path"]))
+        if action == "skip":
+            status = SKIPPED if why == "already completed" else "diverged"
+            report(task, {"status": status, "message": why})
+        elif action == "conflict":
+            report(task, {"status": "failed", "message": why})
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(run_point, config_path, ov, str(out)) for ov in todo]
-                for fut in as_completed(futures):
-                    report(fut.result())
-    failed = [r for r in results if r["status"] not in ("completed", "skipped")]
-    print(f"sweep done: {len(results) - len(failed)} ok, {len(failed)} not completed",
-          file=stream, flush=True)
+            todo.append({**task, "action": action})
+    where = f"Dask scheduler {scheduler}" if scheduler else "local processes"
+    resumed = sum(t["action"] == "resume" for t in todo)
+    print(f"sweep: {n} points, {len(todo)} to run" + (f" ({resumed} resumed)" if resumed else "")
+          + f" -> {out}/ ({where})", file=stream, flush=True)
+    interrupted = False
+    if todo:
+        if scheduler:
+            interrupted = _on_dask(scheduler, todo, report)
+        else:
+            interrupted = _on_local(todo, workers or os.cpu_count() or 1, report)
+    for task in todo:
+        if not any(r["path"] == task["path"] for r in results):
+            report(task, {"status": "not finished", "message": "the sweep was interrupted"})
+    _finish(results, list(grid), stream, interrupted)
     return results
+
+
+def _finish(results, keys, stream, interrupted):
+    done = [r for r in results if r["status"] in ("completed", SKIPPED)]
+    bad = [r for r in results if r["status"] not in ("completed", SKIPPED)]
+    print(f"sweep {'interrupted' if interrupted else 'done'}: {len(done)} completed "
+          f"({sum(r['status'] == SKIPPED for r in results)} skipped), {len(bad)} not completed"
+          + (": " + "; ".join(f"{_label(r['point'])} {r['status']}" for r in bad) if bad else ""),
+          file=stream, flush=True)
+    if interrupted or any(r["status"] not in ("completed", SKIPPED, "diverged") for r in results):
+        print("rerun the same command to resume interrupted points and retry failed ones",
+              file=stream, flush=True)
+    if done:
+        from .analysis import format_table, summarize
+
+        try:
+            rows = summarize([r["path"] for r in done], by=keys, metric="eval/test_accuracy")
+        except NoisysimError:
+            return
+        for row in rows:
+            del row["files"], row["values"]
+        print("final eval/test_accuracy:", file=stream)
+        print(format_table(rows), file=stream, flush=True)
+
+
+# -- local processes ------------------------------------------------------------------------
+def _context():
+    methods = multiprocessing.get_all_start_methods()
+    if "forkserver" in methods:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["noisysim.experiment"])  # imported once, then forked
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def _child(conn, config, path, action, threads):
+    try:
+        import numba
+
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    except Exception:
+        pass
+    res = run_point(config, path, action)
+    conn.send(res)
+    conn.close()
+
+
+def _on_local(todo, workers, report) -> bool:
+    """One fresh process per point, ``workers`` at a time. True if stopped by a signal.
+
+    SIGINT/SIGTERM: no new point starts; running points get SIGINT, checkpoint and end as
+    interrupted (a rerun resumes them).
+    """
+    if workers < 1:
+        raise NoisysimError(f"--workers must be >= 1, got {workers}")
+    ctx = _context()
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pending = list(todo)
+    running: dict[int, tuple] = {}  # sentinel -> (process, receiving end, task)
+    stop = {"signal": None}
+
+    def handler(signum, frame):
+        stop["signal"] = signum
+        for proc, _, _ in running.values():
+            if proc.pid:
+                try:
+                    os.kill(proc.pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = ({s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+                if main else {})
+    try:
+        while running or (pending and stop["signal"] is None):
+            while pending and len(running) < workers and stop["signal"] is None:
+                task = pending.pop(0)
+                recv, send = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_child, name=f"noisysim-{Path(task['path']).stem}",
+                                   args=(send, task["config"], task["path"], task["action"], threads))
+                proc.start()
+                send.close()
+                running[proc.sentinel] = (proc, recv, task)
+            for sentinel in multiprocessing.connection.wait(list(running)):
+                proc, recv, task = running.pop(sentinel)
+                res = None
+                try:
+                    if recv.poll():
+                        res = recv.recv()
+                except (EOFError, OSError):
+                    res = None
+                recv.close()
+                proc.join()
+                if res is None:
+                    code = proc.exitcode
+                    how = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
+                           else f"exit code {code}")
+                    res = {"status": "failed",
+                           "message": f"its process died ({how}) without a result; see "
+                                      f"`noisysim inspect {task['path']}`"}
+                report(task, res)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    return stop["signal"] is not None
+
+
+# -- Dask -----------------------------------------------------------------------------------
+def _on_dask(scheduler, todo, report) -> bool:
+    try:
+        from dask.distributed import Client, as_completed
+    except ImportError:
+        raise NoisysimError("--scheduler needs Dask: pip install 'noisysim[dist]' "
+                            "(or run without --scheduler on local processes)") from None
+    try:
+        client = Client(scheduler, timeout="15s")
+    except (OSError, TimeoutError, ValueError) as err:
+        raise NoisysimError(f"cannot connect to the Dask scheduler at {scheduler!r} "
+                            f"({' '.join(str(err).split())}); check the address (tcp://host:port) "
+                            "and that the scheduler is running") from None
+    with client:
+        futures = {}
+        for task in todo:
+            fut = client.submit(run_point, task["config"], task["path"], task["action"],
+                                pure=False, key=f"noisysim-{Path(task['path']).stem}-{os.urandom(4).hex()}")
+            futures[fut.key] = (fut, task)
+        try:
+            for fut in as_completed([f for f, _ in futures.values()]):
+                task = futures[fut.key][1]
+                try:
+                    res = fut.result()
+                except Exception as err:  # a lost worker, a cancelled task, ...
+                    res = {"status": "failed",
+                           "message": " ".join(f"{type(err).__name__}: {err}".split())}
+                report(task, res)
+        except KeyboardInterrupt:
+            client.cancel([f for f, _ in futures.values()])
+            return True
+    return False
