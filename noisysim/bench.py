@@ -18,8 +18,8 @@ from .errors import NoisysimError, check_number
 
 FLOP_COUNTING = (
     "FLOPs are counted as 2*m*n*k for every matrix product the step needs as noisysim "
-    "schedules it: forward products per layer over the rows of the passes that layer computes "
-    "(layer 0 once, its input being noise-free), the x R^T products of decorrelated layers, "
+    "schedules it: forward products per layer over the rows of the passes whose input differs "
+    "from the reference pass (layer 0 once, its input being noise-free), the x R^T products of decorrelated layers, "
     "the rule's gradient products (outer products of per-sample scales and inputs, or BP's "
     "backward products) and the two products of each R update; elementwise work (noise, "
     "activations, losses, optimiser) is not counted. gemm_gflop_per_s is numpy's matmul on "
@@ -34,15 +34,15 @@ def step_products(rule, widths, batch) -> list[tuple[int, int, int]]:
     req = rule.request()
     K = req.get("samples", 1)
     if req.get("perturb") == "each_layer":
-        rows = [1 + (l + 1) * K for l in range(L)]
         P = 1 + L * K
+        rows = [1 + l * K for l in range(L)]  # passes perturbing layer l reuse its product
     else:
         P = 1 + K
-        rows = [P] * L
+        rows = [1] + [P] * (L - 1)            # layer 0's input is the same in every pass
     prods = []
     for l in range(L):
         n_in, n_out = widths[l], widths[l + 1]
-        passes = 1 if l == 0 else rows[l]
+        passes = rows[l]
         if rule.decorrelated:
             prods.append((passes * batch, n_in, n_in))          # x R^T
         prods.append((passes * batch, n_in, n_out))              # forward

@@ -11,7 +11,8 @@ all passes that need it:
 - passes 1..P-1 carry intrinsic noise plus any injected perturbation;
 - layer 0 sees the same (noise-free) input in every pass, so its product is computed once;
 - passes that perturb only layer k reuse the reference pass for layers before k (the
-  hardware holds its upstream activity), so those layers are not recomputed.
+  hardware holds its upstream activity), so those layers are not recomputed, and their
+  layer-k product equals the reference's (only noise and perturbation are added).
 
 One forward pass is one time step of the noise processes: pass p of a call runs at time
 ``clock + p`` and the clock advances by P. Stateful noise (telegraph, smtj, ou, pink,
@@ -155,12 +156,18 @@ class Device:
             perturbed_layer[1:] = layer
         elif perturb == "each_layer":
             perturbed_layer[1:] = np.repeat(np.arange(L), samples)
-        # Passes that layer l must compute: a prefix of the pass list (see module doc).
+        # Passes that layer l must compute (noise, activation): a prefix of the pass list.
+        # Of those, the first n_products[l] have inputs that differ from the reference pass
+        # and need their own matrix product; the others (every pass at layer 0, whose input
+        # is noise-free, and passes that perturb exactly layer l) copy the reference's.
         n_rows = [P] * L
+        n_products = [1] + [P] * (L - 1)
         if perturb == "layer":
             n_rows = [1 if l < layer else P for l in range(L)]
+            n_products = [1 if l <= layer else P for l in range(L)]
         elif perturb == "each_layer":
             n_rows = [1 + (l + 1) * samples for l in range(L)]
+            n_products = [1 + l * samples for l in range(L)]
 
         times = self.clock + np.arange(P, dtype=np.int64)
         node_eps, draws = self._node_perturbations(perturb, sigma, values, perturbed_layer,
@@ -173,12 +180,12 @@ class Device:
         x_star = x if net.layers[0].R is None else x @ net.layers[0].R.T
         h = np.broadcast_to(x_star, (P,) + x_star.shape)  # layer-0 input, shared by passes
         for l, params in enumerate(net.layers):
-            n = n_rows[l]
+            n, k = n_rows[l], n_products[l]
             if l > 0 and params.R is not None:
                 h_star = np.empty_like(h)
-                np.matmul(h[:n].reshape(n * batch, -1), params.R.T,
-                          out=h_star[:n].reshape(n * batch, -1))
-                h_star[n:] = h_star[0]
+                np.matmul(h[:k].reshape(k * batch, -1), params.R.T,
+                          out=h_star[:k].reshape(k * batch, -1))
+                h_star[k:] = h_star[0]
                 h = h_star
             inputs.append(h)
             a = np.empty((P, batch, net.widths[l + 1]), dtype=dtype)
@@ -188,12 +195,10 @@ class Device:
                     np.matmul(h[p], W.T, out=a[p])
                     if b_eps is not None:
                         a[p] += b_eps[l][p]
-            elif l == 0:
-                np.matmul(h[0], params.W.T, out=a[0])
-                a[1:n] = a[0]
             else:
-                np.matmul(h[:n].reshape(n * batch, -1), params.W.T,
-                          out=a[:n].reshape(n * batch, -1))
+                np.matmul(h[:k].reshape(k * batch, -1), params.W.T,
+                          out=a[:k].reshape(k * batch, -1))
+                a[k:n] = a[0]
             bias = params.b if params.b is not None else _EMPTY[dtype.char]
             if draws is not None:  # draw eps ~ N(0, sigma^2) and add it with the bias
                 cpu.draw_and_add_perturbation(a[:n], node_eps[l][:n], bias, params.b is not None,

@@ -1,0 +1,405 @@
+"""One training step of noisysim against the same step written plainly in PyTorch (CPU).
+
+    python experiments/bench_vs_torch.py [--layers 3072,1024,1024,1024,10]
+                                         [--rules bp,np,anp,inp,danp] [--batches 1000,64]
+                                         [--repeats 5] [--rounds 2] [--threads N] [--check]
+
+The network is the paper's CIFAR-10 MLP: leaky ReLU (slope 0.01) hidden units, identity
+output, softmax cross-entropy, float32, Adam (lr 1e-4, betas 0.9/0.999, eps 1e-8). Perturbed
+passes carry intrinsic Gaussian node noise (sigma 0.01, all layers' pre-activations:
+noisysim's default benchmark noise) plus, for np/inp/anp, an injected node perturbation
+N(0, 1e-3^2). The reference pass is clean. Decorrelated rules (danp) put a matrix R before
+every layer (x* = x R^T) and after the Adam step update it with
+R <- R - lr_R offdiag(mean x* x*^T) R, lr_R = 1e-7, computed as X*^T (X* R) / B minus the
+diagonal part (O(B d^2)); see /work/shared/SCIENCE.md for the rules.
+
+noisysim's step is ``noisysim.bench.bench`` (``Trainer._train_step``: device passes, the
+rule's estimate, Adam, R update, the engine's finiteness checks). The PyTorch step is what a
+competent PyTorch user writes: bp with autograd (``loss.backward()`` + ``torch.optim.Adam``);
+perturbation rules under ``torch.no_grad()`` with the passes stacked (layer 0 computed once,
+its input being the same in every pass; inp reuses the reference activations below the
+perturbed layer), the estimates as batched matmuls ``(scale[:, None] * da).T @ x_star / B``
+written into ``p.grad`` and applied by ``torch.optim.Adam``. Both use the same number of
+threads (``torch.set_num_threads``; numba and the BLAS use all cores by default).
+
+Timing: both in this process, warm-up steps excluded, median of ``repeats`` steps per round
+(``repeats`` at B >= 256, 4 x ``repeats`` below); ``rounds`` rounds alternate which framework
+goes first, and the reported time is the median of the round medians.
+speedup = torch_step_s / noisysim_step_s (> 1: noisysim is faster). On a machine busy with
+other jobs, thread pools that spin-wait suffer more than the work they do: compare with one
+thread each as well, e.g. ``NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
+python experiments/bench_vs_torch.py --threads 1``, and report the load average (printed).
+
+``--check``: the PyTorch bp gradient of one batch equals noisysim's exact gradient on the
+same weights (copied from a noisysim Network) to float32 tolerance; the R update equals
+noisysim's Decorrelator; and the PyTorch perturbation estimates point along the exact
+gradient (cosine of the mean of many estimates, on a small network).
+
+Without PyTorch it prints "skipped: ..." and exits 0. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+try:  # run from a checkout without installing noisysim
+    import noisysim  # noqa: F401
+except ImportError:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+SKIP = "skipped: PyTorch is not installed (pip install 'noisysim[bench]')"
+RULES = ("bp", "np", "inp", "anp", "dbp", "dnp", "dinp", "danp")
+NOISE_SIGMA = 0.01      # intrinsic Gaussian node noise (noisysim.bench's default)
+SIGMA = 1e-3            # injected node perturbation (the rules' default)
+LR = 1e-4
+LR_R = 1e-7
+SLOPE = 0.01
+
+
+class TorchStep:
+    """The same network, rule and optimiser as one noisysim benchmark step, in PyTorch.
+
+    ``weights``: optional list of (W, b) numpy arrays to start from (else He-normal).
+    """
+
+    def __init__(self, rule, widths, weights=None, seed=0, sigma=SIGMA,
+                 noise_sigma=NOISE_SIGMA, lr=LR, lr_R=LR_R):
+        import torch
+        self.torch = torch
+        self.decorrelated = rule.startswith("d")
+        self.family = rule[1:] if self.decorrelated else rule
+        if self.family not in ("bp", "np", "inp", "anp"):
+            raise ValueError(f"unknown rule {rule!r}")
+        self.widths = list(widths)
+        self.L = len(widths) - 1
+        self.n_nodes = sum(widths[1:])
+        self.sigma, self.noise_sigma, self.lr_R = sigma, noise_sigma, lr_R
+        gen = torch.Generator().manual_seed(seed)
+        self.W, self.b = [], []
+        for l, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
+            if weights is None:
+                W = torch.randn(n_out, n_in, generator=gen) * math.sqrt(2.0 / n_in)
+                b = torch.zeros(n_out)
+            else:
+                W = torch.tensor(weights[l][0], dtype=torch.float32)
+                b = torch.tensor(weights[l][1], dtype=torch.float32)
+            self.W.append(torch.nn.Parameter(W))
+            self.b.append(torch.nn.Parameter(b))
+        self.R = [torch.eye(n) for n in widths[:-1]] if self.decorrelated else None
+        self.opt = torch.optim.Adam([*self.W, *self.b], lr=lr)
+
+    # -- forward pieces ---------------------------------------------------------------
+    def _act(self, l, a):
+        F = self.torch.nn.functional
+        return F.leaky_relu(a, SLOPE) if l < self.L - 1 else a
+
+    def _losses(self, logits, y):
+        """Per-sample cross-entropy of stacked passes (P, B, C) -> (P, B)."""
+        P, B, C = logits.shape
+        F = self.torch.nn.functional
+        return F.cross_entropy(logits.reshape(P * B, C), y.repeat(P),
+                               reduction="none").view(P, B)
+
+    def _noise(self, *shape):
+        return self.noise_sigma * self.torch.randn(*shape)
+
+    # -- the rules' estimates ---------------------------------------------------------
+    def estimate(self, x, y):
+        """Perturbation rules: per layer (g_W, g_b) and the reference inputs x*."""
+        if self.family == "inp":
+            return self._estimate_inp(x, y)
+        torch = self.torch
+        B = x.shape[0]
+        with torch.no_grad():
+            xs, vec = [], []  # reference x*_{l-1}; eps (np) or da (anp) per layer
+            h = x
+            for l in range(self.L):
+                if self.R is not None:
+                    h = h @ self.R[l].T
+                if l == 0:
+                    xs.append(h)
+                    a0 = torch.nn.functional.linear(h, self.W[0], self.b[0])
+                    pert = self._noise(B, a0.shape[1])
+                    eps = self.sigma * torch.randn(B, a0.shape[1])
+                    a = torch.stack([a0, a0 + pert + eps])       # layer 0 computed once
+                else:
+                    xs.append(h[0])
+                    a = torch.nn.functional.linear(h, self.W[l], self.b[l])  # (2, B, N)
+                    eps = self.sigma * torch.randn(B, a.shape[2])
+                    a[1] += self._noise(B, a.shape[2]) + eps
+                vec.append(eps if self.family == "np" else a[1] - a[0])
+                h = self._act(l, a)
+            loss = self._losses(h, y)
+            dell = loss[1] - loss[0]
+            if self.family == "np":
+                scale = dell / self.sigma ** 2
+            else:
+                sq = sum((d * d).sum(dim=1) for d in vec)
+                scale = torch.where(sq > 0, dell * self.n_nodes / sq, torch.zeros_like(sq))
+            grads = []
+            for l in range(self.L):
+                c = scale[:, None] * vec[l]
+                grads.append((c.T @ xs[l] / B, c.mean(dim=0)))
+        return grads, xs
+
+    def _estimate_inp(self, x, y):
+        torch = self.torch
+        B = x.shape[0]
+        with torch.no_grad():
+            xs, das = [], []
+            h = x[None]  # passes so far: the reference, then one per perturbed layer
+            for l in range(self.L):
+                if self.R is not None:
+                    h = h @ self.R[l].T
+                xs.append(h[0])
+                a = torch.nn.functional.linear(h, self.W[l], self.b[l])  # (l + 1, B, N)
+                if l > 0:
+                    a[1:] += self._noise(l, B, a.shape[2])  # passes perturbed below: noisy
+                # pass l + 1 perturbs layer l only; below it, it is the reference pass
+                da = self._noise(B, a.shape[2]) + self.sigma * torch.randn(B, a.shape[2])
+                a = torch.cat([a, (a[0] + da)[None]])
+                das.append(da)                   # measured: (a[0] + da) - a[0]
+                h = self._act(l, a)
+            loss = self._losses(h, y)            # (L + 1, B)
+            grads = []
+            for l in range(self.L):
+                dell = loss[l + 1] - loss[0]
+                sq = (das[l] * das[l]).sum(dim=1)
+                scale = torch.where(sq > 0, dell * das[l].shape[1] / sq, torch.zeros_like(sq))
+                c = scale[:, None] * das[l]
+                grads.append((c.T @ xs[l] / B, c.mean(dim=0)))
+        return grads, xs
+
+    def bp_loss(self, x, y):
+        """Mean loss of the clean pass, with autograd; also the (detached) inputs x*."""
+        xs = []
+        h = x
+        for l in range(self.L):
+            if self.R is not None:
+                h = h @ self.R[l].T
+            xs.append(h.detach())
+            h = self._act(l, self.torch.nn.functional.linear(h, self.W[l], self.b[l]))
+        return self.torch.nn.functional.cross_entropy(h, y), xs
+
+    # -- one training step -------------------------------------------------------------
+    def step(self, x, y):
+        if self.family == "bp":
+            self.opt.zero_grad(set_to_none=True)
+            loss, xs = self.bp_loss(x, y)
+            loss.backward()
+            self.opt.step()
+        else:
+            grads, xs = self.estimate(x, y)
+            for l, (gW, gb) in enumerate(grads):
+                self.W[l].grad, self.b[l].grad = gW, gb
+            self.opt.step()
+        if self.R is not None:
+            self.update_R(xs)
+
+    def update_R(self, xs):
+        """R <- R - lr_R offdiag(mean x* x*^T) R = R - lr_R (X*^T (X* R) / B - D R)."""
+        with self.torch.no_grad():
+            for R, x in zip(self.R, xs):
+                M = x.T @ (x @ R)
+                M.div_(x.shape[0]).addcmul_((x * x).mean(dim=0)[:, None], R, value=-1.0)
+                R.sub_(M, alpha=self.lr_R)
+
+
+# -- timing ------------------------------------------------------------------------------
+def _median_time(fn, repeats, warmup=2):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _batch_data(widths, batch):
+    """The inputs and targets noisysim.bench uses (uniform [0, 1) inputs, random labels)."""
+    gen = np.random.default_rng(0)
+    x = gen.random((batch, widths[0]), dtype=np.float32)
+    y = gen.integers(0, widths[-1], batch)
+    return x, y
+
+
+def time_torch(rule, widths, batch, repeats):
+    import torch
+    x, y = _batch_data(widths, batch)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    model = TorchStep(rule, widths)
+    return _median_time(lambda: model.step(x, y), repeats)
+
+
+def time_noisysim(rule, layers, batch, repeats):
+    from noisysim.bench import bench
+    return bench(rule=rule, layers=layers, batch=batch, steps=repeats)["step_s"]
+
+
+def _load():
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# -- correctness --------------------------------------------------------------------------
+def check(widths, batch) -> bool:
+    import torch
+    from noisysim.decorrelation import Decorrelator
+    from noisysim.device import Device, exact_gradient
+    from noisysim.losses import loss as ns_loss
+    from noisysim.network import Network
+
+    ok = True
+    # 1. bp: autograd gradient == noisysim's exact gradient on the same weights
+    net = Network(widths, dtype="float32", seed=0)
+    x, y = _batch_data(widths, batch)
+    exact = exact_gradient(net, x, y)
+    model = TorchStep("bp", widths, weights=[(p.W, p.b) for p in net.layers])
+    loss, _ = model.bp_loss(torch.from_numpy(x), torch.from_numpy(y))
+    loss.backward()
+    ns_mean = float(ns_loss("cross_entropy", Device(net).infer(x), y).mean())
+    rel_loss = abs(loss.item() - ns_mean) / abs(ns_mean)
+    worst = rel_loss
+    for l, g in enumerate(exact):
+        for name, gt, gn in (("W", model.W[l].grad, g.W), ("b", model.b[l].grad, g.b)):
+            gt = gt.numpy()
+            rel = float(np.linalg.norm(gt - gn) / max(np.linalg.norm(gn), 1e-30))
+            worst = max(worst, rel)
+            print(f"check bp: d loss / d {name}_{l}: relative error {rel:.2e}, "
+                  f"max abs diff {np.abs(gt - gn).max():.2e}")
+    good = worst < 1e-4
+    ok &= good
+    print(f"check bp: loss {loss.item():.6f} vs noisysim {ns_mean:.6f}; worst relative error "
+          f"{worst:.2e} (tolerance 1e-4): {'ok' if good else 'FAILED'}")
+
+    # 2. the R update == noisysim's Decorrelator (lr 1e-3 so that the step is visible)
+    gen = np.random.default_rng(1)
+    d = min(widths[0], 256)
+    R0 = (np.eye(d) + 0.05 * gen.standard_normal((d, d))).astype(np.float32)
+    xs = gen.random((batch, d), dtype=np.float32) @ R0.T
+    Rn = R0.copy()
+    Decorrelator(1e-3).update(Rn, xs)
+    m = TorchStep("danp", [d, 1], lr_R=1e-3)
+    m.R = [torch.from_numpy(R0.copy())]
+    m.update_R([torch.from_numpy(xs)])
+    rel = float(np.linalg.norm(m.R[0].numpy() - Rn) / np.linalg.norm(R0 - Rn))
+    good = rel < 1e-3
+    ok &= good
+    print(f"check R update: relative error of Delta R {rel:.2e} (tolerance 1e-3): "
+          f"{'ok' if good else 'FAILED'}")
+
+    # 3. perturbation estimates point along the exact gradient (small network, many draws)
+    #    (danp with R != I: the noisysim network gets the same R as the PyTorch one)
+    small = [24, 16, 16, 4]
+    x, y = _batch_data(small, 64)
+    torch.manual_seed(0)
+    for rule, draws in (("np", 3000), ("inp", 1000), ("anp", 1000), ("danp", 1000)):
+        net = Network(small, dtype="float32", seed=0, decorrelation=rule == "danp")
+        if rule == "danp":
+            for p in net.layers:
+                p.R += (0.1 * gen.standard_normal(p.R.shape)).astype(np.float32)
+        exact = exact_gradient(net, x, y)
+        g_true = np.concatenate([np.concatenate([g.W.ravel(), g.b]) for g in exact])
+        m = TorchStep(rule, small, weights=[(p.W, p.b) for p in net.layers])
+        if rule == "danp":
+            m.R = [torch.from_numpy(p.R.copy()) for p in net.layers]
+        acc = np.zeros_like(g_true, dtype=np.float64)
+        for _ in range(draws):
+            grads, _ = m.estimate(torch.from_numpy(x), torch.from_numpy(y))
+            acc += np.concatenate([np.concatenate([gW.numpy().ravel(), gb.numpy()])
+                                   for gW, gb in grads])
+        cos = float(acc @ g_true / (np.linalg.norm(acc) * np.linalg.norm(g_true)))
+        good = cos > 0.5
+        ok &= good
+        print(f"check {rule}: cosine(mean of {draws} estimates, exact gradient) = {cos:.3f} "
+              f"(> 0.5 expected): {'ok' if good else 'FAILED'}")
+    return ok
+
+
+# -- main ---------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--layers", default="3072,1024,1024,1024,10")
+    ap.add_argument("--rules", default="bp,np,anp,inp,danp")
+    ap.add_argument("--batches", default="1000,64")
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="timed steps per round at B >= 256 (4x this below)")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="rounds per (rule, batch), alternating which framework goes first")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for PyTorch (default: the CPUs this process may use)")
+    ap.add_argument("--check", action="store_true",
+                    help="check the PyTorch step against noisysim instead of timing")
+    args = ap.parse_args(argv)
+    try:
+        import torch
+    except ImportError:
+        print(SKIP)
+        return 0
+
+    widths = [int(w) for w in args.layers.split(",")]
+    rules = [r.strip() for r in args.rules.split(",") if r.strip()]
+    for r in rules:
+        if r not in RULES:
+            ap.error(f"unknown rule {r!r}; choose from {', '.join(RULES)}")
+    batches = [int(b) for b in args.batches.split(",")]
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = args.threads or cpus
+    torch.set_num_threads(threads)
+    try:
+        import numba
+        numba_threads = numba.get_num_threads()
+    except Exception:  # pragma: no cover - numba is a dependency
+        numba_threads = None
+
+    if args.check:
+        return 0 if check(widths, batches[0]) else 1
+
+    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), numba threads "
+          f"{numba_threads}, CPUs {cpus}, load average at start {_load()}", flush=True)
+    rows = []
+    order = 0
+    for B in batches:
+        repeats = args.repeats if B >= 256 else 4 * args.repeats
+        for rule in rules:
+            ns_t, th_t = [], []
+            for _ in range(args.rounds):
+                first_ns = order % 2 == 0
+                order += 1
+                for which in ((0, 1) if first_ns else (1, 0)):
+                    if which == 0:
+                        ns_t.append(time_noisysim(rule, args.layers, B, repeats))
+                    else:
+                        th_t.append(time_torch(rule, widths, B, repeats))
+            t_ns, t_th = statistics.median(ns_t), statistics.median(th_t)
+            row = {"rule": rule, "batch": B, "layers": widths,
+                   "noisysim_step_s": round(t_ns, 5), "torch_step_s": round(t_th, 5),
+                   "speedup": round(t_th / t_ns, 3), "repeats": repeats,
+                   "rounds": args.rounds, "threads": threads,
+                   "torch_version": torch.__version__, "load_avg": _load()}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
+    print()
+    print(f"{'rule':<6} {'B':>5} {'noisysim s':>11} {'torch s':>10} {'torch/noisysim':>15}")
+    for r in rows:
+        print(f"{r['rule']:<6} {r['batch']:>5} {r['noisysim_step_s']:>11.4f} "
+              f"{r['torch_step_s']:>10.4f} {r['speedup']:>15.2f}")
+    print(f"load average at end {_load()} on {cpus} CPUs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
