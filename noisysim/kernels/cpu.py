@@ -29,12 +29,18 @@ SIGN = 7
 QUANTIZE = 8
 BINARY_STOCHASTIC = 9
 
+# error_model="numpy": no Python-style checks (division by zero, sqrt of negatives), which
+# would stop LLVM from vectorising loops; no value here can trigger them. fastmath stays off:
+# every operation is rounded as written.
+_OPTS = dict(cache=True, error_model="numpy")
+_PARALLEL = dict(_OPTS, parallel=True)
+
 # Which derivative the backward kernels use.
 TRUE_DERIVATIVE = 0
 STRAIGHT_THROUGH = 1
 
 
-@njit(cache=True, inline="always")
+@njit(**_OPTS, inline="always")
 def _sigmoid(a):
     # Split by sign so exp never overflows.
     if a >= 0.0:
@@ -43,7 +49,7 @@ def _sigmoid(a):
     return e / (1.0 + e)
 
 
-@njit(cache=True)
+@njit(**_OPTS)
 def activation_scalar(code, a, p0, p1, p2, u):
     """f(a) for one element; ``u`` is a uniform draw used only by binary_stochastic."""
     if code == IDENTITY:
@@ -72,7 +78,7 @@ def activation_scalar(code, a, p0, p1, p2, u):
     return math.nan
 
 
-@njit(cache=True)
+@njit(**_OPTS)
 def derivative_scalar(code, a, p0, p1, p2, mode):
     """f'(a) (mode TRUE_DERIVATIVE, zero where f is flat) or its straight-through surrogate."""
     if code == IDENTITY:
@@ -109,12 +115,12 @@ def derivative_scalar(code, a, p0, p1, p2, mode):
 _BLOCK_ROWS = 16
 
 
-@njit(cache=True, inline="always")
+@njit(**_OPTS, inline="always")
 def _blocks(n_rows):
     return (n_rows + _BLOCK_ROWS - 1) // _BLOCK_ROWS
 
 
-@njit(cache=True)
+@njit(**_OPTS)
 def _activation_rows(a, out, code, p0, p1, p2, seed, layer, times, n_batch, r0, r1):
     width = a.shape[1]
     for r in range(r0, r1):
@@ -140,7 +146,7 @@ def _activation_rows(a, out, code, p0, p1, p2, seed, layer, times, n_batch, r0, 
                 out[r, j] = activation_scalar(code, a[r, j], p0, p1, p2, u)
 
 
-@njit(parallel=True, cache=True)
+@njit(**_PARALLEL)
 def _activation_blocks(a, out, code, p0, p1, p2, seed, layer, times, n_batch):
     n = a.shape[0]
     for blk in prange(_blocks(n)):
@@ -163,7 +169,7 @@ def activation_forward(a, out, code, p0, p1, p2, seed, layer, times):
         _activation_rows(*args, 0, n_pass * n_batch)
 
 
-@njit(cache=True)
+@njit(**_OPTS)
 def activation_derivative(a, out, code, p0, p1, p2, mode):
     """out = f'(a) (or the surrogate when mode == STRAIGHT_THROUGH); a, out: (B, N).
 
@@ -175,7 +181,7 @@ def activation_derivative(a, out, code, p0, p1, p2, mode):
             out[b, j] = derivative_scalar(code, a[b, j], p0, p1, p2, mode)
 
 
-@njit(cache=True)
+@njit(**_OPTS)
 def _add_rows(a, bias, eps, has_bias, has_eps, r0, r1):
     width = a.shape[1]
     for r in range(r0, r1):
@@ -187,7 +193,7 @@ def _add_rows(a, bias, eps, has_bias, has_eps, r0, r1):
                 a[r, j] += eps[r, j]
 
 
-@njit(parallel=True, cache=True)
+@njit(**_PARALLEL)
 def _add_blocks(a, bias, eps, has_bias, has_eps):
     n = a.shape[0]
     for blk in prange(_blocks(n)):
@@ -206,7 +212,7 @@ def add_bias_and_perturbation(a, bias, eps, has_bias, has_eps):
         _add_rows(a2, bias, e2, has_bias, has_eps, 0, a2.shape[0])
 
 
-@njit(cache=True)
+@njit(**_OPTS)
 def _perturb_rows(a, eps, bias, has_bias, sigma, seed, layer, times, draw, n_batch, r0, r1):
     width = a.shape[1]
     z = np.empty(width)
@@ -225,7 +231,7 @@ def _perturb_rows(a, eps, bias, has_bias, sigma, seed, layer, times, draw, n_bat
                 a[r, j] += eps[r, j]
 
 
-@njit(parallel=True, cache=True)
+@njit(**_PARALLEL)
 def _perturb_blocks(a, eps, bias, has_bias, sigma, seed, layer, times, draw, n_batch):
     n = a.shape[0]
     for blk in prange(_blocks(n)):
@@ -250,7 +256,7 @@ def draw_and_add_perturbation(a, eps, bias, has_bias, sigma, seed, layer, times,
         _perturb_rows(*args, 0, n_pass * n_batch)
 
 
-@njit(cache=True)
+@njit(**_OPTS)
 def cross_entropy(logits, labels, out):
     """out[r] = -log softmax(logits[r])[y], y = labels[r % len(labels)]; logits: (R, C).
 
@@ -269,7 +275,7 @@ def cross_entropy(logits, labels, out):
         out[r] = m + math.log(s) - logits[r, labels[r % n_labels]]
 
 
-@njit(cache=True)
+@njit(**_OPTS)
 def cross_entropy_grad(logits, labels, out):
     """out[r] = d ell_r / d logits[r] = softmax(logits[r]) - onehot(labels[r % len(labels)])."""
     n_rows, n_classes = logits.shape
@@ -288,7 +294,7 @@ def cross_entropy_grad(logits, labels, out):
         out[r, labels[r % n_labels]] -= 1.0
 
 
-@njit(cache=True)
+@njit(**_OPTS)
 def squared_error(outputs, targets, out):
     """out[r] = 0.5 * ||outputs[r] - targets[r % len(targets)]||^2 (targets broadcast)."""
     n_rows, width = outputs.shape
@@ -306,22 +312,24 @@ def squared_error(outputs, targets, out):
 _ADAM_BLOCK = 1 << 14
 
 
-@njit(cache=True)
+@njit(**_OPTS)
 def _adam_range(p, g, m, v, b1, one_minus_b1, b2, one_minus_b2, lr_c1, inv_c2, eps, i0, i1):
     """Adam on elements i0..i1-1 in the arrays' dtype, rounded op by op as the equations are
     written (no FMA); returns the sum of squared updates (float64)."""
     n = i1 - i0
     delta = np.empty(n, dtype=p.dtype)
+    # Views indexed from 0: with p[i0 + k] LLVM cannot prove the index non-negative, keeps
+    # the negative-index wraparound and does not vectorise.
+    pv, gv, mv, vv = p[i0:i1], g[i0:i1], m[i0:i1], v[i0:i1]
     # Elementwise loop without a reduction, so LLVM vectorises it ...
     for k in range(n):
-        i = i0 + k
-        gi = g[i]
-        mi = b1 * m[i] + one_minus_b1 * gi
-        vi = b2 * v[i] + one_minus_b2 * (gi * gi)
-        m[i] = mi
-        v[i] = vi
+        gi = gv[k]
+        mi = b1 * mv[k] + one_minus_b1 * gi
+        vi = b2 * vv[k] + one_minus_b2 * (gi * gi)
+        mv[k] = mi
+        vv[k] = vi
         d = (mi * lr_c1) / (np.sqrt(vi * inv_c2) + eps)
-        p[i] -= d
+        pv[k] -= d
         delta[k] = d
     # ... then the squared norm in float64, four accumulators in a fixed order.
     s0 = s1 = s2 = s3 = 0.0
@@ -338,7 +346,7 @@ def _adam_range(p, g, m, v, b1, one_minus_b1, b2, one_minus_b2, lr_c1, inv_c2, e
     return (s0 + s1) + (s2 + s3)
 
 
-@njit(parallel=True, cache=True)
+@njit(**_PARALLEL)
 def _adam_blocks(p, g, m, v, b1, one_minus_b1, b2, one_minus_b2, lr_c1, inv_c2, eps):
     n = p.shape[0]
     nb = (n + _ADAM_BLOCK - 1) // _ADAM_BLOCK
