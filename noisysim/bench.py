@@ -81,9 +81,12 @@ def bench(rule="danp", layers="3072,1024,1024,1024,10", batch=1000, steps=5, bac
     from .rules import make_rule
     from .train import Trainer, TrainSettings
 
-    if backend == "cuda":
-        raise NoisysimError("backend 'cuda' is not available in this build: no usable GPU "
-                            "backend; use --backend cpu")
+    from .backends import resolve_backend
+
+    if resolve_backend(backend) == "cuda":
+        from .gpu import bench_cuda
+
+        return bench_cuda(rule, layers, batch, steps, noise, dtype, verbose)
     widths = [int(check_number("layer width", int(w), 1, None, integer=True))
               for w in str(layers).split(",")]
     batch = int(check_number("batch", batch, 1, None, integer=True))

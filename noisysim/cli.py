@@ -93,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", metavar="FILE",
                    help="continue an interrupted (or killed) trajectory from its last checkpoint")
     r.add_argument("--overwrite", action="store_true", help="replace an existing trajectory")
+    r.add_argument("--backend", choices=["auto", "cpu", "cuda"], default=None,
+                   help="compute backend (same as --set backend.name=...)")
     r.set_defaults(func=_cmd_run)
 
     s = sub.add_parser("summary", parents=[common], help="final metrics grouped by config keys",
@@ -161,6 +163,8 @@ def _cmd_run(args) -> int:
     from .experiment import Progress, run
 
     start = time.monotonic()
+    if args.backend:
+        args.overrides = list(args.overrides) + [f"backend.name={args.backend}"]
     if args.resume:
         if args.config is not None or args.overrides or args.overwrite or args.out:
             given = ("CONFIG" if args.config is not None else "--set" if args.overrides

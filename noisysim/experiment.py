@@ -43,6 +43,7 @@ class Built:
     decorrelator: Decorrelator | None
     data: object
     settings: TrainSettings
+    backend: str = "cpu"
 
 
 def build(config: dict, data=None) -> Built:
@@ -70,7 +71,26 @@ def build(config: dict, data=None) -> Built:
         data_opts = dict(config["data"])
         data = load_dataset(data_opts.pop("name"), **data_opts)
     settings = TrainSettings(**config["train"])
-    return Built(network, device, rule, optimizer, decorrelator, data, settings)
+    backend = _backend(config.get("backend", {}).get("name", "auto"), rule, device, optimizer)
+    return Built(network, device, rule, optimizer, decorrelator, data, settings, backend)
+
+
+def _backend(name: str, rule, device, optimizer) -> str:
+    """cpu or cuda; "auto" falls back to cpu (saying why) when the run has no cuda path."""
+    from .backends import resolve_backend
+
+    backend = resolve_backend(name)
+    if backend == "cuda":
+        from .gpu import check_supported
+
+        try:
+            check_supported(rule, device, optimizer)
+        except NoisysimError as err:
+            if name == "cuda":
+                raise
+            print(f"noisysim: backend auto: using cpu ({err})", file=sys.stderr)
+            return "cpu"
+    return backend
 
 
 #: Seconds between flushes of buffered rows to the file (what a SIGKILL can lose at most).
@@ -186,7 +206,7 @@ def run(config: dict, out_dir: str | Path = "runs", *, path: str | Path | None =
             b = build(config, data)
             trainer = Trainer(b.device, b.rule, b.optimizer, b.data, b.settings,
                               decorrelator=b.decorrelator, recorder=writer, seed=int(config["seed"]),
-                              progress=progress, should_stop=stop)
+                              progress=progress, should_stop=stop, backend=b.backend)
             if state is not None:
                 trainer.load_state_dict(state)
                 writer.truncate_after(trainer.step)

@@ -102,7 +102,8 @@ class Trainer:
 
     def __init__(self, device: Device, rule, optimizer, data, settings: TrainSettings,
                  decorrelator=None, recorder: Recorder | None = None, seed: int = 0,
-                 progress: Callable | None = None, should_stop: Callable[[], bool] | None = None):
+                 progress: Callable | None = None, should_stop: Callable[[], bool] | None = None,
+                 backend: str = "cpu"):
         self.device = device
         self.network: Network = device.network
         self.rule = rule
@@ -127,9 +128,17 @@ class Trainer:
         self.epoch = 0
         self.batch = 0
         self._order: tuple[int, np.ndarray] = (-1, np.empty(0, dtype=np.int64))
+        # backend "cuda": the same step on the GPU (noisysim.gpu); state is pulled back to
+        # these host objects for checkpoints and pushed after a restore.
+        self._cuda = None
+        if backend == "cuda":
+            from .gpu import CudaSession
+            self._cuda = CudaSession(self)
 
     # -- state as data -------------------------------------------------------------------
     def state_dict(self) -> dict:
+        if self._cuda is not None:
+            self._cuda.pull()
         return {
             "position": {"step": np.int64(self.step), "epoch": np.int64(self.epoch),
                          "batch": np.int64(self.batch)},
@@ -147,6 +156,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.rule.load_state_dict(state["rule"])
         self.device.load_state_dict(state["device"])
+        if self._cuda is not None:
+            self._cuda.push()
 
     def order(self, epoch: int) -> np.ndarray:
         """The data order of an epoch: a permutation keyed by (seed, SHUFFLE, epoch)."""
@@ -163,8 +174,12 @@ class Trainer:
             self._evaluate(epoch=0)
         while self.epoch < s.epochs:
             order = self.order(self.epoch)
-            idx = order[self.batch * s.batch_size:(self.batch + 1) * s.batch_size]
-            failure = self._train_step(self.data.x_train[idx], self.data.y_train[idx])
+            start, stop = self.batch * s.batch_size, (self.batch + 1) * s.batch_size
+            if self._cuda is not None:
+                failure = self._cuda.train_rows(order, start, stop)
+            else:
+                idx = order[start:stop]
+                failure = self._train_step(self.data.x_train[idx], self.data.y_train[idx])
             if failure:
                 return self._end("diverged", failure)
             self.batch += 1
@@ -232,7 +247,10 @@ class Trainer:
         total_loss, correct = 0.0, 0
         for start in range(0, x.shape[0], s.eval_batch_size):
             xb, yb = x[start:start + s.eval_batch_size], y[start:start + s.eval_batch_size]
-            out = self.device.infer(xb, noisy=s.eval_noise)
+            if self._cuda is not None:
+                out = self._cuda.infer(xb, s.eval_noise)
+            else:
+                out = self.device.infer(xb, noisy=s.eval_noise)
             targets = check_targets(self.network.loss, yb, self.network.widths[-1])
             total_loss += float(loss(self.network.loss, out, targets).sum())
             if self.data.n_classes:
@@ -251,6 +269,8 @@ class Trainer:
         return row
 
     def _end(self, status: str, message: str) -> Result:
+        if self._cuda is not None:
+            self._cuda.pull()
         return Result(status, message, self.step, self.epoch, getattr(self, "last_eval", {}))
 
 

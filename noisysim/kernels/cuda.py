@@ -1,0 +1,915 @@
+"""numba.cuda twins of the CPU kernels (rng.py, noise.py, cpu.py) and the GPU-only kernels of
+the training step (perturbation statistics, optimisers, decorrelation).
+
+One source of truth: the scalar functions of the CPU modules (the counter-based generator,
+``activation_scalar``, ``derivative_scalar``, ``pow_geometric``) are not rewritten here.
+``_device_twins`` compiles their ``.py_func`` with ``cuda.jit(device=True)`` inside a copy of
+their module's globals in which every sibling scalar function is replaced by its device twin,
+so a twin never calls a CPU dispatcher. Where the CPU kernel's structure (prange over blocks
+of nodes, per-block scratch buffers) does not map to a GPU, the twin here is a grid-stride
+kernel that calls the same scalar device functions in the same arithmetic order.
+
+Bit-exactness. Draws and everything computed from them with + - * / sqrt (noise values,
+scaled perturbations, Adam/SGD/decorrelation updates given the same inputs) equal the CPU's
+bit for bit, because
+
+* every kernel is compiled with ``fastmath=False`` AND with NVVM's ``-fma=0``: NVVM contracts
+  a * b + c into an FMA by default, which the CPU twin (``fastmath=False``) never does.
+  numba's ``cuda.jit`` has no switch for it, so ``_exact_fp`` wraps
+  ``numba.cuda.cudadrv.nvvm.compile_ir`` while our kernels compile (both numba's built-in
+  cuda target and the numba-cuda package compile through that function);
+* values are promoted exactly as the CPU kernels promote them: the CPU reads a float32
+  element and combines it with float64 scalars, so the twins read ``float(a[i])``. (This
+  also keeps the simulator honest: under NEP 50 a numpy float32 scalar plus a Python float
+  stays float32.)
+
+libm-based math (tanh, exp, log in activations and losses) and every reduction whose order
+differs from numpy's (sums over nodes and samples, and all matrix products, which go to
+cuBLAS) agree with the CPU to floating-point tolerance only.
+
+Arrays are anything numba.cuda accepts: numba device arrays, CuPy arrays (through the CUDA
+array interface, without the implicit stream synchronisation), or numpy arrays under the
+simulator. Keys are derived on the device from (seed, stream, time, layer) for runs of
+consecutive pass times, so a launch copies nothing to the GPU. All kernels are grid-stride
+loops, so their results do not depend on the launch configuration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import types
+import warnings
+
+import numpy as np
+from numba import cuda
+from numba.core import config as _numba_config
+
+from . import cpu, rng
+from . import noise as _noise
+
+SIMULATED = bool(_numba_config.ENABLE_CUDASIM)
+
+# Threads per block (a power of two: the block reductions halve it) and a cap on blocks. The
+# simulator runs every GPU thread as a Python thread: small blocks, few of them.
+THREADS = 8 if SIMULATED else 256
+MAX_BLOCKS = 2 if SIMULATED else 65535
+_SHARED = 256  # shared-memory slots of the block reductions (>= THREADS)
+
+if SIMULATED:
+    # Plain-Python uint64 arithmetic wraps as intended but numpy warns about it.
+    warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
+
+
+# ------------------------------------------------------------------------- exact floating point
+
+_compile_state = threading.local()
+
+
+def _install_no_fma() -> None:
+    """Make NVVM compile without FMA contraction while ``_exact_fp`` is active."""
+    if SIMULATED:
+        return
+    from numba.cuda.cudadrv import nvvm
+
+    if getattr(nvvm.compile_ir, "_noisysim_no_fma", False):
+        return
+    original = nvvm.compile_ir
+
+    def compile_ir(llvmir, **options):
+        if getattr(_compile_state, "depth", 0):
+            options["fastmath"] = False
+            options["fma"] = False
+        return original(llvmir, **options)
+
+    compile_ir._noisysim_no_fma = True
+    compile_ir.__wrapped__ = original
+    nvvm.compile_ir = compile_ir
+
+
+@contextlib.contextmanager
+def _exact_fp():
+    """Compilations started inside (lazily, at a kernel's first launch with new types, or by
+    ``compile_ptx``) use -fma=0."""
+    _install_no_fma()
+    _compile_state.depth = getattr(_compile_state, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _compile_state.depth -= 1
+
+
+exact_fp = _exact_fp  # public: tests compile PTX under it
+
+
+# ---------------------------------------------------------------------------- device twins
+
+
+def _max2(a, b):
+    # Python's max(a, b) (the first of equals); numba's CUDA target fails to type the
+    # builtin's varargs overload (numba 0.68), so the twins get these instead.
+    return b if b > a else a
+
+
+def _min2(a, b):
+    return b if b < a else a
+
+
+_d_max2 = cuda.jit(device=True)(_max2)
+_d_min2 = cuda.jit(device=True)(_min2)
+
+
+def _device_twins(module, names) -> dict:
+    """cuda.jit(device=True) twins of ``module``'s njit functions ``names``, compiled from
+    their .py_func in shared globals where the siblings are twins too (and two-argument
+    ``min`` / ``max`` are device functions with Python's semantics)."""
+    g = dict(module.__dict__)
+    g["max"] = _d_max2
+    g["min"] = _d_min2
+    out = {}
+    for name in names:
+        f = getattr(module, name).py_func
+        h = types.FunctionType(f.__code__, g, f.__name__, f.__defaults__, f.__closure__)
+        h.__qualname__ = f"{f.__qualname__}_cuda"
+        h.__module__ = f.__module__
+        out[name] = g[name] = cuda.jit(device=True)(h)
+    return out
+
+
+_RNG = _device_twins(rng, ("mix64", "key", "random_bits", "_unit_from_bits", "uniform",
+                           "_log_unit", "_sin_kernel", "_cos_kernel", "_sincos_turn",
+                           "_box_muller", "normal_pair", "normal"))
+_CPU = _device_twins(cpu, ("_sigmoid", "activation_scalar", "derivative_scalar"))
+_NOISE = _device_twins(_noise, ("pow_geometric",))
+
+d_key = _RNG["key"]
+d_uniform = _RNG["uniform"]
+d_normal = _RNG["normal"]
+d_normal_pair = _RNG["normal_pair"]
+d_activation = _CPU["activation_scalar"]
+d_derivative = _CPU["derivative_scalar"]
+d_pow_geometric = _NOISE["pow_geometric"]
+
+_BINARY_STOCHASTIC = cpu.BINARY_STOCHASTIC
+_NOISE = rng.STREAM_NOISE
+_ACTIVATION = rng.STREAM_ACTIVATION
+
+
+@cuda.jit(device=True)
+def _block_sum(buf, value):
+    """Sum of ``value`` over the threads of the block (every thread gets it)."""
+    tid = cuda.threadIdx.x
+    buf[tid] = value
+    cuda.syncthreads()
+    step = cuda.blockDim.x // 2
+    while step > 0:
+        if tid < step:
+            buf[tid] += buf[tid + step]
+        cuda.syncthreads()
+        step //= 2
+    total = buf[0]
+    cuda.syncthreads()
+    return total
+
+
+# ------------------------------------------------------------------------------- generator
+
+
+@cuda.jit
+def _fill_uniform(out, key, offset):
+    for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
+        out[i] = d_uniform(key, offset + i)
+
+
+@cuda.jit
+def _scaled_normal_rows(out, seed, stream, t0, layer, scale, offset):
+    """out[r, i] = scale * normal(key(seed, stream, t0 + r, layer), offset + i): one
+    Box-Muller pair per thread."""
+    n_rows, m = out.shape
+    first = offset >> 1
+    n_pairs = ((offset + m - 1) >> 1) - first + 1
+    for t in range(cuda.grid(1), n_rows * n_pairs, cuda.gridsize(1)):
+        r = t // n_pairs
+        q = first + t - r * n_pairs
+        z0, z1 = d_normal_pair(d_key(seed, stream, t0 + r, layer), q)
+        i = 2 * q - offset
+        if i >= 0:
+            out[r, i] = scale * z0
+        if i + 1 < m:
+            out[r, i + 1] = scale * z1
+
+
+# ------------------------------------------------------------------------------ device noise
+
+
+@cuda.jit(device=True)
+def _gauss_add(a, p, i, z, mean, sigma, multiplicative):
+    x = float(a[p, i])
+    w = x if multiplicative else 1.0
+    a[p, i] = x + (mean + w * sigma * z)
+
+
+@cuda.jit
+def _gaussian(a, seed, t0, layer, mean, sigma, multiplicative):
+    n_pass, m = a.shape
+    n_pairs = (m + 1) >> 1
+    for t in range(cuda.grid(1), n_pass * n_pairs, cuda.gridsize(1)):
+        p = t // n_pairs
+        q = t - p * n_pairs
+        z0, z1 = d_normal_pair(d_key(seed, _NOISE, t0 + p, layer), q)
+        i = 2 * q
+        _gauss_add(a, p, i, z0, mean, sigma, multiplicative)
+        if i + 1 < m:
+            _gauss_add(a, p, i + 1, z1, mean, sigma, multiplicative)
+
+
+@cuda.jit
+def _bernoulli(a, seed, t0, layer, prob, amplitude, offset, n_sources, centred):
+    n_pass, m = a.shape
+    shift = -n_sources * prob if centred else 0.0
+    base = 0.0 if centred else offset
+    for t in range(cuda.grid(1), n_pass * m, cuda.gridsize(1)):
+        p = t // m
+        i = t - p * m
+        k = d_key(seed, _NOISE, t0 + p, layer)
+        count = 0
+        for s in range(n_sources):
+            count += 1 if d_uniform(k, i * n_sources + s) < prob else 0
+        a[p, i] = float(a[p, i]) + (base + amplitude * (count + shift))
+
+
+@cuda.jit
+def _telegraph(a, seed, t0, layer, last_time, spin, width, n_src, p_flip, amplitude, offset,
+               sigma, scale, thermal):
+    """One thread per (slot, node) carries its n_src states through the P passes."""
+    n_pass, m = a.shape
+    r = 1.0 - 2.0 * p_flip
+    for i in range(cuda.grid(1), m, cuda.gridsize(1)):
+        prev = last_time[i // width]
+        for p in range(n_pass):
+            n = t0 + p - prev
+            prev = t0 + p
+            q = p_flip * d_pow_geometric(r, n)[1]
+            k = d_key(seed, _NOISE, t0 + p, layer)
+            tot = 0
+            zs = 0.0
+            for s in range(n_src):
+                e = i * n_src + s
+                sv = spin[e]
+                if d_uniform(k, e) < q:
+                    sv = -sv
+                spin[e] = sv
+                tot += int(sv)
+                if thermal:
+                    zs += d_normal(k, e)
+            # n_src == 1: zs == 0.0 + z == z exactly (Box-Muller never returns a zero)
+            a[p, i] = float(a[p, i]) + scale * (offset + amplitude * tot + sigma * zs)
+
+
+@cuda.jit
+def _ou(a, seed, t0, layer, last_time, x, width, n_poles, decay, c1, std, mean):
+    """One thread per (slot, node) advances its n_poles OU processes through the P passes."""
+    n_pass, m = a.shape
+    for i in range(cuda.grid(1), m, cuda.gridsize(1)):
+        prev = last_time[i // width]
+        for p in range(n_pass):
+            n = t0 + p - prev
+            prev = t0 + p
+            k = d_key(seed, _NOISE, t0 + p, layer)
+            acc = 0.0
+            xv = 0.0
+            for j in range(n_poles):
+                f = d_pow_geometric(decay[j], n)[0]
+                s2 = d_pow_geometric(decay[j] * decay[j], n)[1]
+                g = std[j] * math.sqrt(c1[j] * s2)
+                e = i * n_poles + j
+                xv = f * x[e] + g * d_normal(k, e)
+                x[e] = xv
+                acc += xv
+            v = xv if n_poles == 1 else acc
+            a[p, i] = float(a[p, i]) + (mean + v)
+
+
+@cuda.jit
+def _set_last_time(last_time, n_slots, t):
+    for b in range(cuda.grid(1), n_slots, cuda.gridsize(1)):
+        last_time[b] = t
+
+
+@cuda.jit
+def _trace(a, trace, t0, per_node, segment, offset, scale):
+    n_pass, m = a.shape
+    length = trace.shape[0]
+    for t in range(cuda.grid(1), n_pass * m, cuda.gridsize(1)):
+        p = t // m
+        d = t - p * m
+        tt = (t0 + p) % length
+        idx = ((d % length) * (segment % length) + tt) % length if per_node else tt
+        a[p, d] = float(a[p, d]) + (offset + scale * trace[idx])
+
+
+# ------------------------------------------------------------------- network elementwise
+
+
+@cuda.jit
+def _activation(a, out, code, p0, p1, p2, seed, t0, layer, n_batch):
+    rows, width = a.shape
+    for t in range(cuda.grid(1), rows * width, cuda.gridsize(1)):
+        r = t // width
+        j = t - r * width
+        u = 0.5
+        if code == _BINARY_STOCHASTIC:
+            k = d_key(seed, _ACTIVATION, t0 + r // n_batch, layer)
+            u = d_uniform(k, (r % n_batch) * width + j)
+        out[r, j] = d_activation(code, float(a[r, j]), p0, p1, p2, u)
+
+
+@cuda.jit
+def _derivative(upstream, a, out, code, p0, p1, p2, mode, multiply):
+    """out = f'(a), or upstream * f'(a) with f'(a) rounded to out's dtype first (as the CPU
+    multiplies two arrays)."""
+    rows, width = a.shape
+    for t in range(cuda.grid(1), rows * width, cuda.gridsize(1)):
+        r = t // width
+        j = t - r * width
+        out[r, j] = d_derivative(code, float(a[r, j]), p0, p1, p2, mode)
+        if multiply:
+            out[r, j] = upstream[r, j] * out[r, j]
+
+
+@cuda.jit
+def _add_bias_eps(a, bias, eps, has_bias, has_eps):
+    rows, width = a.shape
+    for t in range(cuda.grid(1), rows * width, cuda.gridsize(1)):
+        r = t // width
+        j = t - r * width
+        v = a[r, j]
+        if has_bias:
+            v = v + bias[j]
+        if has_eps:
+            v = v + eps[r, j]
+        a[r, j] = v
+
+
+@cuda.jit
+def _cross_entropy(logits, labels, out):
+    n_rows, n_classes = logits.shape
+    n_labels = labels.shape[0]
+    for r in range(cuda.grid(1), n_rows, cuda.gridsize(1)):
+        m = logits[r, 0]
+        for c in range(1, n_classes):
+            m = _d_max2(m, logits[r, c])
+        s = 0.0
+        for c in range(n_classes):
+            s += math.exp(float(logits[r, c] - m))
+        out[r] = float(m) + math.log(s) - float(logits[r, labels[r % n_labels]])
+
+
+@cuda.jit
+def _cross_entropy_grad(logits, labels, out):
+    n_rows, n_classes = logits.shape
+    n_labels = labels.shape[0]
+    for r in range(cuda.grid(1), n_rows, cuda.gridsize(1)):
+        m = logits[r, 0]
+        for c in range(1, n_classes):
+            m = _d_max2(m, logits[r, c])
+        s = 0.0
+        for c in range(n_classes):
+            out[r, c] = math.exp(float(logits[r, c] - m))
+            s += float(out[r, c])
+        for c in range(n_classes):
+            out[r, c] = float(out[r, c]) / s
+        y = labels[r % n_labels]
+        out[r, y] = float(out[r, y]) - 1.0
+
+
+@cuda.jit
+def _squared_error(outputs, targets, out):
+    n_rows, width = outputs.shape
+    n_t = targets.shape[0]
+    for r in range(cuda.grid(1), n_rows, cuda.gridsize(1)):
+        t = r % n_t
+        s = 0.0
+        for c in range(width):
+            d = float(outputs[r, c]) - targets[t, c]
+            s += d * d
+        out[r] = 0.5 * s
+
+
+@cuda.jit
+def _squared_error_grad(outputs, targets, out):
+    n_rows, width = outputs.shape
+    n_t = targets.shape[0]
+    for i in range(cuda.grid(1), n_rows * width, cuda.gridsize(1)):
+        r = i // width
+        c = i - r * width
+        out[r, c] = float(outputs[r, c]) - targets[r % n_t, c]
+
+
+# --------------------------------------------------------------- perturbation statistics
+
+
+@cuda.jit
+def _diff_sq_norm(pre, first, sq):
+    """sq[j, b] += sum_n float64(pre[first + j, b, n] - pre[0, b, n])^2 (one block per row)."""
+    buf = cuda.shared.array(_SHARED, np.float64)
+    count, batch = sq.shape
+    width = pre.shape[2]
+    tid = cuda.threadIdx.x
+    for row in range(cuda.blockIdx.x, count * batch, cuda.gridDim.x):
+        j = row // batch
+        b = row - j * batch
+        acc = 0.0
+        for n in range(tid, width, cuda.blockDim.x):
+            d = float(pre[first + j, b, n] - pre[0, b, n])
+            acc += d * d
+        total = _block_sum(buf, acc)
+        if tid == 0:
+            sq[j, b] += total
+
+
+@cuda.jit
+def _loss_scale(losses, first, sq, use_sq, factor, divisor, out):
+    """out[j, b] (rule dtype) = dell * factor / sq (0 where sq == 0) when use_sq (INP, ANP),
+    else dell / divisor (NP); dell = losses[first + j, b] - losses[0, b]."""
+    count, batch = out.shape
+    for t in range(cuda.grid(1), count * batch, cuda.gridsize(1)):
+        j = t // batch
+        b = t - j * batch
+        d = losses[first + j, b] - losses[0, b]
+        if use_sq:
+            s = sq[j, b]
+            v = (d * factor) / s if s > 0.0 else 0.0
+        else:
+            v = d / divisor
+        out[j, b] = v
+
+
+@cuda.jit
+def _node_coefficients(vec, first, diff, scale, out):
+    """out[b, n] = mean_j scale[j, b] * v_j  with v_j = vec[first+j] - vec[0] (diff) or
+    vec[first+j]; products and sum in the dtype, as numpy's einsum."""
+    count, batch = scale.shape
+    width = out.shape[1]
+    for t in range(cuda.grid(1), batch * width, cuda.gridsize(1)):
+        b = t // width
+        n = t - b * width
+        r0 = vec[0, b, n]
+        v = vec[first, b, n] - r0 if diff else vec[first, b, n]
+        acc = scale[0, b] * v
+        for j in range(1, count):
+            v = vec[first + j, b, n] - r0 if diff else vec[first + j, b, n]
+            acc = acc + scale[j, b] * v
+        out[b, n] = acc / count
+
+
+@cuda.jit
+def _divide(x, d):
+    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        x[i] = x[i] / d
+
+
+@cuda.jit
+def _column_mean(c, out):
+    rows, width = c.shape
+    for n in range(cuda.grid(1), width, cuda.gridsize(1)):
+        acc = 0.0
+        for r in range(rows):
+            acc += float(c[r, n])
+        out[n] = acc / rows
+
+
+@cuda.jit
+def _sum_squares(x, out, idx):
+    """out[idx] += sum float64(x)^2 over a 1-D array (atomic per block)."""
+    buf = cuda.shared.array(_SHARED, np.float64)
+    acc = 0.0
+    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        v = float(x[i])
+        acc += v * v
+    total = _block_sum(buf, acc)
+    if cuda.threadIdx.x == 0:
+        cuda.atomic.add(out, idx, total)
+
+
+@cuda.jit
+def _step_stats(losses, outputs, labels, has_labels, out):
+    """One block: out[0] = sum losses[0]; out[1] = mean dl; out[2] = mean (dl - mean)^2 over
+    dl = losses[1:] - losses[0]; out[3] = correct argmax predictions; out[4] = non-finite
+    reference losses."""
+    buf = cuda.shared.array(_SHARED, np.float64)
+    n_pass, batch = losses.shape
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    s = 0.0
+    bad = 0.0
+    correct = 0.0
+    for b in range(tid, batch, nt):
+        v = losses[0, b]
+        s += v
+        if not math.isfinite(v):
+            bad += 1.0
+        if has_labels:
+            best = 0
+            for c in range(1, outputs.shape[1]):
+                if outputs[b, c] > outputs[b, best]:
+                    best = c
+            if best == labels[b]:
+                correct += 1.0
+    total = _block_sum(buf, s)
+    n_bad = _block_sum(buf, bad)
+    n_correct = _block_sum(buf, correct)
+    dsum = 0.0
+    n_dl = (n_pass - 1) * batch
+    for t in range(tid, n_dl, nt):
+        k = t // batch
+        b = t - k * batch
+        dsum += losses[1 + k, b] - losses[0, b]
+    dmean = _block_sum(buf, dsum) / n_dl if n_dl > 0 else 0.0
+    dvar = 0.0
+    for t in range(tid, n_dl, nt):
+        k = t // batch
+        b = t - k * batch
+        d = (losses[1 + k, b] - losses[0, b]) - dmean
+        dvar += d * d
+    var = _block_sum(buf, dvar) / n_dl if n_dl > 0 else 0.0
+    if tid == 0:
+        out[0] = total
+        out[1] = dmean
+        out[2] = var
+        out[3] = n_correct
+        out[4] = n_bad
+
+
+# --------------------------------------------------------------- optimisers, decorrelation
+
+
+@cuda.jit
+def _adam(p, g, m, v, gscale, clipped, b1, omb1, b2, omb2, inv_c2, eps, lr_c1, norms, idx,
+          bad):
+    """Adam in the parameters' dtype, in numpy's operation order (noisysim.optim.Adam)."""
+    buf = cuda.shared.array(_SHARED, np.float64)
+    acc = 0.0
+    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+        gi = g[i]
+        if clipped:
+            gi = gi * gscale
+        mi = m[i] * b1
+        mi = mi + omb1 * gi
+        m[i] = mi
+        vi = v[i] * b2
+        vi = vi + omb2 * (gi * gi)
+        v[i] = vi
+        denom = math.sqrt(vi * inv_c2)
+        denom = denom + eps
+        delta = mi * lr_c1
+        delta = delta / denom
+        pi = p[i] - delta
+        p[i] = pi
+        acc += float(delta) * float(delta)
+        if not math.isfinite(pi):
+            bad[0] = 1
+    total = _block_sum(buf, acc)
+    if cuda.threadIdx.x == 0:
+        cuda.atomic.add(norms, idx, total)
+
+
+@cuda.jit
+def _sgd(p, g, vel, has_vel, gscale, clipped, wd, has_wd, mu, nesterov, lr, norms, idx, bad):
+    """SGD (momentum, Nesterov, coupled weight decay) as noisysim.optim.SGD."""
+    buf = cuda.shared.array(_SHARED, np.float64)
+    acc = 0.0
+    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+        gi = g[i]
+        if clipped:
+            gi = gi * gscale
+        if has_wd:
+            gi = gi + wd * p[i]
+        step = gi
+        if has_vel:
+            vi = vel[i] * mu
+            vi = vi + gi
+            vel[i] = vi
+            step = gi + mu * vi if nesterov else vi
+        delta = lr * step
+        pi = p[i] - delta
+        p[i] = pi
+        acc += float(delta) * float(delta)
+        if not math.isfinite(pi):
+            bad[0] = 1
+    total = _block_sum(buf, acc)
+    if cuda.threadIdx.x == 0:
+        cuda.atomic.add(norms, idx, total)
+
+
+@cuda.jit
+def _second_moment(x, out, n):
+    """out[i] = (sum_n x[n, i]^2) / n, rounded to x's dtype before the division."""
+    rows, width = x.shape
+    for i in range(cuda.grid(1), width, cuda.gridsize(1)):
+        acc = 0.0
+        for r in range(rows):
+            v = float(x[r, i])
+            acc += v * v
+        out[i] = acc
+        out[i] = out[i] / n
+
+
+@cuda.jit
+def _decorrelation_delta(delta, second, R, c1, c2, kappa, has_kappa, lr, norms, idx, bad):
+    """delta <- lr * (c1 * delta + c2 * (second[:, None] * R) - kappa * R) in R's dtype, as
+    noisysim.decorrelation.Decorrelator.update; norms[idx] += ||delta||^2; bad[0] = 1 where
+    R - delta is not finite."""
+    buf = cuda.shared.array(_SHARED, np.float64)
+    d = R.shape[1]
+    acc = 0.0
+    for t in range(cuda.grid(1), R.shape[0] * d, cuda.gridsize(1)):
+        i = t // d
+        j = t - i * d
+        v = delta[i, j] * c1
+        v = v + c2 * (second[i] * R[i, j])
+        if has_kappa:
+            v = v - kappa * R[i, j]
+        v = v * lr
+        delta[i, j] = v
+        acc += float(v) * float(v)
+        if not math.isfinite(R[i, j] - v):
+            bad[0] = 1
+    total = _block_sum(buf, acc)
+    if cuda.threadIdx.x == 0:
+        cuda.atomic.add(norms, idx, total)
+
+
+@cuda.jit
+def _subtract(x, d):
+    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        x[i] = x[i] - d[i]
+
+
+# ============================================================================ host wrappers
+# Arrays in and out are device arrays (CuPy / numba; numpy under the simulator). Scalars that
+# must keep the parameters' dtype are passed as numpy scalars of that dtype.
+
+
+def _nb(a):
+    """A numba view of a device array (no stream synchronisation: numba and CuPy both use
+    the default stream, so launches stay ordered)."""
+    if isinstance(a, np.ndarray):
+        # The simulator copies every array argument back after the launch: hand it a
+        # private copy of a read-only (e.g. broadcast) input, which no kernel writes.
+        return a if a.flags.writeable else a.copy()
+    if SIMULATED or isinstance(a, np.generic) or getattr(a, "__cuda_memory__", False):
+        return a
+    if hasattr(a, "__cuda_array_interface__"):
+        return cuda.as_cuda_array(a, sync=False)
+    return a
+
+
+def _blocks(n: int) -> int:
+    return max(1, min(MAX_BLOCKS, -(-int(n) // THREADS)))
+
+
+def launch(kernel, n: int, *args, blocks: int | None = None) -> None:
+    """kernel[blocks, THREADS](*args) for a grid-stride loop over n items, compiled (on its
+    first launch with these types) without FMA contraction."""
+    if n <= 0:
+        return
+    args = tuple(_nb(a) for a in args)
+    with _exact_fp():
+        kernel[blocks if blocks is not None else _blocks(n), THREADS](*args)
+
+
+def _to_device(a, like):
+    """A small host array as a device array of the kind ``like`` is."""
+    if SIMULATED or isinstance(like, np.ndarray):
+        return np.ascontiguousarray(a)
+    return cuda.to_device(np.ascontiguousarray(a))
+
+
+_DUMMIES: dict = {}
+
+
+def _dummy(like, ndim: int, dtype=None):
+    """A tiny device array standing in for an unused argument: never an alias of a real
+    argument (the simulator copies every argument back after a launch, and an alias
+    would undo the kernel's writes)."""
+    dt = np.dtype(dtype if dtype is not None else like.dtype)
+    k = (isinstance(like, np.ndarray), dt.str, ndim)
+    if k not in _DUMMIES:
+        _DUMMIES[k] = _to_device(np.zeros((1,) * ndim, dtype=dt), like)
+    return _DUMMIES[k]
+
+
+def runs(times):
+    """(index, t0, count) of the maximal runs of consecutive integers in ``times``: pass p
+    of a run has time t0 + p, so kernels derive their keys on the device (no copies)."""
+    times = np.asarray(times, dtype=np.int64)
+    if times.size == 0:
+        return []
+    cuts = np.flatnonzero(np.diff(times) != 1) + 1
+    starts = np.concatenate([[0], cuts])
+    stops = np.concatenate([cuts, [times.size]])
+    return [(int(i), int(times[i]), int(j - i)) for i, j in zip(starts, stops)]
+
+
+def _u64(v):
+    return np.uint64(int(v))
+
+
+def _flat(a):
+    return a.reshape(-1)
+
+
+# -- generator
+
+
+def fill_uniform(out, key, element_offset=0) -> None:
+    """out[i] = rng.uniform(key, element_offset + i) for a 1-D float32/float64 device array."""
+    launch(_fill_uniform, out.shape[0], out, _u64(key), np.int64(element_offset))
+
+
+def fill_normal_rows(out, seed, stream, times, layer, scale=1.0, element_offset=0) -> None:
+    """out[r, i] = scale * rng.normal(rng.key(seed, stream, times[r], layer),
+    element_offset + i) for out (R, M), R = len(times); the product is taken in float64
+    and rounded once to out's dtype (scale 1: exactly the draws)."""
+    m = out.shape[1]
+    if m == 0:
+        return
+    off = int(element_offset)
+    n_pairs = ((off + m - 1) >> 1) - (off >> 1) + 1
+    for i, t0, count in runs(times):
+        launch(_scaled_normal_rows, count * n_pairs, out[i:i + count], _u64(seed),
+               _u64(stream), np.int64(t0), _u64(layer), float(scale), np.int64(off))
+
+
+# -- device noise (a: (P, B, N) device array; times: host int64 (P,), increasing)
+
+
+def gaussian_apply(a, times, seed, layer, mean, sigma, multiplicative) -> None:
+    for i, t0, count in runs(times):
+        a2 = a[i:i + count].reshape(count, -1)
+        m = a2.shape[1]
+        launch(_gaussian, count * ((m + 1) >> 1), a2, _u64(seed), np.int64(t0), _u64(layer),
+               float(mean), float(sigma), bool(multiplicative))
+
+
+def bernoulli_apply(a, times, seed, layer, prob, amplitude, offset, n_sources, centred) -> None:
+    for i, t0, count in runs(times):
+        a2 = a[i:i + count].reshape(count, -1)
+        launch(_bernoulli, a2.size, a2, _u64(seed), np.int64(t0), _u64(layer), float(prob),
+               float(amplitude), float(offset), np.int64(n_sources), bool(centred))
+
+
+def telegraph_apply(a, times, last_time, spin, seed, layer, p_flip, amplitude, offset, sigma,
+                    scale, thermal) -> None:
+    """spin (slots >= B, N, n_sources) int8 and last_time (slots,) int64 device arrays,
+    updated in place for the first B slots."""
+    n_slots, width = a.shape[1], a.shape[2]
+    for i, t0, count in runs(times):
+        a2 = a[i:i + count].reshape(count, -1)
+        launch(_telegraph, a2.shape[1], a2, _u64(seed), np.int64(t0), _u64(layer), last_time,
+               _flat(spin), np.int64(width), np.int64(spin.shape[2]), float(p_flip),
+               float(amplitude), float(offset), float(sigma), float(scale), bool(thermal))
+        launch(_set_last_time, n_slots, last_time, np.int64(n_slots),
+               np.int64(t0 + count - 1))
+
+
+def ou_apply(a, times, last_time, x, seed, layer, decay, c1, std, mean) -> None:
+    """x (slots >= B, N, K) float64 and last_time device arrays, updated in place; decay, c1,
+    std (K,) float64 device arrays."""
+    n_slots, width = a.shape[1], a.shape[2]
+    for i, t0, count in runs(times):
+        a2 = a[i:i + count].reshape(count, -1)
+        launch(_ou, a2.shape[1], a2, _u64(seed), np.int64(t0), _u64(layer), last_time,
+               _flat(x), np.int64(width), np.int64(x.shape[2]), decay, c1, std, float(mean))
+        launch(_set_last_time, n_slots, last_time, np.int64(n_slots),
+               np.int64(t0 + count - 1))
+
+
+def trace_apply(a, times, trace, per_node, segment, offset, scale) -> None:
+    """trace: float64 device array (the recording); segment: int >= 1 (per_node)."""
+    for i, t0, count in runs(times):
+        a2 = a[i:i + count].reshape(count, -1)
+        launch(_trace, a2.size, a2, trace, np.int64(t0), bool(per_node),
+               np.int64(max(segment, 1)), float(offset), float(scale))
+
+
+# -- network
+
+
+def activation_forward(a, out, code, p0, p1, p2, seed, layer, times) -> None:
+    """out[p, b, j] = f(a[p, b, j]) as cpu.activation_forward (a, out: (P, B, N))."""
+    n_pass, n_batch, width = a.shape
+    for i, t0, count in (runs(times) if code == _BINARY_STOCHASTIC else [(0, 0, n_pass)]):
+        rows = count * n_batch
+        launch(_activation, rows * width, a[i:i + count].reshape(rows, width),
+               out[i:i + count].reshape(rows, width), np.int64(code), float(p0), float(p1),
+               float(p2), _u64(seed), np.int64(t0), _u64(layer), np.int64(n_batch))
+
+
+def activation_derivative(a, out, code, p0, p1, p2, mode, upstream=None) -> None:
+    """out = f'(a) (or the surrogate), or upstream * f'(a) when upstream is given; 2-D."""
+    up = upstream if upstream is not None else _dummy(a, 2)
+    launch(_derivative, a.size, up, a, out, np.int64(code), float(p0), float(p1), float(p2),
+           np.int64(mode), upstream is not None)
+
+
+def add_bias_and_perturbation(a, bias, eps, has_bias, has_eps) -> None:
+    """a[p, b, :] += bias, then a += eps (in a's dtype); a, eps: (P, B, N)."""
+    width = a.shape[-1]
+    a2 = a.reshape(-1, width)
+    launch(_add_bias_eps, a2.size, a2, bias if has_bias else _dummy(a, 1),
+           eps.reshape(-1, width) if has_eps else _dummy(a, 2), bool(has_bias),
+           bool(has_eps))
+
+
+def cross_entropy(logits, labels, out) -> None:
+    launch(_cross_entropy, logits.shape[0], logits, labels, out)
+
+
+def cross_entropy_grad(logits, labels, out) -> None:
+    launch(_cross_entropy_grad, logits.shape[0], logits, labels, out)
+
+
+def squared_error(outputs, targets, out) -> None:
+    launch(_squared_error, outputs.shape[0], outputs, targets, out)
+
+
+def squared_error_grad(outputs, targets, out) -> None:
+    launch(_squared_error_grad, outputs.size, outputs, targets, out)
+
+
+# -- perturbation statistics
+
+
+def diff_squared_norm(pre, first, sq) -> None:
+    """sq[j, b] += ||pre[first + j, b] - pre[0, b]||^2 in float64; sq (count, B)."""
+    rows = sq.shape[0] * sq.shape[1]
+    launch(_diff_sq_norm, rows, pre, np.int64(first), sq,
+           blocks=max(1, min(MAX_BLOCKS, rows)))
+
+
+def loss_scale(losses, first, out, sq=None, factor=1.0, divisor=1.0) -> None:
+    """Per-pass, per-sample coefficient of a node rule, written in out's dtype (count, B):
+    dell * factor / sq (0 where sq == 0) when sq is given, else dell / divisor."""
+    launch(_loss_scale, out.size, losses, np.int64(first),
+           sq if sq is not None else _dummy(losses, 2),
+           sq is not None, float(factor), float(divisor), out)
+
+
+def node_coefficients(vec, first, diff, scale, out) -> None:
+    """out[b, n] = mean_j scale[j, b] * (vec[first + j] - vec[0] if diff else vec[first + j])."""
+    launch(_node_coefficients, out.size, vec, np.int64(first), bool(diff), scale, out)
+
+
+def divide_(x, d) -> None:
+    """x /= d in x's dtype (d a numpy scalar of that dtype)."""
+    launch(_divide, x.size, _flat(x), d)
+
+
+def column_mean(c, out) -> None:
+    launch(_column_mean, c.shape[1], c, out)
+
+
+def sum_squares(x, out, idx) -> None:
+    """out[idx] += sum of x^2 (float64 accumulation; out float64)."""
+    launch(_sum_squares, x.size, _flat(x), out, np.int64(idx))
+
+
+def step_stats(losses, outputs, labels, out, has_labels=True) -> None:
+    """out[:5] = sum of reference losses, mean and variance of the loss changes, number of
+    correct argmax predictions, number of non-finite reference losses."""
+    launch(_step_stats, 1, losses, outputs, labels, bool(has_labels), out, blocks=1)
+
+
+# -- optimisers and decorrelation
+
+
+def adam_update(p, g, m, v, gscale, clipped, b1, omb1, b2, omb2, inv_c2, eps, lr_c1, norms,
+                idx, bad) -> None:
+    launch(_adam, p.size, _flat(p), _flat(g), _flat(m), _flat(v), gscale, bool(clipped), b1,
+           omb1, b2, omb2, inv_c2, eps, lr_c1, norms, np.int64(idx), bad)
+
+
+def sgd_update(p, g, vel, gscale, clipped, wd, mu, nesterov, lr, norms, idx, bad) -> None:
+    t = p.dtype.type
+    launch(_sgd, p.size, _flat(p), _flat(g), _flat(vel) if vel is not None else _dummy(p, 1),
+           vel is not None, gscale, bool(clipped), t(wd), bool(wd), t(mu), bool(nesterov),
+           t(lr), norms, np.int64(idx), bad)
+
+
+def second_moment(x, out) -> None:
+    """out[i] = (sum_n x[n, i]^2) / n in x's dtype."""
+    launch(_second_moment, x.shape[1], x, out, x.dtype.type(x.shape[0]))
+
+
+def decorrelation_delta(delta, second, R, c1, c2, kappa, lr, norms, idx, bad) -> None:
+    t = R.dtype.type
+    launch(_decorrelation_delta, R.size, delta, second, R, t(c1), t(c2), t(kappa),
+           bool(kappa), t(lr), norms, np.int64(idx), bad)
+
+
+def subtract_(x, d) -> None:
+    """x -= d elementwise (same shapes, contiguous)."""
+    launch(_subtract, x.size, _flat(x), _flat(d))

@@ -1,0 +1,797 @@
+"""The cuda backend against its CPU twins.
+
+Without a GPU (CI) the checks run in numba's CUDA simulator, which must be switched on
+(NUMBA_ENABLE_CUDASIM=1) before numba.cuda is first imported; other test modules import numba
+first, so every check runs in ONE subprocess (this file run as a script) that prints one JSON
+line per check, and each test asserts its line. Arrays are tiny: the simulator runs every GPU
+thread as a Python thread.
+
+On a GPU machine, NOISYSIM_CUDA_HARDWARE=1 runs the same checks on the hardware (no
+simulator, larger arrays, CuPy arrays): experiments/gpu_check.sh does that.
+
+What is checked, per kernel family:
+- bit for bit: generator draws, every noise model (state carried across calls, time gaps,
+  non-consecutive pass times, grown batches), injected perturbations, the piecewise-linear
+  and stochastic activations;
+- to float tolerance: libm activations and losses, derivatives, perturbation statistics and
+  the np / inp / anp / bp estimates, Adam and SGD, decorrelation, Device.measure, and full
+  training steps (bp, np, inp, anp, danp, dbp, dnp, dinp) against the CPU Trainer.
+Separately (no simulator, needs libNVVM, not a GPU): every kernel compiles to sm_90 PTX, and
+the exact ones contain no FMA.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import traceback
+
+import numpy as np
+import pytest
+
+HERE = os.path.abspath(__file__)
+ROOT = os.path.dirname(os.path.dirname(HERE))
+HARDWARE = os.environ.get("NOISYSIM_CUDA_HARDWARE") == "1"
+NOISES = ["none", "gaussian", "multiplicative", "bernoulli", "centred_bernoulli", "telegraph",
+          "telegraph_sources", "smtj", "smtj_sources", "ou", "pink", "trace_shared",
+          "trace_per_node"]
+RULES = ["bp", "np", "inp", "anp", "danp", "dbp", "dnp", "dinp"]
+CHECKS = (["rng_draws", "perturbation_draws", "activations", "derivatives", "losses"]
+          + [f"noise_{n}" for n in NOISES]
+          + ["estimates", "optimizers", "decorrelation", "measure", "infer"]
+          + [f"train_step_{r}" for r in RULES]
+          + ["session_state", "backend_resolution"])
+
+
+# ================================================================ the pytest side
+
+
+def _subprocess(arg: str, simulate: bool, timeout: float) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if simulate:
+        env["NUMBA_ENABLE_CUDASIM"] = "1"
+    else:
+        env.pop("NUMBA_ENABLE_CUDASIM", None)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, HERE, arg], env=env, capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def results():
+    proc = _subprocess("--checks", simulate=not HARDWARE, timeout=900)
+    out = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("CHECK "):
+            row = json.loads(line[6:])
+            out[row["name"]] = row
+    if "skip" in out:
+        pytest.skip(out["skip"]["detail"])
+    if not out:
+        pytest.fail(f"the check script printed no results (exit {proc.returncode}):\n"
+                    f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return out
+
+
+@pytest.mark.parametrize("name", CHECKS)
+def test_cuda_twin_matches_cpu(results, name):
+    row = results.get(name)
+    assert row is not None, f"check {name} did not run (the script stopped early?)"
+    assert row["ok"], row["detail"]
+
+
+def test_kernels_compile_to_ptx_without_fma():
+    """Every kernel compiles for sm_90 with the real CUDA target (typing and lowering as on
+    a GPU); the exact ones hold no FMA and call no libdevice function."""
+    proc = _subprocess("--ptx", simulate=False, timeout=300)
+    lines = [json.loads(x[4:]) for x in proc.stdout.splitlines() if x.startswith("PTX ")]
+    if lines and lines[0].get("skip"):
+        pytest.skip(lines[0]["skip"])
+    assert lines, f"no PTX results (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+    bad = [x for x in lines if not x["ok"]]
+    assert not bad, bad
+    assert len(lines) >= 25
+
+
+def test_resolve_backend_without_gpu():
+    from noisysim.backends import BACKENDS, is_available, resolve_backend
+    from noisysim.errors import NoisysimError
+
+    assert BACKENDS == ("auto", "cpu", "cuda")
+    assert resolve_backend("cpu") == "cpu"
+    assert is_available("cpu")
+    with pytest.raises(NoisysimError, match="backend must be one of"):
+        resolve_backend("tpu")
+    if HARDWARE or os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        return
+    ok, detail = __import__("noisysim.backends", fromlist=["x"]).cuda_status()
+    if ok:  # pragma: no cover - a machine with a GPU
+        assert resolve_backend("auto") == "cuda"
+        return
+    assert resolve_backend("auto") == "cpu"
+    with pytest.raises(NoisysimError) as exc:
+        resolve_backend("cuda")
+    msg = str(exc.value)
+    assert "\n" not in msg and "backend 'cuda' is not usable here" in msg and detail in msg
+
+
+# ================================================================ the script side
+
+
+def _emit(name, ok, detail=""):
+    print("CHECK " + json.dumps({"name": name, "ok": bool(ok), "detail": str(detail)[:2000]}),
+          flush=True)
+
+
+def _close(a, b, rtol, atol=0.0):
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        return False, f"shapes {a.shape} != {b.shape}"
+    err = np.abs(a - b)
+    lim = atol + rtol * np.abs(b)
+    if np.all(err <= lim) and np.array_equal(np.isnan(a), np.isnan(b)):
+        return True, ""
+    i = np.unravel_index(np.argmax(err - lim), err.shape)
+    return False, f"max violation at {i}: {a[i]!r} vs {b[i]!r}"
+
+
+def _same(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False, f"{a.shape} {a.dtype} != {b.shape} {b.dtype}"
+    if np.array_equal(a, b, equal_nan=a.dtype.kind == "f"):
+        return True, ""
+    i = np.argwhere(a != b)[0]
+    return False, f"first difference at {tuple(i)}: {a[tuple(i)]!r} vs {b[tuple(i)]!r}"
+
+
+class _Fail(Exception):
+    pass
+
+
+def _require(result, what):
+    ok, detail = result
+    if not ok:
+        raise _Fail(f"{what}: {detail}")
+
+
+class _Env:
+    """Imports (after the simulator switch) and sizes for the mode."""
+
+    def __init__(self):
+        from noisysim.gpu import arrays
+
+        self.arrays = arrays
+        self.dev = arrays.to_device
+        self.host = arrays.to_host
+        self.sim = arrays.SIMULATED
+        # batch, width: tiny in the simulator, several blocks and grid-stride laps on a GPU
+        self.B, self.N = (3, 5) if self.sim else (67, 1031)
+        self.widths = [6, 5, 4, 3] if self.sim else [300, 257, 129, 10]
+        self.batch = 4 if self.sim else 128
+        # float32 tolerance for cuBLAS products vs BLAS (exact under the simulator)
+        self.mm = 1e-6 if self.sim else 2e-4
+        # Full steps: numpy stands in for cuBLAS in the simulator, so Adam can be compared
+        # (on hardware its sign-like step amplifies product rounding on tiny gradients:
+        # compare SGD there, with a tolerance for perturbation estimates, whose loss
+        # differences inherit the products' rounding)
+        self.step_opt = "adam" if self.sim else "sgd"
+        self.step_tol = 1e-5 if self.sim else 3e-3
+
+
+def check_rng_draws(env):
+    from noisysim.kernels import cuda as K, rng
+
+    for dtype in (np.float64, np.float32):
+        for n, off in ((1, 0), (7, 3), (2 * env.N + 1, 0), (env.N, 2 ** 40 + 1)):
+            k = rng.key(5, rng.STREAM_USER, 9, 2)
+            u = env.dev(np.zeros(n, dtype))
+            K.fill_uniform(u, k, off)
+            ref = np.empty(n, dtype)
+            rng.fill_uniform_serial(ref, np.uint64(k), off)
+            _require(_same(env.host(u), ref), f"uniform {dtype.__name__} n={n} offset={off}")
+            z = env.dev(np.zeros((1, n), dtype))
+            K.fill_normal_rows(z, 5, rng.STREAM_USER, [9], 2, 1.0, off)
+            ref = np.empty(n, dtype)
+            rng.fill_normal_serial(ref, np.uint64(k), off)
+            _require(_same(env.host(z)[0], ref), f"normal {dtype.__name__} n={n} offset={off}")
+    return "uniform and normal draws identical (both dtypes, odd offsets and lengths)"
+
+
+def check_perturbation_draws(env):
+    from noisysim.kernels import cuda as K, rng
+
+    times = np.array([4, 5, 9])  # two runs of consecutive times
+    out = env.dev(np.zeros((3, env.B, env.N), np.float32))
+    K.fill_normal_rows(out.reshape(3, -1), 7, rng.STREAM_PERTURB, times, 1, 0.25)
+    for p, t in enumerate(times):
+        ref = 0.25 * rng.normal_array(7, rng.STREAM_PERTURB, t, 1, (env.B, env.N))
+        _require(_same(env.host(out)[p], ref.astype(np.float32)), f"pass {p}")
+    return "sigma * normal_array rows identical"
+
+
+def _acts():
+    from noisysim.activations import make_activation
+
+    return [make_activation(n, **kw) for n, kw in [
+        ("identity", {}), ("relu", {}), ("leaky_relu", {"slope": 0.1}), ("tanh", {}),
+        ("sigmoid", {}), ("hardtanh", {"lo": -0.5, "hi": 0.7}), ("step", {"threshold": 0.1}),
+        ("sign", {}), ("quantize", {"levels": 5, "lo": -1.0, "hi": 1.0}),
+        ("binary_stochastic", {})]]
+
+
+_EXACT_ACTS = {"identity", "relu", "leaky_relu", "hardtanh", "step", "sign", "quantize",
+               "binary_stochastic"}
+
+
+def _pre(env, P, dtype, seed=0):
+    g = np.random.default_rng(seed)
+    a = 2.0 * g.standard_normal((P, env.B, env.N))
+    a[0, 0, :3] = [0.0, -0.0, 0.1]  # edges: zero, a threshold
+    return a.astype(dtype)
+
+
+def check_activations(env):
+    from noisysim.kernels import cuda as K
+
+    notes = []
+    for dtype in (np.float32, np.float64):
+        a = _pre(env, 2, dtype)
+        times = np.array([3, 4])
+        for act in _acts():
+            ref = np.empty_like(a)
+            act.apply(a, ref, 11, 2, times)
+            out = env.dev(np.zeros_like(a))
+            K.activation_forward(env.dev(a), out, act.code, *act.kernel_params, 11, 2, times)
+            got = env.host(out)
+            if act.name in _EXACT_ACTS:
+                _require(_same(got, ref), f"{act.name} {dtype.__name__}")
+            else:
+                tol = 2e-7 if dtype == np.float32 else 1e-15
+                _require(_close(got, ref, tol, tol), f"{act.name} {dtype.__name__}")
+        notes.append(dtype.__name__)
+    return "all activations (exact: piecewise-linear, quantize, binary_stochastic) " + \
+        ", ".join(notes)
+
+
+def check_derivatives(env):
+    from noisysim.kernels import cpu, cuda as K
+
+    for dtype in (np.float32, np.float64):
+        a = _pre(env, 1, dtype)[0]
+        up = _pre(env, 1, dtype, seed=1)[0]
+        for act in _acts():
+            for mode in (cpu.TRUE_DERIVATIVE, cpu.STRAIGHT_THROUGH):
+                ref = act._derivative(a, mode)
+                out = env.dev(np.zeros_like(a))
+                K.activation_derivative(env.dev(a), out, act.code, *act.kernel_params, mode)
+                tol = 2e-7 if dtype == np.float32 else 1e-15
+                _require(_close(env.host(out), ref, tol, tol), f"{act.name} mode {mode}")
+                out2 = env.dev(np.zeros_like(a))
+                K.activation_derivative(env.dev(a), out2, act.code, *act.kernel_params, mode,
+                                        upstream=env.dev(up))
+                _require(_close(env.host(out2), up * ref, tol, tol),
+                         f"{act.name} mode {mode} times upstream")
+    return "true and straight-through derivatives, alone and times upstream"
+
+
+def check_losses(env):
+    from noisysim.kernels import cuda as K
+    from noisysim import losses
+
+    g = np.random.default_rng(3)
+    for dtype in (np.float32, np.float64):
+        tol = 1e-6 if dtype == np.float32 else 1e-13
+        logits = (3 * g.standard_normal((2 * env.B, 4))).astype(dtype)
+        labels = g.integers(0, 4, env.B)
+        out = env.dev(np.zeros(2 * env.B))
+        K.cross_entropy(env.dev(logits), env.dev(labels), out)
+        _require(_close(env.host(out), losses.loss("cross_entropy", logits, labels), tol, tol),
+                 f"cross_entropy {dtype.__name__}")
+        grad = env.dev(np.zeros_like(logits))
+        K.cross_entropy_grad(env.dev(logits), env.dev(labels), grad)
+        _require(_close(env.host(grad), losses.loss_grad("cross_entropy", logits, labels),
+                        tol, tol), f"cross_entropy_grad {dtype.__name__}")
+        targets = g.standard_normal((env.B, 4))
+        K.squared_error(env.dev(logits), env.dev(targets), out)
+        _require(_close(env.host(out), losses.loss("squared_error", logits, targets), tol, tol),
+                 f"squared_error {dtype.__name__}")
+        K.squared_error_grad(env.dev(logits), env.dev(targets), grad)
+        _require(_close(env.host(grad), losses.loss_grad("squared_error", logits, targets),
+                        tol, tol), f"squared_error_grad {dtype.__name__}")
+    return "cross_entropy, squared_error and their gradients"
+
+
+def _noise_model(name, width):
+    from noisysim.noise import make_noise
+
+    trace = np.sin(np.arange(11.0)) + 0.25
+    return {
+        "none": lambda: make_noise("none"),
+        "gaussian": lambda: make_noise("gaussian", sigma=0.3, mean=0.1),
+        "multiplicative": lambda: make_noise("multiplicative", sigma=0.2),
+        "bernoulli": lambda: make_noise("bernoulli", p=0.3, amplitude=0.2, n_sources=3,
+                                        offset=-0.1),
+        "centred_bernoulli": lambda: make_noise("centred_bernoulli", p=0.7, amplitude=0.5),
+        "telegraph": lambda: make_noise("telegraph", p_flip=0.2, amplitude=0.5, offset=0.1),
+        "telegraph_sources": lambda: make_noise("telegraph", p_flip=0.05, amplitude=0.5,
+                                                n_sources=3),
+        "smtj": lambda: make_noise("smtj"),
+        "smtj_sources": lambda: make_noise("smtj", n_sources=2, scale=10.0),
+        "ou": lambda: make_noise("ou", tau=3.0, sigma=0.2, mean=0.05),
+        "pink": lambda: make_noise("pink", sigma=0.1, n_poles=3, base_tau=0.5),
+        "trace_shared": lambda: make_noise("trace", data=trace, scale=0.5),
+        "trace_per_node": lambda: make_noise("trace", data=trace, mode="per_node"),
+    }[name]()
+
+
+def _check_noise(env, name):
+    from noisysim.gpu.noise import DeviceNoise
+
+    seed, layer = 3, 2
+    # (times, batch): consecutive passes, a time gap, a grown batch, non-consecutive
+    # passes inside one call, a smaller batch (slots left behind), the same state again
+    schedule = [([0, 1], env.B - 1), ([4, 5], env.B), ([9], env.B + 2),
+                ([10, 12, 13], env.B + 2), ([20], 1), ([21, 22], env.B + 2)]
+    for dtype in (np.float32, np.float64):
+        model = _noise_model(name, env.N)
+        dn = DeviceNoise(model)
+        st = model.init_state(seed, layer, env.B - 1, env.N)
+        sd = dn.upload({k: v.copy() for k, v in st.items()})
+        g = np.random.default_rng(0)
+        for times, b in schedule:
+            a = g.standard_normal((len(times), b, env.N)).astype(dtype)
+            ad = env.dev(a)
+            model.apply(a, np.array(times), st, seed, layer)
+            dn.apply(ad, np.array(times), sd, seed, layer)
+            _require(_same(env.host(ad), a), f"{dtype.__name__} a at times {times}")
+            for k, v in dn.download(sd).items():
+                _require(_same(v, st[k]), f"state {k} after times {times}")
+    return "noise and carried state identical over gaps, growth and non-consecutive passes"
+
+
+def _network(env, decorrelated, seed=1, noise="telegraph"):
+    from noisysim.device import Device
+    from noisysim.network import Network
+    from noisysim.noise import make_noise
+
+    net = Network(env.widths, decorrelation=decorrelated, seed=seed)
+    if decorrelated:  # a non-trivial R
+        g = np.random.default_rng(5)
+        for p in net.layers:
+            p.R += (0.05 * g.standard_normal(p.R.shape)).astype(p.R.dtype)
+    models = {"telegraph": lambda: make_noise("telegraph", p_flip=0.2, amplitude=0.01),
+              "gaussian": lambda: make_noise("gaussian", sigma=0.01)}
+    return net, Device(net, noise=models[noise](), seed=2)
+
+
+def _batch(env, n=None, seed=0):
+    g = np.random.default_rng(seed)
+    n = n or env.batch
+    return g.random((n, env.widths[0])).astype(np.float32), g.integers(0, env.widths[-1], n)
+
+
+def _upload_measurement(env, m):
+    from noisysim.gpu import GpuMeasurement
+
+    return GpuMeasurement(
+        inputs=tuple(env.dev(np.ascontiguousarray(a)) for a in m.inputs),
+        pre=tuple(env.dev(a) for a in m.pre), outputs=env.dev(m.outputs),
+        losses=env.dev(m.losses), targets=env.dev(m.targets),
+        injected=None if m.injected is None else tuple(env.dev(a) for a in m.injected),
+        perturbed_layer=m.perturbed_layer)
+
+
+def check_estimates(env):
+    from noisysim.gpu import CudaDevice, estimate
+    from noisysim.rules import make_rule
+
+    notes = []
+    for name, kw in [("np", {"sigma": 0.05, "samples": 2}), ("inp", {"sigma": 0.05,
+                                                                      "samples": 2}),
+                     ("anp", {"sigma": 0.05, "samples": 3}), ("anp", {"sigma": 0.0}),
+                     ("bp", {}), ("bp", {"surrogate": "ste"}), ("dnp", {"sigma": 0.05})]:
+        rule = make_rule(name, **kw)
+        net, device = _network(env, rule.decorrelated)
+        x, y = _batch(env)
+        m = device.measure(x, y, **rule.request())
+        ref = rule.estimate(m, net)
+        got = estimate(rule, _upload_measurement(env, m), CudaDevice(device))
+        for l, (r, g) in enumerate(zip(ref, got)):
+            scale = float(np.max(np.abs(r.W))) or 1.0
+            _require(_close(env.host(g.W), r.W, 1e-5, 1e-5 * scale + env.mm * scale),
+                     f"{name} {kw} g_W layer {l}")
+            _require(_close(env.host(g.b), r.b, 1e-5, 1e-5 * scale), f"{name} {kw} g_b {l}")
+        notes.append(name)
+    return "estimates from the same measurement agree: " + ", ".join(notes)
+
+
+def _params(env):
+    from noisysim.network import LayerGrad, LayerParams
+
+    g = np.random.default_rng(4)
+    shapes = [((env.N, env.B), (env.N,)), ((3, env.N), None)]
+    params = [LayerParams(g.standard_normal(w).astype(np.float32),
+                          None if b is None else g.standard_normal(b).astype(np.float32), None)
+              for w, b in shapes]
+    grads = [[LayerGrad(g.standard_normal(p.W.shape).astype(np.float32) * 10 ** (-k),
+                        None if p.b is None else
+                        g.standard_normal(p.b.shape).astype(np.float32) * 10 ** (-k))
+              for p in params] for k in range(3)]
+    return params, grads
+
+
+def check_optimizers(env):
+    import copy
+
+    from noisysim.gpu import CudaOptimizer
+    from noisysim.gpu.device import GpuLayer
+    from noisysim.network import LayerGrad
+    from noisysim.optim import make_optimizer
+
+    configs = [("adam", {"lr": 1e-2}), ("adam", {"lr": 1e-3, "clip": 0.5, "beta1": 0.8}),
+               ("sgd", {"lr": 0.1}), ("sgd", {"lr": 0.1, "momentum": 0.9}),
+               ("sgd", {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-2,
+                        "clip": 1.0})]
+    exact = 0
+    for name, kw in configs:
+        params, grads = _params(env)
+        host = make_optimizer(name, **kw)
+        host.init(params)
+        gpu_host = make_optimizer(name, **kw)
+        gpu_params = copy.deepcopy(params)
+        gpu_host.init(gpu_params)
+        opt = CudaOptimizer(gpu_host)
+        layers = [GpuLayer(env.dev(p.W), None if p.b is None else env.dev(p.b), None)
+                  for p in gpu_params]
+        L = len(layers)
+        for step_grads in grads:
+            ref = host.update(params, step_grads)
+            dg = [LayerGrad(env.dev(g.W), None if g.b is None else env.dev(g.b))
+                  for g in step_grads]
+            norm = math.sqrt(sum(float(np.sum(g.W.astype(np.float64) ** 2))
+                                 + (0.0 if g.b is None else
+                                    float(np.sum(g.b.astype(np.float64) ** 2)))
+                                 for g in step_grads))
+            norms = env.dev(np.zeros(2 * L))
+            bad = env.dev(np.zeros((L, 3), np.int32))
+            got = opt.update(layers, dg, norm, norms, bad)
+            nh = env.host(norms)
+            for l in range(L):
+                _require(_close(math.sqrt(nh[l]), ref[f"update_norm_l{l}"], 1e-5),
+                         f"{name} {kw} update norm {l}")
+            _require(_close(got["clip_scale"], ref["clip_scale"], 1e-5), f"{name} clip")
+            _require((not env.host(bad).any(), "flags"), f"{name} non-finite flags")
+        opt.pull()
+        for p, q, lay in zip(params, gpu_params, layers):
+            _require(_close(env.host(lay.W), p.W, 1e-6, 1e-7), f"{name} {kw} W")
+            exact += np.array_equal(env.host(lay.W), p.W)
+            if p.b is not None:
+                _require(_close(env.host(lay.b), p.b, 1e-6, 1e-7), f"{name} {kw} b")
+        for k, v in host.state_dict().items():
+            _require(_close(gpu_host.state_dict()[k], v, 1e-6, 1e-7), f"{name} state {k}")
+    return f"Adam and SGD variants over 3 updates; {exact} of {2 * len(configs)} W bit-equal"
+
+
+def check_decorrelation(env):
+    from noisysim.decorrelation import Decorrelator
+    from noisysim.gpu import CudaDecorrelator
+
+    g = np.random.default_rng(6)
+    d = env.N
+    for dtype in (np.float32, np.float64):
+        for kappa in (0.0, 0.3):
+            R = (np.eye(d) + 0.1 * g.standard_normal((d, d))).astype(dtype)
+            x = (g.standard_normal((env.B + 4, d)) @ (np.eye(d) + 0.5)).astype(dtype)
+            host = Decorrelator(1e-2, kappa=kappa)
+            Rh = R.copy()
+            ref = host.update(Rh, x)
+            Rd = env.dev(R)
+            norms = env.dev(np.zeros(1))
+            bad = env.dev(np.zeros(1, np.int32))
+            dec = CudaDecorrelator(host)
+            delta = dec.delta(Rd, env.dev(x), norms, 0, bad)
+            dec.apply(Rd, delta)
+            tol = (1e-6 if dtype == np.float32 else 1e-13) + env.mm * (dtype == np.float32)
+            _require(_close(math.sqrt(env.host(norms)[0]), ref, 1e-5), f"norm kappa {kappa}")
+            _require(_close(env.host(Rd), Rh, tol, tol), f"R {dtype.__name__} kappa {kappa}")
+    return "R updates and their norms (kappa 0 and 0.3, both dtypes)"
+
+
+def check_measure(env):
+    from noisysim.gpu import CudaDevice
+
+    cases = [dict(samples=0), dict(), dict(perturb="nodes", sigma=0.1, samples=2),
+             dict(perturb="layer", layer=1, sigma=0.1), dict(perturb="each_layer", sigma=0.1),
+             dict(perturb="nodes", sigma=0.1, clean_pass=False)]
+    for decorrelated in (False, True):
+        net, device = _network(env, decorrelated)
+        _, dev2 = _network(env, decorrelated)
+        gdev = CudaDevice(dev2)
+        x, y = _batch(env)
+        for kw in cases:
+            m = device.measure(x, y, **kw)
+            g = gdev.measure(x, y, **kw)
+            what = f"{kw} decorrelated={decorrelated}"
+            for name in ("inputs", "pre"):
+                for l, (a, b) in enumerate(zip(getattr(m, name), getattr(g, name))):
+                    scale = float(np.max(np.abs(a))) or 1.0
+                    _require(_close(env.host(b), a, 1e-6, (1e-6 + env.mm) * scale),
+                             f"{what} {name}[{l}]")
+            _require(_close(env.host(g.losses), m.losses, 1e-6, 1e-6), f"{what} losses")
+            if m.injected is not None:
+                for l, (a, b) in enumerate(zip(m.injected, g.injected)):
+                    _require(_same(env.host(b), a), f"{what} injected[{l}]")
+            _require(_same(g.perturbed_layer, m.perturbed_layer), f"{what} perturbed_layer")
+        gdev.pull()
+        _require((gdev.host.clock == device.clock, "clock"), "clock")
+        for l, st in device._noise_state.items():
+            for k, v in st.items():
+                _require(_same(dev2._noise_state[l][k], v), f"noise state {l} {k}")
+    return "all perturbation kinds, clean and noisy reference, with and without R; " \
+        "injected perturbations and noise state bit-identical"
+
+
+def check_infer(env):
+    from noisysim.gpu import CudaDevice
+
+    _, device = _network(env, True)
+    _, dev2 = _network(env, True)
+    gdev = CudaDevice(dev2)
+    x, _ = _batch(env)
+    for noisy in (False, True, True):
+        ref = device.infer(x, noisy)
+        got = env.host(gdev.infer(x, noisy))
+        scale = float(np.max(np.abs(ref))) or 1.0
+        _require(_close(got, ref, 1e-6, (1e-6 + env.mm) * scale), f"noisy={noisy}")
+    _require((gdev.clock == device.clock, "clock"), "clock")
+    return "noise-free and noisy inference"
+
+
+def _trainers(env, rule_name, opt_name="adam"):
+    from noisysim.data import Dataset
+    from noisysim.decorrelation import Decorrelator
+    from noisysim.optim import make_optimizer
+    from noisysim.rules import make_rule
+    from noisysim.train import Trainer, TrainSettings
+
+    out = []
+    for _ in range(2):
+        rule = make_rule(rule_name, **({} if rule_name in ("bp", "dbp") else {"sigma": 1e-2}))
+        net, device = _network(env, rule.decorrelated, noise="gaussian")
+        x, y = _batch(env, 2 * env.batch)
+        data = Dataset(name="r", x_train=x, y_train=y, x_test=x[:0], y_test=y[:0],
+                       n_classes=env.widths[-1], input_shape=(env.widths[0],))
+        opt = (make_optimizer("adam", lr=1e-2) if opt_name == "adam" else
+               make_optimizer("sgd", lr=0.05, momentum=0.9, clip=0.5))
+        out.append(Trainer(device, rule, opt, data,
+                           TrainSettings(epochs=1, batch_size=env.batch, log_every=1),
+                           decorrelator=(Decorrelator(1e-2, kappa=0.2) if rule.decorrelated
+                                         else None)))
+    return out
+
+
+def _check_train_step(env, rule_name):
+    from noisysim.gpu import CudaSession
+
+    cpu, gpu = _trainers(env, rule_name,
+                         "sgd" if rule_name in ("inp", "dinp") else env.step_opt)
+    session = CudaSession(gpu)
+    order = cpu.order(0)
+    for b in range(2):
+        idx = order[b * env.batch:(b + 1) * env.batch]
+        f1 = cpu._train_step(cpu.data.x_train[idx], cpu.data.y_train[idx])
+        f2 = session.train_rows(order, b * env.batch, (b + 1) * env.batch)
+        _require((f1 == f2 == "", f"failures {f1!r} {f2!r}"), "step")
+    session.pull()
+    _require((cpu.step == gpu.step and cpu.device.clock == gpu.device.clock, "position"),
+             "step and clock")
+    worst = 0.0
+    for k, v in cpu.network.state_dict().items():
+        w = gpu.network.state_dict()[k]
+        scale = float(np.max(np.abs(v))) or 1.0
+        _require(_close(w, v, env.step_tol, (env.step_tol + env.mm) * scale), f"parameter {k}")
+        worst = max(worst, float(np.max(np.abs(w - v))))
+    r1, r2 = cpu.recorder.rows["train"], gpu.recorder.rows["train"]
+    _require((len(r1) == len(r2) and [list(a) for a in r1] == [list(b) for b in r2],
+              f"{[list(a) for a in r1]} vs {[list(b) for b in r2]}"), "row keys")
+    for a, b in zip(r1, r2):
+        for k in a:
+            _require(_close(b[k], a[k], 10 * env.step_tol, 1e-6 + env.mm), f"row {k}")
+    for l, st in cpu.device._noise_state.items():
+        for k, v in st.items():
+            _require(_same(gpu.device._noise_state[l][k], v), f"noise state {k}")
+    return f"2 steps; max parameter difference {worst:.2e}; rows agree"
+
+
+def check_session_state(env):
+    """pull -> checkpoint -> load into a fresh trainer -> push -> the next step agrees."""
+    from noisysim.gpu import CudaSession
+
+    cpu, gpu = _trainers(env, "danp", env.step_opt)
+    session = CudaSession(gpu)
+    order = cpu.order(0)
+    idx = order[:env.batch]
+    cpu._train_step(cpu.data.x_train[idx], cpu.data.y_train[idx])
+    session.train_rows(order, 0, env.batch)
+    session.pull()
+    state = gpu.state_dict()
+    _, fresh = _trainers(env, "danp", env.step_opt)
+    fresh.load_state_dict(state)
+    s2 = CudaSession(fresh)
+    s2.push()
+    idx = order[env.batch:2 * env.batch]
+    cpu._train_step(cpu.data.x_train[idx], cpu.data.y_train[idx])
+    _require((s2.train_rows(order, env.batch, 2 * env.batch) == "", "failure"), "step")
+    s2.pull()
+    for k, v in cpu.network.state_dict().items():
+        scale = float(np.max(np.abs(v))) or 1.0
+        _require(_close(fresh.network.state_dict()[k], v, env.step_tol,
+                        (env.step_tol + env.mm) * scale), k)
+    for k, v in cpu.optimizer.state_dict().items():
+        scale = float(np.max(np.abs(v))) or 1.0
+        _require(_close(fresh.optimizer.state_dict()[k], v, 10 * env.step_tol,
+                        (env.step_tol + env.mm) * scale), f"optimizer {k}")
+    return "checkpoint round trip through pull/push"
+
+
+def check_backend_resolution(env):
+    from noisysim.backends import cuda_status, resolve_backend
+
+    if env.sim:
+        _require((resolve_backend("cuda") == "cuda", "cuda"), "explicit cuda in simulator")
+        _require((resolve_backend("auto") == "cpu", "auto"), "auto ignores the simulator")
+        return "simulator: 'cuda' resolves, 'auto' stays on cpu"
+    said = []
+    _require((resolve_backend("auto", announce=said.append) == "cuda", "auto"), "auto")
+    return f"auto -> cuda on {cuda_status()[1]}; announced: {said}"
+
+
+def _lock_simulator_shared_arrays() -> None:
+    """numba's simulator allocates a block's shared array on the first thread that asks,
+    with an unlocked check-then-insert: two threads preempted in between get different
+    arrays and a block reduction silently mixes them. Make the allocation atomic."""
+    import threading
+    import traceback as tb
+
+    from numba.cuda.simulator import kernelapi
+
+    original = kernelapi.FakeCUDAShared.array
+    lock = threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if alignment is not None or shape == 0:
+            return original(self, shape, dtype, alignment)
+        if not isinstance(dtype, np.dtype):
+            from numba.np import numpy_support
+
+            dtype = numpy_support.as_dtype(dtype) if not isinstance(dtype, type) else dtype
+        caller = tb.extract_stack(sys._getframe())[-2][0:2]
+        with lock:
+            res = self._allocations.get(caller)
+            if res is None:
+                res = self._allocations[caller] = np.empty(shape, dtype)
+        return res
+
+    kernelapi.FakeCUDAShared.array = array
+
+
+def _run_checks() -> int:
+    # The simulator's launcher busy-polls its threads; hand the GIL over more often so the
+    # threads of a block reach their barriers quickly (and make its shared arrays safe
+    # under the resulting preemption).
+    sys.setswitchinterval(2e-5)
+    try:
+        env = _Env()
+        if env.sim:
+            _lock_simulator_shared_arrays()
+    except Exception as exc:  # numba without a cuda target, or no CuPy on hardware
+        _emit("skip", True, f"cuda backend not importable here: {exc!r}")
+        return 0
+    checks = {f"noise_{n}": (lambda e, n=n: _check_noise(e, n)) for n in NOISES}
+    checks.update({f"train_step_{r}": (lambda e, r=r: _check_train_step(e, r)) for r in RULES})
+    for name in CHECKS:
+        fn = checks.get(name) or globals()[f"check_{name}"]
+        t = time.perf_counter()
+        try:
+            detail = fn(env)
+            _emit(name, True, f"{detail} ({time.perf_counter() - t:.1f} s)")
+        except _Fail as exc:
+            _emit(name, False, str(exc))
+        except Exception:
+            _emit(name, False, traceback.format_exc())
+    return 0
+
+
+def _run_ptx() -> int:
+    """Compile every kernel the wrappers launch (recorded with numpy stand-ins) to PTX."""
+    try:
+        import numba
+        from numba import cuda
+        import numba.cuda.dispatcher as dispatcher
+        from numba.cuda.cudadrv import nvvm
+
+        nvvm.NVVM()
+    except Exception as exc:
+        print("PTX " + json.dumps({"skip": f"no libNVVM / numba.cuda: {exc!r}"[:300]}))
+        return 0
+
+    class _Device:  # device functions ask for the current device's compute capability
+        compute_capability = (9, 0)
+
+    dispatcher.get_current_device = lambda: _Device()
+    from noisysim.kernels import cuda as K
+
+    def trivial(out):
+        out[0] = 1.0
+
+    try:  # the toolchain itself (numba-cuda also wants NVRTC, for example)
+        cuda.compile_ptx(trivial, (numba.float64[::1],), cc=(9, 0))
+    except Exception as exc:
+        print("PTX " + json.dumps({"skip": f"CUDA toolchain incomplete: "
+                                           f"{type(exc).__name__}: {str(exc)[:200]}"}))
+        return 0
+
+    launched = {}
+
+    def record(kernel, n, *args, blocks=None):
+        sig = tuple(numba.typeof(K._nb(a)) for a in args)
+        launched.setdefault((kernel.py_func.__name__, sig), (kernel, sig))
+
+    K.launch = record
+    f32, i64 = np.float32, np.int64
+    a = np.zeros((2, 3, 5), f32)
+    t = np.array([0, 1])
+    flag = np.zeros(1, np.int32)
+    K.fill_uniform(np.zeros(5), 7)
+    K.fill_normal_rows(np.zeros((2, 5), f32), 1, 2, t, 0, 0.5)
+    K.gaussian_apply(a, t, 1, 0, 0.0, 1.0, False)
+    K.bernoulli_apply(a, t, 1, 0, 0.5, 1.0, 0.0, 2, False)
+    K.telegraph_apply(a, t, np.zeros(3, i64), np.zeros((3, 5, 1), np.int8), 1, 0, 0.1, 1.0,
+                      0.0, 0.0, 1.0, False)
+    K.ou_apply(a, t, np.zeros(3, i64), np.zeros((3, 5, 1)), 1, 0, np.ones(1), np.ones(1),
+               np.ones(1), 0.0)
+    K.trace_apply(a, t, np.ones(4), True, 1, 0.0, 1.0)
+    K.activation_forward(a, a.copy(), 9, 0.0, 0.0, 0.0, 1, 0, t)
+    K.activation_derivative(a[0], a[0].copy(), 2, 0.01, 0, 0, 0, upstream=a[0].copy())
+    K.add_bias_and_perturbation(a, np.zeros(5, f32), a.copy(), True, True)
+    K.cross_entropy(a[0], np.zeros(3, i64), np.zeros(3))
+    K.cross_entropy_grad(a[0], np.zeros(3, i64), a[0].copy())
+    K.squared_error(a[0], np.zeros((3, 5)), np.zeros(3))
+    K.squared_error_grad(a[0], np.zeros((3, 5)), a[0].copy())
+    K.diff_squared_norm(a, 1, np.zeros((1, 3)))
+    K.loss_scale(np.zeros((2, 3)), 1, np.zeros((1, 3), f32), sq=np.zeros((1, 3)), factor=3.0)
+    K.node_coefficients(a, 1, True, np.zeros((1, 3), f32), a[0].copy())
+    K.divide_(a[0], f32(3))
+    K.column_mean(a[0], np.zeros(5, f32))
+    K.sum_squares(a[0], np.zeros(3), 1)
+    K.step_stats(np.zeros((2, 3)), a[0], np.zeros(3, i64), np.zeros(5), True)
+    K.adam_update(a[0], a[0], a[0], a[0], f32(1), False, *(f32(1),) * 7, np.zeros(3), 0, flag)
+    K.sgd_update(a[0], a[0], a[0], f32(1), False, 0.0, 0.9, True, 0.1, np.zeros(3), 0, flag)
+    K.second_moment(a[0], np.zeros(5, f32))
+    K.decorrelation_delta(np.zeros((5, 5), f32), np.zeros(5, f32), np.zeros((5, 5), f32),
+                          0.1, 0.1, 0.1, 0.1, np.zeros(3), 0, flag)
+    K.subtract_(a[0], a[0])
+    # libm-based kernels may hold FMAs inside libdevice's own code
+    may_fma = {"_activation", "_derivative", "_cross_entropy", "_cross_entropy_grad"}
+    for (name, sig), (kernel, _) in launched.items():
+        try:
+            with K.exact_fp():
+                ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0), fastmath=False)
+            ok = name in may_fma or ("fma" not in ptx and "call" not in ptx.split("{", 1)[1])
+            detail = "" if ok else "fma or a call in the PTX"
+        except Exception as exc:
+            ok, detail = False, f"{type(exc).__name__}: {str(exc)[-500:]}"
+        print("PTX " + json.dumps({"kernel": name, "ok": ok, "detail": detail}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--ptx"]:
+        sys.exit(_run_ptx())
+    sys.exit(_run_checks())
