@@ -209,7 +209,13 @@ class Trainer:
             for l, (g, e) in enumerate(zip(grads, exact)):
                 row[f"layer_{l}"] = _cosine(g, e)
             self.recorder.log("alignment", row)
-        scalars = self.optimizer.update(net.layers, grads)
+        try:
+            scalars = self.optimizer.update(net.layers, grads)
+        except NoisysimError as err:  # finite gradients whose norm overflows: diverged
+            layer = next((l for l, g in enumerate(grads)
+                          if not np.isfinite(np.linalg.norm(g.W.astype(np.float64)))), None)
+            where = f" (layer {layer})" if layer is not None else ""
+            return f"the optimizer update overflowed at step {step}{where}: {err}"
         log_row = step % s.log_every == 0 or step == self.total_steps
         if self.decorrelator is not None:
             for l, p in enumerate(net.layers):
