@@ -41,7 +41,8 @@ def main(argv=None):
     B, P = args.batch, args.passes
 
     net = Network(widths, activation="leaky_relu", dtype=args.dtype, seed=0)
-    device = Device(net, noise=make_noise(args.noise, **NOISE_DEFAULTS[args.noise]), seed=0)
+    device = Device(net, noise=make_noise(args.noise, **NOISE_DEFAULTS[args.noise]), seed=0,
+                    reuse_buffers=True)  # as the training engine runs it
     gen = np.random.default_rng(0)
     x = gen.random((B, widths[0]), dtype=np.float32).astype(args.dtype)
     y = gen.integers(0, widths[-1], B)

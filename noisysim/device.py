@@ -78,10 +78,18 @@ class Device:
     noise_layers : "all" or sequence of int
     seed : int
         Key of every draw the device makes (noise, perturbations, stochastic activations).
+    reuse_buffers : bool
+        Let ``measure`` write into the arrays of the previous Measurement instead of fresh
+        ones (fresh multi-megabyte arrays cost page faults on every call). A Measurement is
+        then valid only until the next ``measure`` call: the training engine, which consumes
+        each one at once, turns this on; copy what you keep.
     """
 
-    def __init__(self, network: Network, noise=None, noise_layers="all", seed: int = 0):
+    def __init__(self, network: Network, noise=None, noise_layers="all", seed: int = 0,
+                 reuse_buffers: bool = False):
         self.network = network
+        self.reuse_buffers = bool(reuse_buffers)
+        self._buffers: dict[tuple, np.ndarray] = {}
         self.seed = int(check_number("seed", seed, 0, 2**63 - 1, integer=True))
         self.noise = _noise_by_layer(noise, noise_layers, network.n_layers)
         self.clock = 0
@@ -182,13 +190,13 @@ class Device:
         for l, params in enumerate(net.layers):
             n, k = n_rows[l], n_products[l]
             if l > 0 and params.R is not None:
-                h_star = np.empty_like(h)
+                h_star = self._buffer(("x*", l), h.shape)
                 np.matmul(h[:k].reshape(k * batch, -1), params.R.T,
                           out=h_star[:k].reshape(k * batch, -1))
                 h_star[k:] = h_star[0]
                 h = h_star
             inputs.append(h)
-            a = np.empty((P, batch, net.widths[l + 1]), dtype=dtype)
+            a = self._buffer(("a", l), (P, batch, net.widths[l + 1]))
             if w_eps is not None:
                 for p in range(P):
                     W = params.W + w_eps[l][p]
@@ -213,7 +221,7 @@ class Device:
             self._add_noise(l, a, n, times, clean_pass)
             a[n:] = a[0]
             pres.append(a)
-            out = np.empty_like(a)
+            out = self._buffer(("x", l), a.shape)
             net.activations[l].apply(a[:n], out[:n], self.seed, l, times[:n])
             out[n:] = out[0]
             h = out
@@ -274,6 +282,15 @@ class Device:
         check_finite_array("inputs", x)
         return np.ascontiguousarray(x, dtype=self.network.dtype)
 
+    def _buffer(self, name, shape) -> np.ndarray:
+        """An uninitialised array in the network's dtype; reused across calls if allowed."""
+        if not self.reuse_buffers:
+            return np.empty(shape, dtype=self.network.dtype)
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != tuple(shape):
+            buf = self._buffers[name] = np.empty(shape, dtype=self.network.dtype)
+        return buf
+
     def _add_noise(self, l, a, n, times, clean_pass) -> None:
         model = self.noise.get(l)
         if model is None:
@@ -292,8 +309,9 @@ class Device:
         P = perturbed_layer.shape[0]
         eps_by_layer, draws = [], []
         for l in range(net.n_layers):
-            eps = np.zeros((P, batch, net.widths[l + 1]), dtype=net.dtype)
+            eps = self._buffer(("eps", l), (P, batch, net.widths[l + 1]))
             mask = ((perturbed_layer == l) | (perturbed_layer == -1)) & (np.arange(P) > 0)
+            eps[~mask] = 0  # passes that inject nothing; drawn passes are overwritten
             if values is not None and values[l] is not None and mask.any():
                 v = np.asarray(values[l], dtype=net.dtype)
                 _check_shape(f"values[{l}]", v, (int(mask.sum()), batch, net.widths[l + 1]))

@@ -105,6 +105,7 @@ class Trainer:
                  progress: Callable | None = None, should_stop: Callable[[], bool] | None = None,
                  backend: str = "cpu"):
         self.device = device
+        device.reuse_buffers = True  # each Measurement is consumed within its step
         self.network: Network = device.network
         self.rule = rule
         self.optimizer = optimizer
