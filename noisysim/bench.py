@@ -50,8 +50,9 @@ def step_products(rule, widths, batch) -> list[tuple[int, int, int]]:
             prods.append((n_out, batch, n_in))                   # gradient / tangent product
             if l > 0:
                 prods.append((batch, n_out, n_in))               # delta W / tangent forward
-        else:
-            prods.append((n_out, (P - 1) * batch if rule.family != "wp" else 1, n_in))
+        elif rule.family != "wp":  # wp's estimate is a weighted sum of its perturbations
+            # the K perturbed passes' per-sample scales are averaged before one outer product
+            prods.append((n_out, batch, n_in))
         if rule.decorrelated:
             prods.append((batch, n_in, n_in))                    # X R
             prods.append((n_in, batch, n_in))                    # X^T (X R)
