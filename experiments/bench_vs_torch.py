@@ -55,6 +55,8 @@ try:  # run from a checkout without installing noisysim
 except ImportError:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from noisysim.bench import median_time  # noqa: E402
+
 SKIP = "skipped: PyTorch is not installed (pip install 'noisysim[bench]')"
 RULES = ("bp", "np", "inp", "anp", "dbp", "dnp", "dinp", "danp")
 NOISE_SIGMA = 0.01      # intrinsic Gaussian node noise (noisysim.bench's default)
@@ -214,17 +216,6 @@ class TorchStep:
 
 
 # -- timing ------------------------------------------------------------------------------
-def _median_time(fn, repeats, warmup=2):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def _batch_data(widths, batch):
     """The inputs and targets noisysim.bench uses (uniform [0, 1) inputs, random labels)."""
     gen = np.random.default_rng(0)
@@ -238,7 +229,7 @@ def time_torch(rule, widths, batch, repeats):
     x, y = _batch_data(widths, batch)
     x, y = torch.from_numpy(x), torch.from_numpy(y)
     model = TorchStep(rule, widths)
-    return _median_time(lambda: model.step(x, y), repeats)
+    return median_time(lambda: model.step(x, y), repeats)
 
 
 def time_noisysim(rule, layers, batch, repeats):

@@ -157,26 +157,7 @@ class Device:
                                  hint=f"the network has {L} layers (0..{L - 1})")
         batch = x.shape[0]
 
-        groups = L if perturb == "each_layer" else 1
-        P = 1 + groups * samples
-        perturbed_layer = np.full(P, -1, dtype=np.int64)
-        if perturb == "layer":
-            perturbed_layer[1:] = layer
-        elif perturb == "each_layer":
-            perturbed_layer[1:] = np.repeat(np.arange(L), samples)
-        # Passes that layer l must compute (noise, activation): a prefix of the pass list.
-        # Of those, the first n_products[l] have inputs that differ from the reference pass
-        # and need their own matrix product; the others (every pass at layer 0, whose input
-        # is noise-free, and passes that perturb exactly layer l) copy the reference's.
-        n_rows = [P] * L
-        n_products = [1] + [P] * (L - 1)
-        if perturb == "layer":
-            n_rows = [1 if l < layer else P for l in range(L)]
-            n_products = [1 if l <= layer else P for l in range(L)]
-        elif perturb == "each_layer":
-            n_rows = [1 + (l + 1) * samples for l in range(L)]
-            n_products = [1 + l * samples for l in range(L)]
-
+        P, perturbed_layer, n_rows, n_products = pass_layout(perturb, samples, layer, L)
         times = self.clock + np.arange(P, dtype=np.int64)
         node_eps, draws = self._node_perturbations(perturb, sigma, values, perturbed_layer,
                                                    batch)
@@ -348,6 +329,33 @@ class Device:
             w_out.append(w)
             b_out.append(b)
         return w_out, (b_out if net.bias else None)
+
+
+def pass_layout(perturb: str, samples: int, layer: int | None, n_layers: int):
+    """How the passes of one ``measure`` call are laid out, for every backend.
+
+    Returns (P, perturbed_layer, n_rows, n_products): the number of passes; per pass the
+    layer it perturbs alone (-1: all layers or none); per layer the passes it must compute
+    (noise, activation), always a prefix of the pass list (pass 0 = reference, then for
+    "each_layer" ``samples`` passes per layer in layer order); and, of those, the first
+    ``n_products[l]`` whose inputs differ from the reference pass's and need their own
+    matrix product. The others copy the reference's product: every pass at layer 0 (its
+    input is noise-free) and passes that perturb exactly layer l (layers below are reused).
+    """
+    L = n_layers
+    P = 1 + (L if perturb == "each_layer" else 1) * samples
+    perturbed_layer = np.full(P, -1, dtype=np.int64)
+    n_rows = [P] * L
+    n_products = [1] + [P] * (L - 1)
+    if perturb == "layer":
+        perturbed_layer[1:] = layer
+        n_rows = [1 if l < layer else P for l in range(L)]
+        n_products = [1 if l <= layer else P for l in range(L)]
+    elif perturb == "each_layer":
+        perturbed_layer[1:] = np.repeat(np.arange(L), samples)
+        n_rows = [1 + (l + 1) * samples for l in range(L)]
+        n_products = [1 + l * samples for l in range(L)]
+    return P, perturbed_layer, n_rows, n_products
 
 
 def exact_gradient(network: Network, x: np.ndarray, targets: np.ndarray):

@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import sys
-import time
 
 import numpy as np
 
@@ -27,7 +25,7 @@ from ..errors import NoisysimError, check_number
 def bench_cuda(rule="danp", layers="3072,1024,1024,1024,10", batch=1000, steps=5,
                noise="gaussian", dtype="float32", verbose=False) -> dict:
     """One JSON-able row like ``noisysim.bench.bench`` with backend "cuda"."""
-    from ..bench import step_products
+    from ..bench import median_time, step_products
     from ..data import Dataset
     from ..decorrelation import Decorrelator
     from ..device import Device
@@ -91,18 +89,6 @@ def bench_cuda(rule="danp", layers="3072,1024,1024,1024,10", batch=1000, steps=5
         "ratio_to_gemm": round(t_gemm / t_step, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-
-
-def median_time(fn, repeats: int, warmup: int = 2) -> float:
-    """Median wall time of fn() over ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main(argv=None) -> int:

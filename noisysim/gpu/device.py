@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..device import PERTURBATIONS, Device
+from ..device import PERTURBATIONS, Device, pass_layout
 from ..errors import NoisysimError, check_choice, check_number
 from ..kernels import rng
 from ..kernels import cuda as K
@@ -138,23 +138,7 @@ class CudaDevice:
             layer = check_number("layer", layer, 0, L - 1, integer=True,
                                  hint=f"the network has {L} layers (0..{L - 1})")
         batch = x.shape[0]
-        groups = L if perturb == "each_layer" else 1
-        P = 1 + groups * samples
-        perturbed_layer = np.full(P, -1, dtype=np.int64)
-        if perturb == "layer":
-            perturbed_layer[1:] = layer
-        elif perturb == "each_layer":
-            perturbed_layer[1:] = np.repeat(np.arange(L), samples)
-        # Passes layer l computes (a prefix); of those, the first n_products[l] need their
-        # own product, the others copy the reference's (Device.measure explains why).
-        n_rows = [P] * L
-        n_products = [1] + [P] * (L - 1)
-        if perturb == "layer":
-            n_rows = [1 if l < layer else P for l in range(L)]
-            n_products = [1 if l <= layer else P for l in range(L)]
-        elif perturb == "each_layer":
-            n_rows = [1 + (l + 1) * samples for l in range(L)]
-            n_products = [1 + l * samples for l in range(L)]
+        P, perturbed_layer, n_rows, n_products = pass_layout(perturb, samples, layer, L)
         times = self.clock + np.arange(P, dtype=np.int64)
         node_eps = self._node_perturbations(perturb, sigma, perturbed_layer, times, batch)
 
