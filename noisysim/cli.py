@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", parents=[common], help="train one configured run (or the main job)",
                        description="Train the run CONFIG describes, streaming its trajectory to "
-                       "OUT/<name>.h5. Without CONFIG and --set: the main job, which compares "
+                       "OUT/<name>.h5. Without CONFIG and --set (or with --main): the main job, which compares "
                        + ", ".join(MAIN_RULES) + " on the embedded digits data with intrinsic "
                        "noise and prints the comparison table. Progress goes to stderr (a bar on "
                        "a terminal, a plain line every 10 s otherwise), a summary to stdout.",
@@ -93,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", metavar="FILE",
                    help="continue an interrupted (or killed) trajectory from its last checkpoint")
     r.add_argument("--overwrite", action="store_true", help="replace an existing trajectory")
+    r.add_argument("--main", action="store_true",
+                   help="the main job (the default without CONFIG and --set), with any --set "
+                        "applied to each of its runs, e.g. --main --set train.epochs=5")
     r.add_argument("--backend", choices=["auto", "cpu", "cuda"], default=None,
                    help="compute backend (same as --set backend.name=...)")
     r.set_defaults(func=_cmd_run)
@@ -163,6 +166,7 @@ def _cmd_run(args) -> int:
     from .experiment import Progress, run
 
     start = time.monotonic()
+    main_job = args.main or (args.config is None and not args.overrides and not args.resume)
     if args.backend:
         args.overrides = list(args.overrides) + [f"backend.name={args.backend}"]
     if args.resume:
@@ -173,7 +177,9 @@ def _cmd_run(args) -> int:
                                 f"place; drop {given} (or start a new run without --resume)")
         result, path = run({}, resume=args.resume, progress=Progress())
         return _report_run(result, path, start)
-    if args.config is None and not args.overrides:
+    if main_job:
+        if args.config is not None:
+            raise NoisysimError("--main runs the embedded comparison; drop CONFIG (or --main)")
         return _main_job(args)
     config = load_config(args.config, args.overrides).to_dict()
     out = args.out or "runs"
@@ -207,15 +213,19 @@ def _main_job(args) -> int:
     from .record import Trajectory
 
     out = Path(args.out or "runs/main")
-    base = load_config(None).to_dict()
+    base = load_config(None, args.overrides).to_dict()
     print(f"noisysim main job: {', '.join(MAIN_RULES)} on {base['data']['name']} with "
           f"{base['noise']['model']} intrinsic noise -> {out}/")
     paths = []
     data = None
     for rule in MAIN_RULES:
-        config = load_config(None, [f"rule.name={rule}"]).to_dict()  # named <rule>-digits
+        # named <rule>-digits unless --set name=... (then <name>-<rule>)
+        ov = list(args.overrides) + [f"rule.name={rule}"]
+        if any(o.startswith("name=") for o in args.overrides):
+            ov.append(f"name={base['name']}-{rule}")
+        config = load_config(None, ov).to_dict()
         path = out / f"{config['name']}.h5"
-        if path.exists() and not args.overwrite and _completed(path):
+        if path.exists() and not args.overwrite and _completed(path, config):
             print(f"{rule}: already completed in {path} (use --overwrite to rerun)")
         else:
             if data is None:
@@ -236,11 +246,13 @@ def _main_job(args) -> int:
     return 0
 
 
-def _completed(path: Path) -> bool:
-    from .record import Trajectory
+def _completed(path: Path, config: dict) -> bool:
+    """Whether ``path`` holds a completed run of exactly this config."""
+    from .record import Trajectory, config_to_json
 
     try:
-        return Trajectory(path).status == "completed"
+        t = Trajectory(path)
+        return t.status == "completed" and config_to_json(t.config) == config_to_json(config)
     except NoisysimError:
         return False
 

@@ -611,3 +611,20 @@ def test_plot_writes_png_and_csv_equal_to_the_aggregated_curves(runs):
         assert np.array_equal(line.get_xdata(), entry["x"])
         assert np.array_equal(line.get_ydata(), entry["mean"])
         assert entry["rule.name"] in line.get_label()
+
+
+def test_main_job_at_tiny_size_prints_table_and_writes_runs_and_figure(work):
+    """The main job (bp, np, anp, danp on the shipped digits), shrunk with --main --set."""
+    out = work / "main"
+    tiny = ["--set", "train.epochs=1", "--set", "data.n_train=96", "--set", "data.n_test=48",
+            "--set", "train.batch_size=48", "--set", "model.layers=[64,8,10]"]
+    proc = cli("run", "--main", *tiny, "--out", str(out), cwd=work)
+    assert proc.returncode == 0, explain(proc)
+    for rule in ("bp", "np", "anp", "danp"):
+        with h5open(out / f"{rule}-digits.h5") as f:
+            assert text_attr(f, "status") == "completed"
+        assert re.search(rf"^{rule}\s+0\.\d+", proc.stdout, re.M), proc.stdout
+    png = (out / "comparison.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    again = cli("run", "--main", *tiny, "--out", str(out), cwd=work)  # completed: reused
+    assert again.returncode == 0 and again.stdout.count("already completed") == 4
