@@ -10,9 +10,10 @@ import types
 
 from numba import njit
 
-# Below this many elements a parallel launch costs more than it saves. Kernels give the
+# Below this many elements (~0.2 ms of elementwise work) a parallel launch costs more than
+# it saves, and much more when other processes share the cores. Kernels give the
 # same values on either path: every draw depends only on its key, never on the thread.
-PARALLEL_MIN_SIZE = 1 << 15
+PARALLEL_MIN_SIZE = 1 << 18
 
 
 def serial_twin(kernel, **options):
