@@ -46,7 +46,6 @@ import math
 import os
 import statistics
 import sys
-import time
 
 import numpy as np
 

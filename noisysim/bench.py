@@ -71,8 +71,11 @@ def median_time(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def bench(rule="danp", layers="3072,1024,1024,1024,10", batch=1000, steps=5, backend="cpu",
-          noise="gaussian", dtype="float32", verbose=False) -> dict:
+def random_data_trainer(rule, layers, batch, noise, dtype):
+    """The benchmark's setup, shared by the backends: a Trainer for ``rule`` on
+    ``layers`` with intrinsic ``noise`` (gaussian: sigma 0.01), Adam 1e-4, decorrelation
+    lr 1e-7, and one random batch (uniform [0, 1) inputs, random labels).
+    Returns (trainer, x, y, widths)."""
     from .data import Dataset
     from .decorrelation import Decorrelator
     from .device import Device
@@ -82,16 +85,9 @@ def bench(rule="danp", layers="3072,1024,1024,1024,10", batch=1000, steps=5, bac
     from .rules import make_rule
     from .train import Trainer, TrainSettings
 
-    from .backends import resolve_backend
-
-    if resolve_backend(backend) == "cuda":
-        from .gpu import bench_cuda
-
-        return bench_cuda(rule, layers, batch, steps, noise, dtype, verbose)
     widths = [int(check_number("layer width", int(w), 1, None, integer=True))
               for w in str(layers).split(",")]
     batch = int(check_number("batch", batch, 1, None, integer=True))
-    steps = int(check_number("steps", steps, 1, None, integer=True))
     r = make_rule(rule)
     net = Network(widths, dtype=dtype, decorrelation=r.decorrelated, seed=0)
     noise_model = make_noise(noise, **({"sigma": 0.01} if noise == "gaussian" else {}))
@@ -104,6 +100,21 @@ def bench(rule="danp", layers="3072,1024,1024,1024,10", batch=1000, steps=5, bac
     trainer = Trainer(device, r, make_optimizer("adam", lr=1e-4), data,
                       TrainSettings(epochs=1, batch_size=batch, log_every=10**9),
                       decorrelator=Decorrelator(1e-7) if r.decorrelated else None)
+    return trainer, x, y, widths
+
+
+def bench(rule="danp", layers="3072,1024,1024,1024,10", batch=1000, steps=5, backend="cpu",
+          noise="gaussian", dtype="float32", verbose=False) -> dict:
+    from .backends import resolve_backend
+
+    if resolve_backend(backend) == "cuda":
+        from .gpu import bench_cuda
+
+        return bench_cuda(rule, layers, batch, steps, noise, dtype, verbose)
+    steps = int(check_number("steps", steps, 1, None, integer=True))
+    trainer, x, y, widths = random_data_trainer(rule, layers, batch, noise, dtype)
+    r, batch = trainer.rule, x.shape[0]
+    gen = np.random.default_rng(1)
 
     def one_step():
         failure = trainer._train_step(x, y)

@@ -210,7 +210,6 @@ def _main_job(args) -> int:
     from .config import load_config
     from .experiment import Progress, run
     from .plot import plot_curves
-    from .record import Trajectory
 
     out = Path(args.out or "runs/main")
     base = load_config(None, args.overrides).to_dict()

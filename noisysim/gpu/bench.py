@@ -25,35 +25,15 @@ from ..errors import NoisysimError, check_number
 def bench_cuda(rule="danp", layers="3072,1024,1024,1024,10", batch=1000, steps=5,
                noise="gaussian", dtype="float32", verbose=False) -> dict:
     """One JSON-able row like ``noisysim.bench.bench`` with backend "cuda"."""
-    from ..bench import median_time, step_products
-    from ..data import Dataset
-    from ..decorrelation import Decorrelator
-    from ..device import Device
-    from ..network import Network
-    from ..noise import make_noise
-    from ..optim import make_optimizer
-    from ..rules import make_rule
-    from ..train import Trainer, TrainSettings
+    from ..bench import median_time, random_data_trainer, step_products
     from .arrays import synchronize, xp
     from .engine import CudaSession
     from ..backends import cuda_status
 
-    widths = [int(check_number("layer width", int(w), 1, None, integer=True))
-              for w in str(layers).split(",")]
-    batch = int(check_number("batch", batch, 1, None, integer=True))
     steps = int(check_number("steps", steps, 1, None, integer=True))
-    r = make_rule(rule)
-    net = Network(widths, dtype=dtype, decorrelation=r.decorrelated, seed=0)
-    noise_model = make_noise(noise, **({"sigma": 0.01} if noise == "gaussian" else {}))
-    device = Device(net, noise=noise_model, seed=0)
-    gen = np.random.default_rng(0)
-    x = gen.random((batch, widths[0]), dtype=np.float32).astype(dtype)
-    y = gen.integers(0, widths[-1], batch)
-    data = Dataset(name="random", x_train=x, y_train=y, x_test=x[:0], y_test=y[:0],
-                   n_classes=widths[-1], input_shape=(widths[0],), meta={})
-    trainer = Trainer(device, r, make_optimizer("adam", lr=1e-4), data,
-                      TrainSettings(epochs=1, batch_size=batch, log_every=10**9),
-                      decorrelator=Decorrelator(1e-7) if r.decorrelated else None)
+    trainer, x, y, widths = random_data_trainer(rule, layers, batch, noise, dtype)
+    r, batch = trainer.rule, x.shape[0]
+    gen = np.random.default_rng(1)
     session = CudaSession(trainer)
     order = np.arange(batch, dtype=np.int64)
 
