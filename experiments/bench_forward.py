@@ -36,13 +36,16 @@ def main(argv=None):
     ap.add_argument("--noise", default="gaussian", choices=sorted(NOISE_DEFAULTS))
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--fresh-buffers", action="store_true",
+                    help="allocate new arrays every call (Device default) instead of reusing "
+                         "them as the training engine does")
     args = ap.parse_args(argv)
     widths = [int(w) for w in args.layers.split(",")]
     B, P = args.batch, args.passes
 
     net = Network(widths, activation="leaky_relu", dtype=args.dtype, seed=0)
     device = Device(net, noise=make_noise(args.noise, **NOISE_DEFAULTS[args.noise]), seed=0,
-                    reuse_buffers=True)  # as the training engine runs it
+                    reuse_buffers=not args.fresh_buffers)  # the engine reuses them
     gen = np.random.default_rng(0)
     x = gen.random((B, widths[0]), dtype=np.float32).astype(args.dtype)
     y = gen.integers(0, widths[-1], B)
