@@ -22,9 +22,17 @@ perturbed layer), the estimates as batched matmuls ``(scale[:, None] * da).T @ x
 written into ``p.grad`` and applied by ``torch.optim.Adam``. Both use the same number of
 threads (``torch.set_num_threads``; numba and the BLAS use all cores by default).
 
-Timing: both in this process, warm-up steps excluded, median of ``repeats`` steps per round
-(``repeats`` at B >= 256, 4 x ``repeats`` below); ``rounds`` rounds alternate which framework
-goes first, and the reported time is the median of the round medians.
+Timing: each framework runs in its own worker process, started once, and the parent asks
+them in turn; warm-up steps are excluded and each answer is the median of ``repeats`` steps
+(``repeats`` at B >= 256, 4 x ``repeats`` below). ``rounds`` rounds alternate which framework
+goes first, and the reported time is the median of the round medians, so both see the same
+machine load. Why not one process: numba and PyTorch would share one OpenMP runtime (both
+load ``libgomp.so.1``), whose wait policy is read once, when it loads. noisysim asks for
+sleeping idle workers (its matrix products run on BLAS's own threads, see
+``noisysim.kernels``); PyTorch, with all its work in that one pool, is faster with the
+default spinning. Sharing, one of the two would run with the other's setting (measured here
+on 2 cores: PyTorch's bp step at B = 64 1.3x slower under PASSIVE; noisysim's up to 1.7x
+slower under spinning), so each framework keeps its own defaults in its own process.
 speedup = torch_step_s / noisysim_step_s (> 1: noisysim is faster). On a machine busy with
 other jobs, thread pools that spin-wait suffer more than the work they do: compare with one
 thread each as well, e.g. ``NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
@@ -41,8 +49,11 @@ Without PyTorch it prints "skipped: ..." and exits 0. Not a test.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import importlib.util
 import json
 import math
+import multiprocessing
 import os
 import statistics
 import sys
@@ -236,6 +247,49 @@ def time_noisysim(rule, layers, batch, repeats):
     return bench(rule=rule, layers=layers, batch=batch, steps=repeats)["step_s"]
 
 
+def _worker(framework, threads, conn):
+    """A timing process for one framework: answers (rule, layers, batch, repeats) with the
+    median step time until it receives None."""
+    if framework == "torch":
+        import torch  # first, so that its OpenMP runtime starts with PyTorch's defaults
+        torch.set_num_threads(threads)
+    while (job := conn.recv()) is not None:
+        rule, layers, batch, repeats = job
+        if framework == "torch":
+            t = time_torch(rule, [int(w) for w in layers.split(",")], batch, repeats)
+        else:
+            t = time_noisysim(rule, layers, batch, repeats)
+        conn.send(t)
+
+
+class Workers:
+    """One worker process per framework (spawned, so neither inherits the other's state)."""
+
+    def __init__(self, threads):
+        ctx = multiprocessing.get_context("spawn")
+        self.conns, self.procs = {}, []
+        for framework in ("noisysim", "torch"):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(framework, threads, child), daemon=True)
+            proc.start()
+            self.conns[framework] = parent
+            self.procs.append(proc)
+
+    def time(self, framework, *job):
+        conn = self.conns[framework]
+        conn.send(job)
+        try:
+            return conn.recv()
+        except EOFError:
+            raise SystemExit(f"the {framework} worker died timing {job}; run it alone to see why")
+
+    def close(self):
+        for conn in self.conns.values():
+            conn.send(None)
+        for proc in self.procs:
+            proc.join(timeout=30)
+
+
 def _load():
     try:
         return [round(v, 2) for v in os.getloadavg()]
@@ -333,9 +387,7 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true",
                     help="check the PyTorch step against noisysim instead of timing")
     args = ap.parse_args(argv)
-    try:
-        import torch
-    except ImportError:
+    if importlib.util.find_spec("torch") is None:
         print(SKIP)
         return 0
 
@@ -347,40 +399,41 @@ def main(argv=None) -> int:
     batches = [int(b) for b in args.batches.split(",")]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = args.threads or cpus
-    torch.set_num_threads(threads)
-    try:
-        import numba
-        numba_threads = numba.get_num_threads()
-    except Exception:  # pragma: no cover - numba is a dependency
-        numba_threads = None
 
     if args.check:
+        import torch
+        torch.set_num_threads(threads)
         return 0 if check(widths, batches[0]) else 1
 
-    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), numba threads "
-          f"{numba_threads}, CPUs {cpus}, load average at start {_load()}", flush=True)
+    import numba
+    torch_version = importlib.metadata.version("torch")
+    print(f"torch {torch_version} ({threads} threads), numba threads "
+          f"{numba.config.NUMBA_NUM_THREADS}, CPUs {cpus}, load average at start {_load()}; "
+          f"one worker process per framework", flush=True)
+    workers = Workers(threads)
     rows = []
     order = 0
-    for B in batches:
-        repeats = args.repeats if B >= 256 else 4 * args.repeats
-        for rule in rules:
-            ns_t, th_t = [], []
-            for _ in range(args.rounds):
-                first_ns = order % 2 == 0
-                order += 1
-                for which in ((0, 1) if first_ns else (1, 0)):
-                    if which == 0:
-                        ns_t.append(time_noisysim(rule, args.layers, B, repeats))
-                    else:
-                        th_t.append(time_torch(rule, widths, B, repeats))
-            t_ns, t_th = statistics.median(ns_t), statistics.median(th_t)
-            row = {"rule": rule, "batch": B, "layers": widths,
-                   "noisysim_step_s": round(t_ns, 5), "torch_step_s": round(t_th, 5),
-                   "speedup": round(t_th / t_ns, 3), "repeats": repeats,
-                   "rounds": args.rounds, "threads": threads,
-                   "torch_version": torch.__version__, "load_avg": _load()}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    try:
+        for B in batches:
+            repeats = args.repeats if B >= 256 else 4 * args.repeats
+            for rule in rules:
+                times = {"noisysim": [], "torch": []}
+                for _ in range(args.rounds):
+                    first = ("noisysim", "torch") if order % 2 == 0 else ("torch", "noisysim")
+                    order += 1
+                    for framework in first:
+                        times[framework].append(workers.time(framework, rule, args.layers, B,
+                                                             repeats))
+                t_ns, t_th = statistics.median(times["noisysim"]), statistics.median(times["torch"])
+                row = {"rule": rule, "batch": B, "layers": widths,
+                       "noisysim_step_s": round(t_ns, 5), "torch_step_s": round(t_th, 5),
+                       "speedup": round(t_th / t_ns, 3), "repeats": repeats,
+                       "rounds": args.rounds, "threads": threads,
+                       "torch_version": torch_version, "load_avg": _load()}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    finally:
+        workers.close()
 
     print()
     print(f"{'rule':<6} {'B':>5} {'noisysim s':>11} {'torch s':>10} {'torch/noisysim':>15}")

@@ -503,3 +503,36 @@ def test_wrappers_accept_numpy_integers_and_shapes():
     assert rng.uniform_array(0, 1, 2, 3, (0, 4)).shape == (0, 4)
     big = rng.uniform_array(2**63 - 1, 2**63 - 1, 2**63 - 1, 2**63 - 1, 3)
     assert np.all((big > 0) & (big < 1))
+
+
+_WAIT_POLICY_SCRIPT = """
+import ctypes, os, sys
+import noisysim.kernels, numba
+numba.get_num_threads()  # loads the threading layer if noisysim did not
+if numba.threading_layer() != "omp":
+    print("layer", numba.threading_layer()); sys.exit(0)
+print("leaked" if os.environ.get("OMP_WAIT_POLICY") != {expected_env!r} else "kept", flush=True)
+ctypes.CDLL("libgomp.so.1").omp_display_env(1)  # prints the runtime's settings to stderr
+"""
+
+
+@pytest.mark.parametrize("user_policy", [None, "ACTIVE"])
+def test_numba_openmp_workers_sleep_when_idle_unless_the_user_chose(user_policy):
+    # Idle OpenMP workers that spin take the cores BLAS's threads need (noisysim.kernels):
+    # noisysim asks numba's libgomp for PASSIVE without leaving the variable set, and a
+    # policy the user set wins.
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    if user_policy:
+        env["OMP_WAIT_POLICY"] = user_policy
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    script = _WAIT_POLICY_SCRIPT.format(expected_env=user_policy)
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    if proc.stdout.startswith("layer"):
+        pytest.skip(f"numba uses another threading layer here ({proc.stdout.split()[1]})")
+    assert proc.stdout.strip() == "kept"
+    if user_policy is None:  # PASSIVE: libgomp's idle spin count is 0 (default: 300000)
+        assert "GOMP_SPINCOUNT = '0'" in proc.stderr
+    else:
+        assert "OMP_WAIT_POLICY = 'ACTIVE'" in proc.stderr

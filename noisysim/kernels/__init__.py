@@ -6,8 +6,10 @@ network's elementwise kernels. Matrix products go to BLAS through numpy in the c
 
 from __future__ import annotations
 
+import os
 import types
 
+import numba
 from numba import njit
 
 # Below this many elements (~0.2 ms of elementwise work) a parallel launch costs more than
@@ -28,3 +30,29 @@ def serial_twin(kernel, **options):
     g.__qualname__ = f.__qualname__ + "_serial"
     g.__doc__ = f.__doc__
     return njit(**options)(g)
+
+
+def _quiet_idle_workers() -> None:
+    """Make numba's OpenMP workers sleep, not spin, between parallel kernels.
+
+    A training step alternates numba kernels with BLAS matrix products, and the two use
+    separate thread pools on the same cores. GNU OpenMP's default lets idle workers spin
+    after each kernel, taking the cycles the next product's BLAS threads need: on 2 cores
+    that made whole steps 1.2-1.7x slower (``experiments/bench_vs_torch.py``, B = 64 and
+    1000). libgomp reads its wait policy once, when numba loads it, so the variable is set
+    only for that moment and never leaks to other OpenMP runtimes (PyTorch's, MKL's) or to
+    child processes. A policy the user set (OMP_WAIT_POLICY or GOMP_SPINCOUNT) is kept,
+    and nothing changes when the OpenMP runtime was already loaded by another library.
+    """
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        numba.get_num_threads()  # loads the threading layer (and libgomp) now
+    except Exception:  # no layer loads: the first parallel kernel reports it, as without us
+        pass
+    finally:
+        del os.environ["OMP_WAIT_POLICY"]
+
+
+_quiet_idle_workers()
