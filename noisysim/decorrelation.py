@@ -28,9 +28,12 @@ W x* = W (R x) = (W R) x: see ``fold``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .errors import NoisysimError, check_number
+from .kernels.cpu import decorrelation_delta
 
 
 class Decorrelator:
@@ -57,25 +60,22 @@ class Decorrelator:
         R: (d, d) float32/float64, changed in place. x_star: (B, d) decorrelated inputs of
         the reference pass, x* = x R^T with the current R (cast to R's dtype).
         Returns ||Delta R||_F (a scalar to log). Raises ``NoisysimError`` without touching
-        R if the step is not finite.
+        R if the step, or R after it, would not be finite.
         """
         _check_R(R)
         x = _check_inputs("x_star", x_star, R.shape[0]).astype(R.dtype, copy=False)
         if self.lr == 0.0:
             return 0.0
-        t = R.dtype.type
         n = x.shape[0]
         kappa = self.kappa
         with np.errstate(over="ignore", invalid="ignore"):  # non-finite steps raise below
-            second = np.einsum("ni,ni->i", x, x) / t(n)           # diag of D, O(B d)
+            second = np.einsum("ni,ni->i", x, x) / R.dtype.type(n)  # diag of D, O(B d)
             delta = x.T @ (x @ R)                                 # B * M, O(B d^2)
-            delta *= t((1.0 - kappa) / n)
-            delta += t(2.0 * kappa - 1.0) * (second[:, None] * R)  # D R: row scaling
-            if kappa:
-                delta -= t(kappa) * R
-            delta *= t(self.lr)
-            norm = float(np.linalg.norm(delta))
-        if not np.isfinite(norm):
+            # lr * [(1 - kappa)/B * (B M) + (2 kappa - 1) D R - kappa R], one fused pass
+            sq = decorrelation_delta(delta, second, R, (1.0 - kappa) / n, 2.0 * kappa - 1.0,
+                                     kappa, self.lr)
+        norm = math.sqrt(sq) if sq >= 0.0 else math.nan
+        if not math.isfinite(norm):
             raise NoisysimError(
                 f"decorrelation step is not finite (||Delta R|| = {norm}): R or the inputs "
                 f"diverged; lower the decorrelation lr (now {self.lr!r})"

@@ -154,11 +154,13 @@ class Network:
         n = dout.shape[0]
         grads: list[LayerGrad] = [None] * self.n_layers  # type: ignore[list-item]
         delta = dout * self._derivative(self.n_layers - 1, pre[-1], surrogate)
+        inv_n = self.dtype.type(1.0 / n)
         for l in range(self.n_layers - 1, -1, -1):
             p = self.layers[l]
-            gW = (delta.T @ inputs[l]) / n
-            gb = delta.mean(axis=0) if p.b is not None else None
-            grads[l] = LayerGrad(gW.astype(self.dtype), None if gb is None else gb.astype(self.dtype))
+            mean_delta = delta * inv_n  # (B, N): the 1/B goes here, not over the (N, N') product
+            gW = (mean_delta.T @ inputs[l]).astype(self.dtype, copy=False)
+            gb = mean_delta.sum(axis=0, dtype=self.dtype) if p.b is not None else None
+            grads[l] = LayerGrad(gW, gb)
             if l > 0:
                 upstream = delta @ p.W
                 if p.R is not None:

@@ -183,10 +183,12 @@ class Optimizer:
         """Apply one update in place to every layer's W and b (never R).
 
         Returns scalars to log: ``update_norm_l{l}`` = ||Delta W_l||_F including the bias
-        (sqrt(||Delta W_l||_F^2 + ||Delta b_l||^2)), ``grad_norm`` (global norm of the
-        gradients before clipping) and ``clip_scale`` (the factor s applied to them, 1.0 when
-        not clipped). Raises ``NoisysimError`` before touching anything if the gradients are
-        not finite (the run has diverged) or do not match the parameters.
+        (sqrt(||Delta W_l||_F^2 + ||Delta b_l||^2)), NaN when a parameter of layer l is not
+        finite after the update (the run has diverged: see ``nonfinite_layer``);
+        ``grad_norm`` (global norm of the gradients before clipping) and ``clip_scale``
+        (the factor s applied to them, 1.0 when not clipped). Raises ``NoisysimError``
+        before touching anything if the gradients are not finite (the run has diverged)
+        or do not match the parameters.
         """
         state = self._require_state()
         arrays = self._pairs(params, grads)
@@ -250,10 +252,10 @@ class Optimizer:
         return out
 
     def _apply(self, state, l, name, p, g, count) -> float:
-        """p <- p - Delta p in place; returns ||Delta p||^2."""
+        """p <- p - Delta p in place; returns ||Delta p||^2, NaN if p is no longer finite."""
         delta = self._delta(state, l, name, p, g, count)
         p -= delta
-        return _sum_squares(delta)
+        return _sum_squares(delta) if np.isfinite(p).all() else math.nan
 
     def _delta(self, state, l, name, p, g, count):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -343,6 +345,17 @@ class Adam(Optimizer):
         return adam_update(p.reshape(-1), np.ascontiguousarray(g).reshape(-1), m.reshape(-1),
                            v.reshape(-1), self.beta1, self.beta2, self.lr / correction1,
                            1.0 / correction2, self.eps)
+
+
+def nonfinite_layer(scalars: dict) -> int | None:
+    """The first layer whose ``update_norm_l{l}`` in ``update``'s scalars is not finite
+    (a parameter of it became inf or NaN), else None."""
+    l = 0
+    while f"update_norm_l{l}" in scalars:
+        if not math.isfinite(scalars[f"update_norm_l{l}"]):
+            return l
+        l += 1
+    return None
 
 
 def _sum_squares(a: np.ndarray) -> float:

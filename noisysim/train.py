@@ -26,6 +26,7 @@ from .device import Device, exact_gradient
 from .errors import NoisysimError, check_number
 from .kernels import rng
 from .losses import check_targets, loss
+from .optim import nonfinite_layer
 from .network import Network
 
 STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
@@ -201,22 +202,21 @@ class Trainer:
         m = self.device.measure(x, y, **self.rule.request())
         grads = self.rule.estimate(m, net)
         step = self.step + 1
-        bad = _first_nonfinite(grads, m.losses[0])
-        if bad:
-            return f"{bad} at step {step}"
+        if not np.isfinite(m.losses[0]).all():
+            return f"the loss became non-finite at step {step}"
         if s.alignment_every and step % s.alignment_every == 0:
             exact = exact_gradient(net, x, y)
             row = {"step": step}
             for l, (g, e) in enumerate(zip(grads, exact)):
                 row[f"layer_{l}"] = _cosine(g, e)
             self.recorder.log("alignment", row)
-        try:
+        try:  # the optimizer checks the gradients (their norm) before it changes anything
             scalars = self.optimizer.update(net.layers, grads)
-        except NoisysimError as err:  # finite gradients whose norm overflows: diverged
-            layer = next((l for l, g in enumerate(grads)
-                          if not np.isfinite(np.linalg.norm(g.W.astype(np.float64)))), None)
-            where = f" (layer {layer})" if layer is not None else ""
-            return f"the optimizer update overflowed at step {step}{where}: {err}"
+        except NoisysimError as err:
+            return _gradient_failure(grads, step, err)
+        bad = nonfinite_layer(scalars)
+        if bad is not None:
+            return f"a parameter (W or b) of layer {bad} became non-finite after the update of step {step}"
         log_row = step % s.log_every == 0 or step == self.total_steps
         if self.decorrelator is not None:
             for l, p in enumerate(net.layers):
@@ -227,9 +227,6 @@ class Trainer:
                     scalars[f"decorrelation_update_l{l}"] = self.decorrelator.update(p.R, x_star)
                 except NoisysimError:
                     return f"the decorrelation matrix R of layer {l} diverged at step {step}"
-        bad = _first_nonfinite_params(net)
-        if bad:
-            return f"{bad} after the update of step {step}"
         self.step = step
         ref = m.losses[0]
         row = {"step": step, "epoch": self.epoch, "loss": float(ref.mean())}
@@ -288,19 +285,13 @@ def _cosine(g, e) -> float:
     return float(a @ b / denom) if denom > 0 else math.nan
 
 
-def _first_nonfinite(grads, losses) -> str:
-    if not np.all(np.isfinite(losses)):
-        return "the loss became non-finite"
+def _gradient_failure(grads, step, err) -> str:
+    """Why the optimizer refused the gradients: one of them is not finite, or all are but
+    their norm overflows."""
     for l, g in enumerate(grads):
-        if not np.all(np.isfinite(g.W)) or (g.b is not None and not np.all(np.isfinite(g.b))):
-            return f"the gradient estimate of layer {l} became non-finite"
-    return ""
-
-
-def _first_nonfinite_params(network) -> str:
-    for l, p in enumerate(network.layers):
-        for name in ("W", "b", "R"):
-            v = getattr(p, name)
-            if v is not None and not np.all(np.isfinite(v)):
-                return f"parameter {name} of layer {l} became non-finite"
-    return ""
+        if not np.isfinite(g.W).all() or (g.b is not None and not np.isfinite(g.b).all()):
+            return f"the gradient estimate of layer {l} became non-finite at step {step}"
+    layer = next((l for l, g in enumerate(grads)
+                  if not np.isfinite(np.linalg.norm(g.W.astype(np.float64)))), None)
+    where = f" (layer {layer})" if layer is not None else ""
+    return f"the optimizer update overflowed at step {step}{where}: {err}"

@@ -109,6 +109,20 @@ def test_diverging_step_raises_and_leaves_R():
     np.testing.assert_array_equal(R, np.eye(3))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_step_that_would_overflow_R_raises_and_leaves_R(dtype):
+    # A finite step whose result R - Delta R is not: R[0, 0] near the dtype's maximum and a
+    # kappa step of the same sign pushing it past (Delta R = -lr kappa R for x* = 0).
+    big = np.finfo(dtype).max / 2
+    R = np.eye(3, dtype=dtype)
+    R[0, 0] = big
+    x = np.zeros((4, 3), dtype=dtype)
+    before = R.copy()
+    with pytest.raises(NoisysimError, match="decorrelation step is not finite"):
+        Decorrelator(1.5, kappa=1.0).update(R, x)
+    np.testing.assert_array_equal(R, before)
+
+
 @pytest.mark.parametrize("args, match", [
     (dict(lr=-0.1), r"decorrelation lr must be in \[0, inf\], got -0.1"),
     (dict(lr=1e-3, kappa=1.5), r"kappa must be in \[0, 1\], got 1.5"),

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from noisysim.errors import NoisysimError
 from noisysim.network import LayerGrad, LayerParams
-from noisysim.optim import Adam, AdamState, SGD, SGDState, make_optimizer
+from noisysim.optim import Adam, AdamState, SGD, SGDState, make_optimizer, nonfinite_layer
 
 try:
     from naive_optim import adam_reference, clip_by_global_norm, sgd_reference
@@ -285,6 +285,25 @@ def test_non_finite_gradient_raises_and_changes_nothing():
     for p, w in zip(params, before):
         np.testing.assert_array_equal(p.W, w)
     assert int(opt.state.count) == 0
+
+
+@pytest.mark.parametrize("name, lr", [("adam", 1e37), ("sgd", 1.0)])
+def test_parameter_that_overflows_gives_a_nan_update_norm_for_its_layer(name, lr):
+    # Finite gradients, finite step, but W_1 + step exceeds float32's range (3.4e38): the
+    # update norm of layer 1 is NaN (the engine's divergence signal); layer 0 is unaffected.
+    params = make_params(np.float32)
+    grads = make_grads(np.float32, 1)[0]
+    params[1].W[0, 0] = np.float32(3.39e38)
+    grads[1].W[0, 0] = -3e38 if name == "sgd" else -1.0  # Adam's first step is lr * sign
+    opt = make_optimizer(name, lr=lr)
+    opt.init(params)
+    with np.errstate(over="ignore"):
+        logs = opt.update(params, grads)
+    assert np.isinf(params[1].W[0, 0])
+    assert math.isnan(logs["update_norm_l1"])
+    assert math.isfinite(logs["update_norm_l0"])
+    assert nonfinite_layer(logs) == 1
+    assert nonfinite_layer({"update_norm_l0": 1.0, "update_norm_l1": 2.0}) is None
 
 
 def test_mismatched_gradients_raise():

@@ -536,3 +536,17 @@ def test_numba_openmp_workers_sleep_when_idle_unless_the_user_chose(user_policy)
         assert "GOMP_SPINCOUNT = '0'" in proc.stderr
     else:
         assert "OMP_WAIT_POLICY = 'ACTIVE'" in proc.stderr
+
+
+@pytest.mark.parametrize("user_value", [None, "28"])
+def test_openblas_idle_spin_is_short_unless_the_user_chose(user_value):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENBLAS_THREAD_TIMEOUT", "GOTO_THREAD_TIMEOUT")}
+    if user_value:
+        env["OPENBLAS_THREAD_TIMEOUT"] = user_value
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    script = "import os, noisysim; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == (user_value or "16")

@@ -331,17 +331,27 @@ def _adam_range(p, g, m, v, b1, one_minus_b1, b2, one_minus_b2, lr_c1, inv_c2, e
         d = (mi * lr_c1) / (np.sqrt(vi * inv_c2) + eps)
         pv[k] -= d
         delta[k] = d
-    # ... then the squared norm in float64, four accumulators in a fixed order.
+    # ... then the squared norm in float64 (NaN if an updated parameter is not finite).
+    return _squares_and_finite(delta, pv)
+
+
+@njit(**_OPTS, inline="always")
+def _squares_and_finite(delta, value):
+    """sum(delta^2) in float64 with four accumulators in a fixed order, plus 0 * value for
+    every element: NaN as soon as one value is inf or NaN (the caller's divergence check,
+    folded into a pass over data already in cache)."""
+    n = delta.shape[0]
+    f8 = np.float64  # (numba's float() keeps a float32 a float32)
     s0 = s1 = s2 = s3 = 0.0
     k = 0
     while k + 4 <= n:
-        s0 += float(delta[k]) ** 2
-        s1 += float(delta[k + 1]) ** 2
-        s2 += float(delta[k + 2]) ** 2
-        s3 += float(delta[k + 3]) ** 2
+        s0 += f8(delta[k]) ** 2 + 0.0 * f8(value[k])
+        s1 += f8(delta[k + 1]) ** 2 + 0.0 * f8(value[k + 1])
+        s2 += f8(delta[k + 2]) ** 2 + 0.0 * f8(value[k + 2])
+        s3 += f8(delta[k + 3]) ** 2 + 0.0 * f8(value[k + 3])
         k += 4
     while k < n:
-        s0 += float(delta[k]) ** 2
+        s0 += f8(delta[k]) ** 2 + 0.0 * f8(value[k])
         k += 1
     return (s0 + s1) + (s2 + s3)
 
@@ -364,10 +374,66 @@ def adam_update(p, g, m, v, beta1, beta2, lr_c1, inv_c2, eps):
     """In place on flat C-contiguous arrays of one dtype:
         m <- beta1 m + (1 - beta1) g;  v <- beta2 v + (1 - beta2) g^2
         p <- p - (m * lr_c1) / (sqrt(v * inv_c2) + eps)
-    with lr_c1 = lr / (1 - beta1^t) and inv_c2 = 1 / (1 - beta2^t). Returns ||Delta p||^2."""
+    with lr_c1 = lr / (1 - beta1^t) and inv_c2 = 1 / (1 - beta2^t). Returns ||Delta p||^2,
+    NaN if an updated element of p is not finite."""
     t = p.dtype.type
     args = (p, g, m, v, t(beta1), t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(lr_c1),
             t(inv_c2), t(eps))
     if p.size >= PARALLEL_MIN_SIZE:
         return _adam_blocks(*args)
     return _adam_range(*args, 0, p.size)
+
+
+# -- decorrelation: the R step, fused -------------------------------------------------------
+_ROW_BLOCK = 16
+
+
+@njit(**_OPTS)
+def _decorrelation_rows(delta, second, R, c1, c2, kappa, has_kappa, lr, i0, i1):
+    """Rows i0..i1-1 of delta <- lr * (c1 * delta + c2 * (second[:, None] * R) - kappa * R),
+    rounded op by op as written; returns their ||delta||^2 (float64), NaN if R - delta
+    would not be finite there."""
+    d = R.shape[1]
+    acc = 0.0
+    diff = np.empty(d, dtype=R.dtype)
+    for i in range(i0, i1):
+        s = second[i]
+        drow, rrow = delta[i], R[i]
+        for j in range(d):  # elementwise, vectorised
+            r = rrow[j]
+            v = drow[j] * c1
+            v = v + c2 * (s * r)
+            if has_kappa:
+                v = v - kappa * r
+            v = v * lr
+            drow[j] = v
+            diff[j] = r - v
+        acc += _squares_and_finite(drow, diff)
+    return acc
+
+
+@njit(**_PARALLEL)
+def _decorrelation_blocks(delta, second, R, c1, c2, kappa, has_kappa, lr):
+    rows = R.shape[0]
+    nb = (rows + _ROW_BLOCK - 1) // _ROW_BLOCK
+    partial = np.empty(nb)
+    for blk in prange(nb):
+        partial[blk] = _decorrelation_rows(delta, second, R, c1, c2, kappa, has_kappa, lr,
+                                           blk * _ROW_BLOCK, min(rows, (blk + 1) * _ROW_BLOCK))
+    total = 0.0
+    for blk in range(nb):  # fixed order: the same sum for any thread count
+        total += partial[blk]
+    return total
+
+
+def decorrelation_delta(delta, second, R, c1, c2, kappa, lr):
+    """In place on C-contiguous (d, d) arrays of one dtype, given delta = X*^T (X* R):
+        delta <- lr * (c1 * delta + c2 * (second[:, None] * R) - kappa * R)
+    (the kappa term only when kappa != 0). Returns ||delta||_F^2, NaN if R - delta has a
+    non-finite element. R is not changed."""
+    t = R.dtype.type
+    args = (delta, second.astype(R.dtype, copy=False), R, t(c1), t(c2), t(kappa),
+            kappa != 0.0, t(lr))
+    if R.size >= PARALLEL_MIN_SIZE:
+        return _decorrelation_blocks(*args)
+    return _decorrelation_rows(*args, 0, R.shape[0])

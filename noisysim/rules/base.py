@@ -145,10 +145,12 @@ def node_gradient(scale: np.ndarray, vectors: np.ndarray, x_ref: np.ndarray,
     """
     n_passes, batch = scale.shape
     dtype = vectors.dtype
+    # c = mean over passes / B, so that one product gives the mean: the divisions act on
+    # (B, N) arrays, never on the (N, N') gradient.
     c = np.einsum("kb,kbn->bn", scale.astype(dtype), vectors)
-    c /= n_passes
-    g_W = (c.T @ x_ref.astype(dtype, copy=False)) / dtype.type(batch)
-    g_b = c.mean(axis=0) if has_bias else None
+    c *= dtype.type(1.0 / (n_passes * batch))
+    g_W = c.T @ x_ref.astype(dtype, copy=False)
+    g_b = c.sum(axis=0) if has_bias else None
     return LayerGrad(g_W, g_b)
 
 
@@ -160,11 +162,10 @@ def direction_gradient(scale: np.ndarray, directions_W, directions_b) -> list[La
     """
     out = []
     for l, V in enumerate(directions_W):
-        s = scale.astype(V.dtype)
-        n = V.dtype.type(s.shape[0])
-        g_W = np.tensordot(s, V, axes=1) / n
+        s = scale.astype(V.dtype) * V.dtype.type(1.0 / scale.shape[0])  # the mean's 1/K
+        g_W = np.tensordot(s, V, axes=1)
         vb = None if directions_b is None else directions_b[l]
-        g_b = None if vb is None else np.tensordot(s, vb, axes=1) / n
+        g_b = None if vb is None else np.tensordot(s, vb, axes=1)
         out.append(LayerGrad(g_W, g_b))
     return out
 
