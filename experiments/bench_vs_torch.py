@@ -33,7 +33,10 @@ sleeping idle workers (its matrix products run on BLAS's own threads, see
 default spinning. Sharing, one of the two would run with the other's setting (measured here
 on 2 cores: PyTorch's bp step at B = 64 1.3x slower under PASSIVE; noisysim's up to 1.7x
 slower under spinning), so each framework keeps its own defaults in its own process.
-speedup = torch_step_s / noisysim_step_s (> 1: noisysim is faster). On a machine busy with
+speedup = torch_step_s / noisysim_step_s (> 1: noisysim is faster). floor_s is a lower
+bound on any step built from the same matrix products and Adam (numpy's time for exactly
+those products plus Adam's minimal memory traffic, measured in the noisysim worker), and
+bound = torch_step_s / floor_s the largest speedup such a step could reach. On a machine busy with
 other jobs, thread pools that spin-wait suffer more than the work they do: compare with one
 thread each as well, e.g. ``NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
 python experiments/bench_vs_torch.py --threads 1``, and report the load average (printed).
@@ -243,8 +246,20 @@ def time_torch(rule, widths, batch, repeats):
 
 
 def time_noisysim(rule, layers, batch, repeats):
+    """(step_s, floor_s): noisysim's step, and a lower bound on any step that uses the same
+    matrix products and Adam: numpy's time for exactly the step's products (as
+    ``noisysim bench`` measures it) plus the time to stream Adam's minimal memory traffic
+    (read p, g, m, v and write p, m, v once: 3.5 float32 copies of all W and b)."""
     from noisysim.bench import bench
-    return bench(rule=rule, layers=layers, batch=batch, steps=repeats)["step_s"]
+    out = bench(rule=rule, layers=layers, batch=batch, steps=repeats)
+    flop = out["gflop_per_s"] * out["step_s"]  # GFLOP of the step's products
+    gemm_s = flop / out["gemm_gflop_per_s"]
+    widths = [int(w) for w in layers.split(",")]
+    n_params = sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:]))
+    src = np.ones(n_params, dtype=np.float32)
+    dst = np.empty_like(src)
+    stream_s = 3.5 * median_time(lambda: np.copyto(dst, src), repeats)
+    return out["step_s"], gemm_s + stream_s
 
 
 def _worker(framework, threads, conn):
@@ -424,10 +439,13 @@ def main(argv=None) -> int:
                     for framework in first:
                         times[framework].append(workers.time(framework, rule, args.layers, B,
                                                              repeats))
-                t_ns, t_th = statistics.median(times["noisysim"]), statistics.median(times["torch"])
+                t_ns = statistics.median(t for t, _ in times["noisysim"])
+                floor = statistics.median(f for _, f in times["noisysim"])
+                t_th = statistics.median(times["torch"])
                 row = {"rule": rule, "batch": B, "layers": widths,
                        "noisysim_step_s": round(t_ns, 5), "torch_step_s": round(t_th, 5),
-                       "speedup": round(t_th / t_ns, 3), "repeats": repeats,
+                       "speedup": round(t_th / t_ns, 3), "floor_s": round(floor, 5),
+                       "bound": round(t_th / floor, 3), "repeats": repeats,
                        "rounds": args.rounds, "threads": threads,
                        "torch_version": torch_version, "load_avg": _load()}
                 rows.append(row)
@@ -436,10 +454,15 @@ def main(argv=None) -> int:
         workers.close()
 
     print()
-    print(f"{'rule':<6} {'B':>5} {'noisysim s':>11} {'torch s':>10} {'torch/noisysim':>15}")
+    print(f"{'rule':<6} {'B':>5} {'noisysim s':>11} {'torch s':>10} {'torch/noisysim':>15} "
+          f"{'floor s':>9} {'torch/floor':>12}")
     for r in rows:
         print(f"{r['rule']:<6} {r['batch']:>5} {r['noisysim_step_s']:>11.4f} "
-              f"{r['torch_step_s']:>10.4f} {r['speedup']:>15.2f}")
+              f"{r['torch_step_s']:>10.4f} {r['speedup']:>15.2f} {r['floor_s']:>9.4f} "
+              f"{r['bound']:>12.2f}")
+    print("floor: numpy's time for the step's matrix products plus Adam's minimal memory "
+          "traffic; torch/floor is the largest speedup any implementation using them could "
+          "reach")
     print(f"load average at end {_load()} on {cpus} CPUs")
     return 0
 

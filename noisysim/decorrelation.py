@@ -50,9 +50,19 @@ class Decorrelator:
                                hint="0 freezes R; typical values are 1e-7 to 1e-3")
         self.kappa = check_number("kappa", kappa, 0.0, 1.0,
                                   hint="0 = pure decorrelation, > 0 also drives unit variance")
+        self._buffers: dict = {}
 
     def __repr__(self) -> str:
         return f"Decorrelator(lr={self.lr!r}, kappa={self.kappa!r})"
+
+    def _scratch(self, R: np.ndarray) -> np.ndarray:
+        """A (d, d) work array for Delta R, kept between calls: a fresh one of R's size
+        (37 MB at d = 3072) costs page faults on every step. Not state: each update
+        overwrites it before use (so one Decorrelator serves one thread at a time)."""
+        key = (R.shape, R.dtype.str)
+        if key not in self._buffers:
+            self._buffers[key] = np.empty(R.shape, dtype=R.dtype)
+        return self._buffers[key]
 
     def update(self, R: np.ndarray, x_star: np.ndarray) -> float:
         """One step R <- R - lr [(1 - kappa) C + kappa V] R, in place, in R's dtype.
@@ -70,7 +80,8 @@ class Decorrelator:
         kappa = self.kappa
         with np.errstate(over="ignore", invalid="ignore"):  # non-finite steps raise below
             second = np.einsum("ni,ni->i", x, x) / R.dtype.type(n)  # diag of D, O(B d)
-            delta = x.T @ (x @ R)                                 # B * M, O(B d^2)
+            delta = self._scratch(R)
+            np.matmul(x.T, x @ R, out=delta)                      # B * M, O(B d^2)
             # lr * [(1 - kappa)/B * (B M) + (2 kappa - 1) D R - kappa R], one fused pass
             sq = decorrelation_delta(delta, second, R, (1.0 - kappa) / n, 2.0 * kappa - 1.0,
                                      kappa, self.lr)

@@ -335,25 +335,18 @@ def _adam_range(p, g, m, v, b1, one_minus_b1, b2, one_minus_b2, lr_c1, inv_c2, e
     return _squares_and_finite(delta, pv)
 
 
-@njit(**_OPTS, inline="always")
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
 def _squares_and_finite(delta, value):
-    """sum(delta^2) in float64 with four accumulators in a fixed order, plus 0 * value for
-    every element: NaN as soon as one value is inf or NaN (the caller's divergence check,
-    folded into a pass over data already in cache)."""
-    n = delta.shape[0]
+    """sum(delta^2) in float64, plus 0 * value for every element: NaN as soon as one value
+    is inf or NaN (the caller's divergence check, folded into a pass over data already in
+    cache). "reassoc" lets LLVM vectorise the sum (its order is fixed by the compiled code,
+    so the result is the same on every call and thread count); without "nnan"/"ninf" the
+    0 * value terms are kept."""
     f8 = np.float64  # (numba's float() keeps a float32 a float32)
-    s0 = s1 = s2 = s3 = 0.0
-    k = 0
-    while k + 4 <= n:
-        s0 += f8(delta[k]) ** 2 + 0.0 * f8(value[k])
-        s1 += f8(delta[k + 1]) ** 2 + 0.0 * f8(value[k + 1])
-        s2 += f8(delta[k + 2]) ** 2 + 0.0 * f8(value[k + 2])
-        s3 += f8(delta[k + 3]) ** 2 + 0.0 * f8(value[k + 3])
-        k += 4
-    while k < n:
-        s0 += f8(delta[k]) ** 2 + 0.0 * f8(value[k])
-        k += 1
-    return (s0 + s1) + (s2 + s3)
+    s = 0.0
+    for k in range(delta.shape[0]):
+        s += f8(delta[k]) * f8(delta[k]) + 0.0 * f8(value[k])
+    return s
 
 
 @njit(**_PARALLEL)
