@@ -550,3 +550,25 @@ def test_openblas_idle_spin_is_short_unless_the_user_chose(user_value):
                           text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == (user_value or "16")
+
+
+_FORK_SCRIPT = """
+import os
+import noisysim.kernels
+from noisysim.kernels import rng
+pid = os.fork()
+if pid == 0:  # the child may run parallel kernels (and fork again)
+    z = rng.normal_array(1, 2, 3, 0, 1 << 20)
+    os._exit(0 if z.shape == (1 << 20,) else 3)
+print("child", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+def test_importing_the_kernels_starts_no_openmp_thread_so_the_process_may_fork():
+    # numba refuses (SIGTERM) to fork a process whose OpenMP threads run; the sweep's
+    # forkserver imports noisysim and then forks every worker from it.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", _FORK_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["child", "0"], proc.stdout + proc.stderr

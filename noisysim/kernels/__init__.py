@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import types
 
-import numba
 from numba import njit
 
 # Below this many elements (~0.2 ms of elementwise work) a parallel launch costs more than
@@ -39,17 +38,20 @@ def _quiet_idle_workers() -> None:
     separate thread pools on the same cores. GNU OpenMP's default lets idle workers spin
     after each kernel, taking the cycles the next product's BLAS threads need: on 2 cores
     that made whole steps 1.2-1.7x slower (``experiments/bench_vs_torch.py``, B = 64 and
-    1000). libgomp reads its wait policy once, when numba loads it, so the variable is set
-    only for that moment and never leaks to other OpenMP runtimes (PyTorch's, MKL's) or to
-    child processes. A policy the user set (OMP_WAIT_POLICY or GOMP_SPINCOUNT) is kept,
-    and nothing changes when the OpenMP runtime was already loaded by another library.
+    1000). libgomp reads its wait policy once, when it is loaded, so the variable is set
+    only while numba's OpenMP layer (and with it libgomp) is loaded here, without starting
+    any thread (a process whose OpenMP threads run may not fork: the sweep's forkserver
+    imports this module). It never leaks to other OpenMP runtimes loaded later (PyTorch's,
+    MKL's) or to child processes. A policy the user set (OMP_WAIT_POLICY or
+    GOMP_SPINCOUNT) is kept, and nothing changes when libgomp was already loaded by
+    another library.
     """
     if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
         return
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     try:
-        numba.get_num_threads()  # loads the threading layer (and libgomp) now
-    except Exception:  # no layer loads: the first parallel kernel reports it, as without us
+        from numba.np.ufunc import omppool  # noqa: F401  (loads libgomp; starts nothing)
+    except ImportError:  # no OpenMP layer here: numba uses another one, nothing to do
         pass
     finally:
         del os.environ["OMP_WAIT_POLICY"]
