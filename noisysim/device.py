@@ -273,12 +273,7 @@ class Device:
         return buf
 
     def _add_noise(self, l, a, n, times, clean_pass) -> None:
-        model = self.noise.get(l)
-        if model is None:
-            return
-        start = 1 if clean_pass else 0
-        if n > start:
-            model.apply(a[start:n], times[start:n], self._noise_state[l], self.seed, l)
+        add_layer_noise(self.noise, self._noise_state, self.seed, l, a, n, times, clean_pass)
 
     def _node_perturbations(self, perturb, sigma, values, perturbed_layer, batch):
         """Per layer (P, B, N_l) perturbation arrays, zero where a pass injects nothing,
@@ -329,6 +324,18 @@ class Device:
             w_out.append(w)
             b_out.append(b)
         return w_out, (b_out if net.bias else None)
+
+
+def add_layer_noise(noise, states, seed, l, a, n, times, clean_pass) -> None:
+    """Add layer l's intrinsic noise (``noise[l]``, state ``states[l]``) to passes
+    [start, n) of its pre-activations a (P, B, N_l), pass p at time times[p]; start = 1
+    when the reference pass is clean. Shared by the CPU and GPU devices."""
+    model = noise.get(l)
+    if model is None:
+        return
+    start = 1 if clean_pass else 0
+    if n > start:
+        model.apply(a[start:n], times[start:n], states[l], seed, l)
 
 
 def pass_layout(perturb: str, samples: int, layer: int | None, n_layers: int):

@@ -31,39 +31,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A tiny classification run: 200 digits, batches of 50, 2 epochs = 8 updates.
-TINY = """\
-name = "tiny"
-seed = 0
+try:
+    from tiny_config import TINY
+except ImportError:  # tests/ imported as a package
+    from tests.tiny_config import TINY
 
-[model]
-layers = [64, 16, 10]
-
-[noise]
-model = "gaussian"
-sigma = 0.01
-
-[rule]
-name = "anp"
-sigma = 1e-3
-
-[optimizer]
-name = "adam"
-lr = 1e-2
-
-[data]
-name = "digits"
-n_train = 200
-n_test = 100
-
-[train]
-epochs = 2
-batch_size = 50
-log_every = 1
-
-[backend]
-name = "cpu"
-"""
 
 # Long enough (600 updates, about 2 s) to be interrupted: stateful telegraph noise, node
 # perturbation with decorrelation (rule, device, optimiser and R all carry state), alignment

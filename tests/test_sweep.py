@@ -17,37 +17,10 @@ from noisysim.sweep import parse_grid, point_name, points
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = """\
-name = "tiny"
-seed = 0
-
-[model]
-layers = [64, 16, 10]
-
-[noise]
-model = "gaussian"
-sigma = 0.01
-
-[rule]
-name = "anp"
-sigma = 1e-3
-
-[optimizer]
-name = "sgd"
-lr = 1e-2
-
-[data]
-name = "digits"
-n_train = 200
-n_test = 100
-
-[train]
-epochs = 2
-batch_size = 50
-
-[backend]
-name = "cpu"
-"""
+try:
+    from tiny_config import TINY
+except ImportError:  # tests/ imported as a package
+    from tests.tiny_config import TINY
 
 
 def env() -> dict:

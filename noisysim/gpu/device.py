@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..device import PERTURBATIONS, Device, pass_layout
+from ..device import PERTURBATIONS, Device, add_layer_noise, pass_layout
 from ..errors import NoisysimError, check_choice, check_number
 from ..kernels import rng
 from ..kernels import cuda as K
@@ -223,12 +223,7 @@ class CudaDevice:
 
     # -- internals -----------------------------------------------------------------------
     def _add_noise(self, l, a, n, times, clean_pass) -> None:
-        model = self.noise.get(l)
-        if model is None:
-            return
-        start = 1 if clean_pass else 0
-        if n > start:
-            model.apply(a[start:n], times[start:n], self.noise_state[l], self.seed, l)
+        add_layer_noise(self.noise, self.noise_state, self.seed, l, a, n, times, clean_pass)
 
     def _node_perturbations(self, perturb, sigma, perturbed_layer, times, batch):
         if perturb == "none" or sigma == 0:
