@@ -2,7 +2,8 @@
 
     python experiments/bench_vs_torch.py [--layers 3072,1024,1024,1024,10]
                                          [--rules bp,np,anp,inp,danp] [--batches 1000,64]
-                                         [--repeats 5] [--rounds 2] [--threads N] [--check]
+                                         [--repeats 5] [--rounds 2] [--threads N]
+                                         [--torch-adam default|foreach|fused] [--check]
 
 The network is the paper's CIFAR-10 MLP: leaky ReLU (slope 0.01) hidden units, identity
 output, softmax cross-entropy, float32, Adam (lr 1e-4, betas 0.9/0.999, eps 1e-8). Perturbed
@@ -86,7 +87,7 @@ class TorchStep:
     """
 
     def __init__(self, rule, widths, weights=None, seed=0, sigma=SIGMA,
-                 noise_sigma=NOISE_SIGMA, lr=LR, lr_R=LR_R):
+                 noise_sigma=NOISE_SIGMA, lr=LR, lr_R=LR_R, adam="default"):
         import torch
         self.torch = torch
         self.decorrelated = rule.startswith("d")
@@ -109,7 +110,9 @@ class TorchStep:
             self.W.append(torch.nn.Parameter(W))
             self.b.append(torch.nn.Parameter(b))
         self.R = [torch.eye(n) for n in widths[:-1]] if self.decorrelated else None
-        self.opt = torch.optim.Adam([*self.W, *self.b], lr=lr)
+        # adam: "default" (PyTorch's choice: the per-tensor loop on CPU), "foreach" or "fused"
+        variant = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[adam]
+        self.opt = torch.optim.Adam([*self.W, *self.b], lr=lr, **variant)
 
     # -- forward pieces ---------------------------------------------------------------
     def _act(self, l, a):
@@ -237,11 +240,11 @@ def _batch_data(widths, batch):
     return x, y
 
 
-def time_torch(rule, widths, batch, repeats):
+def time_torch(rule, widths, batch, repeats, adam="default"):
     import torch
     x, y = _batch_data(widths, batch)
     x, y = torch.from_numpy(x), torch.from_numpy(y)
-    model = TorchStep(rule, widths)
+    model = TorchStep(rule, widths, adam=adam)
     return median_time(lambda: model.step(x, y), repeats)
 
 
@@ -262,7 +265,7 @@ def time_noisysim(rule, layers, batch, repeats):
     return out["step_s"], gemm_s + stream_s
 
 
-def _worker(framework, threads, conn):
+def _worker(framework, threads, adam, conn):
     """A timing process for one framework: answers (rule, layers, batch, repeats) with the
     median step time until it receives None."""
     if framework == "torch":
@@ -271,7 +274,7 @@ def _worker(framework, threads, conn):
     while (job := conn.recv()) is not None:
         rule, layers, batch, repeats = job
         if framework == "torch":
-            t = time_torch(rule, [int(w) for w in layers.split(",")], batch, repeats)
+            t = time_torch(rule, [int(w) for w in layers.split(",")], batch, repeats, adam)
         else:
             t = time_noisysim(rule, layers, batch, repeats)
         conn.send(t)
@@ -280,12 +283,13 @@ def _worker(framework, threads, conn):
 class Workers:
     """One worker process per framework (spawned, so neither inherits the other's state)."""
 
-    def __init__(self, threads):
+    def __init__(self, threads, adam="default"):
         ctx = multiprocessing.get_context("spawn")
         self.conns, self.procs = {}, []
         for framework in ("noisysim", "torch"):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(framework, threads, child), daemon=True)
+            proc = ctx.Process(target=_worker, args=(framework, threads, adam, child),
+                               daemon=True)
             proc.start()
             self.conns[framework] = parent
             self.procs.append(proc)
@@ -399,6 +403,9 @@ def main(argv=None) -> int:
                     help="rounds per (rule, batch), alternating which framework goes first")
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for PyTorch (default: the CPUs this process may use)")
+    ap.add_argument("--torch-adam", choices=("default", "foreach", "fused"), default="default",
+                    help="PyTorch's Adam implementation (default: PyTorch's own choice, the "
+                         "per-tensor loop on CPU)")
     ap.add_argument("--check", action="store_true",
                     help="check the PyTorch step against noisysim instead of timing")
     args = ap.parse_args(argv)
@@ -425,7 +432,7 @@ def main(argv=None) -> int:
     print(f"torch {torch_version} ({threads} threads), numba threads "
           f"{numba.config.NUMBA_NUM_THREADS}, CPUs {cpus}, load average at start {_load()}; "
           f"one worker process per framework", flush=True)
-    workers = Workers(threads)
+    workers = Workers(threads, args.torch_adam)
     rows = []
     order = 0
     try:
@@ -447,7 +454,8 @@ def main(argv=None) -> int:
                        "speedup": round(t_th / t_ns, 3), "floor_s": round(floor, 5),
                        "bound": round(t_th / floor, 3), "repeats": repeats,
                        "rounds": args.rounds, "threads": threads,
-                       "torch_version": torch_version, "load_avg": _load()}
+                       "torch_version": torch_version, "torch_adam": args.torch_adam,
+                       "load_avg": _load()}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     finally:

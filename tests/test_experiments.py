@@ -67,3 +67,24 @@ def test_every_plan_resolves(tmp_path, size):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("noisysim.cli sweep") >= 6
     assert not (tmp_path / "runs").exists()  # a dry run trains nothing
+
+
+def test_bench_vs_torch_runs_on_a_tiny_network_or_says_skipped(tmp_path):
+    # Not a timing test: the comparison script must work end to end (both worker
+    # processes, the table) where PyTorch is installed, and skip cleanly where it is not.
+    import importlib.util
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "bench_vs_torch.py"), "--layers", "12,8,3",
+         "--batches", "4", "--rules", "np,danp", "--repeats", "1", "--rounds", "1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    if importlib.util.find_spec("torch") is None:
+        assert proc.stdout.startswith("skipped: PyTorch is not installed")
+        return
+    rows = [line.split() for line in proc.stdout.splitlines()
+            if line.split()[:1] in (["np"], ["danp"])]
+    assert [r[:2] for r in rows] == [["np", "4"], ["danp", "4"]]
+    assert all(float(r[4]) > 0 for r in rows)  # a speedup was computed
