@@ -127,3 +127,55 @@ def test_step_network_learns_with_danp_but_not_with_plain_bp():
     # from the untrained network's; danp measured 0.87 after 6 epochs.
     assert np.all(bp == bp[0]) and abs(bp[0] - 0.25) < 0.1, bp
     assert danp[-1] > 0.7, danp
+
+
+# -- divergence: the step and the layer are named, nothing non-finite is kept --------------
+def _float32_trainer(optimizer, rule="bp"):
+    data = _teacher(0.0)
+    net = Network([N_IN, 4, N_OUT], activation="identity", loss="squared_error",
+                  dtype="float32", seed=1)
+    trainer = Trainer(Device(net, seed=2), make_rule(rule), optimizer, data,
+                      TrainSettings(epochs=1, batch_size=10, log_every=1), seed=0)
+    return trainer, net
+
+
+def _with_gradients(trainer, change):
+    """Let the rule estimate as usual, then ``change(grads)`` before the optimizer sees them."""
+    estimate = trainer.rule.estimate
+
+    def patched(m, network):
+        grads = estimate(m, network)
+        change(grads)
+        return grads
+    trainer.rule.estimate = patched
+
+
+def test_non_finite_gradient_stops_the_run_naming_step_and_layer():
+    trainer, net = _float32_trainer(make_optimizer("adam", lr=1e-3))
+    before = [p.W.copy() for p in net.layers]
+    _with_gradients(trainer, lambda grads: grads[1].W.__setitem__((0, 0), np.nan))
+    result = trainer.run()
+    assert result.status == "diverged"
+    assert result.message == "the gradient estimate of layer 1 became non-finite at step 1"
+    for p, w in zip(net.layers, before):  # refused before anything changed
+        np.testing.assert_array_equal(p.W, w)
+
+
+def test_parameter_that_overflows_stops_the_run_naming_step_and_layer():
+    # A finite gradient, but Adam's first step (lr * sign) pushes W_0[0, 0] past float32's
+    # maximum: the update norm of layer 0 turns NaN and the engine stops at that step.
+    trainer, net = _float32_trainer(make_optimizer("adam", lr=1e37))
+    net.layers[0].W[0, 0] = np.float32(3.39e38)
+
+    def push(grads):
+        for g in grads:
+            g.W[...] = 0.0
+            if g.b is not None:
+                g.b[...] = 0.0
+        grads[0].W[0, 0] = -1.0
+    _with_gradients(trainer, push)
+    with np.errstate(over="ignore"):
+        result = trainer.run()
+    assert result.status == "diverged"
+    assert result.message == ("a parameter (W or b) of layer 0 became non-finite after the "
+                              "update of step 1")
