@@ -117,6 +117,15 @@ class Activation:
         """The straight-through surrogate derivative (see the module table)."""
         return self._derivative(a, cpu.STRAIGHT_THROUGH)
 
+    def backprop(self, g: np.ndarray, a: np.ndarray, surrogate: bool = False) -> np.ndarray:
+        """g * f'(a) (or the surrogate), computed in place in g (C-contiguous, (B, N) or
+        (N,), a float dtype); returns g."""
+        g2 = g.reshape(-1, g.shape[-1] if g.ndim else 1)
+        a2 = np.ascontiguousarray(a, dtype=g.dtype).reshape(g2.shape)
+        mode = cpu.STRAIGHT_THROUGH if surrogate else cpu.TRUE_DERIVATIVE
+        cpu.multiply_by_derivative(g2, a2, self.code, *self.kernel_params, mode)
+        return g
+
     def _derivative(self, a: np.ndarray, mode: int) -> np.ndarray:
         a2 = np.ascontiguousarray(a).reshape(-1, a.shape[-1] if a.ndim else 1)
         out = np.empty_like(a2)

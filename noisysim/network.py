@@ -153,24 +153,21 @@ class Network:
         """
         n = dout.shape[0]
         grads: list[LayerGrad] = [None] * self.n_layers  # type: ignore[list-item]
-        delta = dout * self._derivative(self.n_layers - 1, pre[-1], surrogate)
-        inv_n = self.dtype.type(1.0 / n)
+        # delta = (1/B) d ell / d a_l: the batch mean's 1/B is applied once, to the (B, N_L)
+        # output gradient, and carried down linearly, never to an (N, N') product.
+        delta = np.ascontiguousarray(dout, dtype=self.dtype) * self.dtype.type(1.0 / n)
+        self.activations[-1].backprop(delta, pre[-1], surrogate)
         for l in range(self.n_layers - 1, -1, -1):
             p = self.layers[l]
-            mean_delta = delta * inv_n  # (B, N): the 1/B goes here, not over the (N, N') product
-            gW = (mean_delta.T @ inputs[l]).astype(self.dtype, copy=False)
-            gb = mean_delta.sum(axis=0, dtype=self.dtype) if p.b is not None else None
+            gW = (delta.T @ inputs[l]).astype(self.dtype, copy=False)
+            gb = delta.sum(axis=0, dtype=self.dtype) if p.b is not None else None
             grads[l] = LayerGrad(gW, gb)
             if l > 0:
                 upstream = delta @ p.W
                 if p.R is not None:
                     upstream = upstream @ p.R
-                delta = upstream * self._derivative(l - 1, pre[l - 1], surrogate)
+                delta = self.activations[l - 1].backprop(upstream, pre[l - 1], surrogate)
         return grads
-
-    def _derivative(self, l: int, a: np.ndarray, surrogate: bool) -> np.ndarray:
-        act = self.activations[l]
-        return act.surrogate(a) if surrogate else act.derivative(a)
 
     def loss_grad(self, outputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
         return losses.loss_grad(self.loss, outputs, targets)

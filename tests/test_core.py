@@ -59,6 +59,22 @@ def test_activation_matches_naive(name, dtype):
         np.testing.assert_allclose(d, dn, rtol=8 * np.finfo(dtype).eps, atol=8 * np.finfo(dtype).eps)
 
 
+@pytest.mark.parametrize("name", ACTIVATIONS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backprop_equals_upstream_times_derivative_bit_for_bit(name, dtype):
+    # The fused in-place g * f'(a) of the backward pass against the two-step product.
+    act = make_activation(name, **ACT_PARAMS.get(name, {}))
+    a = _data((6, 50)).astype(dtype) * 2
+    a[0, :5] = [0.0, 0.2, -1.0, 1.0, 0.7]  # kinks and thresholds
+    g = _data((6, 50), 3).astype(dtype)
+    for surrogate in (False, True):
+        d = act.surrogate(a) if surrogate else act.derivative(a)
+        want = g * d
+        got = act.backprop(g.copy(), a, surrogate)
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got, want)
+
+
 def test_discontinuous_true_derivative_is_zero_and_surrogate_is_not():
     a = np.linspace(-0.9, 0.9, 37)[None]
     for name in ("step", "sign", "quantize", "binary_stochastic"):
