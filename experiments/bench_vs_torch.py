@@ -31,9 +31,10 @@ machine load. Why not one process: numba and PyTorch would share one OpenMP runt
 load ``libgomp.so.1``), whose wait policy is read once, when it loads. noisysim asks for
 sleeping idle workers (its matrix products run on BLAS's own threads, see
 ``noisysim.kernels``); PyTorch, with all its work in that one pool, is faster with the
-default spinning. Sharing, one of the two would run with the other's setting (measured here
-on 2 cores: PyTorch's bp step at B = 64 1.3x slower under PASSIVE; noisysim's up to 1.7x
-slower under spinning), so each framework keeps its own defaults in its own process.
+default spinning. Sharing, one of the two would run with the other's setting (2 cores:
+PyTorch's bp step at B = 64 took 1.1-1.2x longer with ``OMP_WAIT_POLICY=PASSIVE`` set for
+this script, two runs; noisysim's steps take 1.3-1.6x longer with spinning, see the
+README's design notes), so each framework keeps its own defaults in its own process.
 speedup = torch_step_s / noisysim_step_s (> 1: noisysim is faster). floor_s is a lower
 bound on any step built from the same matrix products and Adam (numpy's time for exactly
 those products plus Adam's minimal memory traffic, measured in the noisysim worker), and
@@ -255,8 +256,7 @@ def time_noisysim(rule, layers, batch, repeats):
     (read p, g, m, v and write p, m, v once: 3.5 float32 copies of all W and b)."""
     from noisysim.bench import bench
     out = bench(rule=rule, layers=layers, batch=batch, steps=repeats)
-    flop = out["gflop_per_s"] * out["step_s"]  # GFLOP of the step's products
-    gemm_s = flop / out["gemm_gflop_per_s"]
+    gemm_s = out["ratio_to_gemm"] * out["step_s"]  # ratio_to_gemm = products' time / step's
     widths = [int(w) for w in layers.split(",")]
     n_params = sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:]))
     src = np.ones(n_params, dtype=np.float32)

@@ -5,11 +5,11 @@ import os as _os
 
 # A training step alternates BLAS matrix products (numpy's OpenBLAS, its own threads) with
 # numba kernels. OpenBLAS's idle threads spin for 2^28 cycles (~0.1 s) after each product,
-# taking the cycles the next kernel needs: the fused Adam pass ran 1.6x slower between
-# products than alone (2 cores, B = 64 and 1000). 2^16 cycles keeps them warm between
-# back-to-back products only. OpenBLAS reads this once, when numpy loads it: it takes
-# effect when noisysim is imported before numpy (the ``noisysim`` command always is) and
-# in every process started from this one; a value you set yourself is kept.
+# taking the cycles the next kernel needs (README, design notes: how to measure it).
+# 2^16 cycles keeps them warm between back-to-back products only. OpenBLAS reads this
+# once, when numpy loads it: it takes effect when noisysim is imported before numpy (the
+# ``noisysim`` command always is) and in every process started from this one; a value you
+# set yourself is kept.
 if "GOTO_THREAD_TIMEOUT" not in _os.environ:
     _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
 

@@ -120,6 +120,9 @@ class Activation:
     def backprop(self, g: np.ndarray, a: np.ndarray, surrogate: bool = False) -> np.ndarray:
         """g * f'(a) (or the surrogate), computed in place in g (C-contiguous, (B, N) or
         (N,), a float dtype); returns g."""
+        if not (g.flags.c_contiguous and g.flags.writeable):
+            raise NoisysimError("backprop needs a writable C-contiguous g (it works in place); "
+                                "pass np.ascontiguousarray(g)")
         g2 = g.reshape(-1, g.shape[-1] if g.ndim else 1)
         a2 = np.ascontiguousarray(a, dtype=g.dtype).reshape(g2.shape)
         mode = cpu.STRAIGHT_THROUGH if surrogate else cpu.TRUE_DERIVATIVE

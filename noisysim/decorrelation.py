@@ -85,7 +85,7 @@ class Decorrelator:
             # lr * [(1 - kappa)/B * (B M) + (2 kappa - 1) D R - kappa R], one fused pass
             sq = decorrelation_delta(delta, second, R, (1.0 - kappa) / n, 2.0 * kappa - 1.0,
                                      kappa, self.lr)
-        norm = math.sqrt(sq) if sq >= 0.0 else math.nan
+        norm = math.sqrt(sq)  # NaN stays NaN: R - Delta R would not be finite
         if not math.isfinite(norm):
             raise NoisysimError(
                 f"decorrelation step is not finite (||Delta R|| = {norm}): R or the inputs "

@@ -73,6 +73,8 @@ def test_backprop_equals_upstream_times_derivative_bit_for_bit(name, dtype):
         got = act.backprop(g.copy(), a, surrogate)
         assert got.dtype == dtype
         np.testing.assert_array_equal(got, want)
+    with pytest.raises(NoisysimError, match="C-contiguous"):  # in place: a copy would be lost
+        act.backprop(g.T, a.T)
 
 
 def test_discontinuous_true_derivative_is_zero_and_surrogate_is_not():

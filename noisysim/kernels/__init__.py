@@ -36,9 +36,8 @@ def _quiet_idle_workers() -> None:
 
     A training step alternates numba kernels with BLAS matrix products, and the two use
     separate thread pools on the same cores. GNU OpenMP's default lets idle workers spin
-    after each kernel, taking the cycles the next product's BLAS threads need: on 2 cores
-    that made whole steps 1.2-1.7x slower (``experiments/bench_vs_torch.py``, B = 64 and
-    1000). libgomp reads its wait policy once, when it is loaded, so the variable is set
+    after each kernel, taking the cycles the next product's BLAS threads need (the README's
+    design notes give the command that measures it). libgomp reads its wait policy once, when it is loaded, so the variable is set
     only while numba's OpenMP layer (and with it libgomp) is loaded here, without starting
     any thread (a process whose OpenMP threads run may not fork: the sweep's forkserver
     imports this module). It never leaks to other OpenMP runtimes loaded later (PyTorch's,
