@@ -14,7 +14,7 @@ every layer (x* = x R^T) and after the Adam step update it with
 R <- R - lr_R offdiag(mean x* x*^T) R, lr_R = 1e-7, computed as X*^T (X* R) / B minus the
 diagonal part (O(B d^2)); see /work/shared/SCIENCE.md for the rules.
 
-noisysim's step is ``noisysim.bench.bench`` (``Trainer._train_step``: device passes, the
+noisysim's step is ``noisysim.bench.bench`` (``Trainer._train_rows``: device passes, the
 rule's estimate, Adam, R update, the engine's finiteness checks). The PyTorch step is what a
 competent PyTorch user writes: bp with autograd (``loss.backward()`` + ``torch.optim.Adam``);
 perturbation rules under ``torch.no_grad()`` with the passes stacked (layer 0 computed once,

@@ -1,8 +1,11 @@
 """Compute backends: where the training step runs.
 
     cpu    numba kernels on the host's cores + numpy's BLAS (always available)
-    cuda   numba.cuda kernels + cuBLAS through CuPy on an NVIDIA GPU (noisysim.gpu)
-    auto   cuda when a GPU is usable, else cpu; picking cuda is announced once per process
+    cuda   numba.cuda kernels + cuBLAS through CuPy on an NVIDIA GPU
+           (noisysim.kernels.cuda_backend; the engine is the same for both)
+    auto   cuda when a GPU is usable and the run's step is large enough to gain from it
+           (its matrix products reach AUTO_CUDA_MIN_GFLOP), else cpu; picking cuda is
+           announced once per process
 
 ``resolve_backend(name)`` turns a configured name into "cpu" or "cuda" (or raises a one-line
 ``NoisysimError``); ``is_available(name)`` / ``cuda_status()`` say whether a backend can run
@@ -23,6 +26,14 @@ from typing import Callable
 from .errors import NoisysimError, check_choice
 
 BACKENDS = ("auto", "cpu", "cuda")
+
+#: "auto" picks cuda for steps whose matrix products reach this many GFLOP (2 m k n each,
+#: ``noisysim.bench.step_products``). Below it a step is bound by per-launch host costs on
+#: the GPU, while the CPU does that much BLAS work in about 5-8 ms on 2 cores (the README's
+#: benchmarks: 130-200 GFLOP/s): the H200 run of the previous cuda engine measured 10-14 ms
+#: per step at such sizes. Provisional until experiments/gpu_check.sh, which times both
+#: backends on the same runs, re-measures the crossover.
+AUTO_CUDA_MIN_GFLOP = 1.0
 
 _status: tuple[bool, str] | None = None
 _announced = False
@@ -89,13 +100,15 @@ def is_available(name: str) -> bool:
     return True if name == "cpu" else cuda_status()[0]
 
 
-def resolve_backend(name: str = "auto", announce: Callable[[str], None] | None = None) -> str:
+def resolve_backend(name: str = "auto", announce: Callable[[str], None] | None = None,
+                    step_gflop: float | None = None) -> str:
     """The backend to use for a configured ``name``: "cpu" or "cuda".
 
     "cpu" is always "cpu". "cuda" is "cuda" when usable (the simulator included), else a
-    ``NoisysimError`` saying why. "auto" is "cuda" when a real GPU is usable, else "cpu";
-    picking cuda is announced once per process through ``announce`` (default: one line on
-    stderr).
+    ``NoisysimError`` saying why. "auto" is "cuda" when a real GPU is usable and the step's
+    matrix products (``step_gflop``, None: unknown) reach ``AUTO_CUDA_MIN_GFLOP``, else
+    "cpu"; picking cuda is announced once per process through ``announce`` (default: one
+    line on stderr).
     """
     global _announced
     name = check_choice("backend", name, BACKENDS)
@@ -108,6 +121,8 @@ def resolve_backend(name: str = "auto", announce: Callable[[str], None] | None =
                                 "'cpu' (or 'auto', which falls back to cpu)")
         return "cuda"
     if not ok or simulated():
+        return "cpu"
+    if step_gflop is not None and step_gflop < AUTO_CUDA_MIN_GFLOP:
         return "cpu"
     if not _announced:
         _announced = True

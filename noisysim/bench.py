@@ -30,15 +30,12 @@ FLOP_COUNTING = (
 
 def step_products(rule, widths, batch) -> list[tuple[int, int, int]]:
     """The (m, k, n) shapes of the matrix products of one step (see FLOP_COUNTING)."""
+    from .device import pass_layout
+
     L = len(widths) - 1
     req = rule.request()
-    K = req.get("samples", 1)
-    if req.get("perturb") == "each_layer":
-        P = 1 + L * K
-        rows = [1 + l * K for l in range(L)]  # passes perturbing layer l reuse its product
-    else:
-        P = 1 + K
-        rows = [1] + [P] * (L - 1)            # layer 0's input is the same in every pass
+    # passes whose input differs from the reference pass's need their own product per layer
+    _, _, _, rows = pass_layout(req["perturb"], req.get("samples", 1), None, L)
     prods = []
     for l in range(L):
         n_in, n_out = widths[l], widths[l + 1]
@@ -71,11 +68,11 @@ def median_time(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def random_data_trainer(rule, layers, batch, noise, dtype):
+def random_data_trainer(rule, layers, batch, noise, dtype, backend="cpu"):
     """The benchmark's setup, shared by the backends: a Trainer for ``rule`` on
     ``layers`` with intrinsic ``noise`` (gaussian: sigma 0.01), Adam 1e-4, decorrelation
-    lr 1e-7, and one random batch (uniform [0, 1) inputs, random labels).
-    Returns (trainer, x, y, widths)."""
+    lr 1e-7, and one random batch (uniform [0, 1) inputs, random labels) as its training
+    set, on ``backend``. Returns (trainer, widths)."""
     from .data import Dataset
     from .decorrelation import Decorrelator
     from .device import Device
@@ -99,49 +96,62 @@ def random_data_trainer(rule, layers, batch, noise, dtype):
                    n_classes=widths[-1], input_shape=(widths[0],), meta={})
     trainer = Trainer(device, r, make_optimizer("adam", lr=1e-4), data,
                       TrainSettings(epochs=1, batch_size=batch, log_every=10**9),
-                      decorrelator=Decorrelator(1e-7) if r.decorrelated else None)
-    return trainer, x, y, widths
+                      decorrelator=Decorrelator(1e-7) if r.decorrelated else None,
+                      backend=backend)
+    return trainer, widths
+
+
+def timed_step(trainer):
+    """One training step on the trainer's whole (one-batch) training set, waiting for the
+    backend to finish it; raises if the step failed."""
+    K = trainer.kernels
+
+    def one_step():
+        failure = trainer._train_rows(0, trainer.settings.batch_size)
+        getattr(K, "synchronize", lambda: None)()
+        if failure:
+            raise NoisysimError(f"benchmark step diverged: {failure}")
+    return one_step
 
 
 def bench(rule="danp", layers="3072,1024,1024,1024,10", batch=1000, steps=5, backend="cpu",
           noise="gaussian", dtype="float32", verbose=False) -> dict:
-    from .backends import resolve_backend
+    """One JSON-able row: the median step time on ``backend`` ("cpu", "cuda" or "auto")
+    and the backend's matrix-product rate on exactly the step's products."""
+    from .backends import cuda_status, resolve_backend
 
-    if resolve_backend(backend) == "cuda":
-        from .gpu import bench_cuda
-
-        return bench_cuda(rule, layers, batch, steps, noise, dtype, verbose)
+    backend = resolve_backend(backend)
     steps = int(check_number("steps", steps, 1, None, integer=True))
-    trainer, x, y, widths = random_data_trainer(rule, layers, batch, noise, dtype)
-    r, batch = trainer.rule, x.shape[0]
+    trainer, widths = random_data_trainer(rule, layers, batch, noise, dtype, backend)
+    K, xp = trainer.kernels, trainer.kernels.xp
+    r = trainer.rule
     gen = np.random.default_rng(1)
-
-    def one_step():
-        failure = trainer._train_step(x, y)
-        if failure:
-            raise NoisysimError(f"benchmark step diverged: {failure}")
-
     if verbose:
-        print(f"timing {rule} on {widths}, batch {batch}: warm-up, then {steps} steps",
-              flush=True)
-    t_step = median_time(one_step, steps)
+        print(f"timing {rule} on {widths}, batch {batch} ({backend}): warm-up, then {steps} "
+              "steps", flush=True)
+    t_step = median_time(timed_step(trainer), steps)
     prods = step_products(r, widths, batch)
-    mats = [(gen.random((m, k), dtype=np.float32).astype(dtype),
-             gen.random((k, n), dtype=np.float32).astype(dtype)) for m, k, n in prods]
+    mats = [(K.asarray(gen.random((m, k), dtype=np.float32).astype(dtype)),
+             K.asarray(gen.random((k, n), dtype=np.float32).astype(dtype)))
+            for m, k, n in prods]
 
     def gemms():
         for a, b in mats:
-            a @ b
+            xp.matmul(a, b)
+        getattr(K, "synchronize", lambda: None)()
 
     t_gemm = median_time(gemms, steps)
     flop = float(sum(2.0 * m * k * n for m, k, n in prods))
-    return {
-        "rule": rule, "layers": widths, "batch": batch, "backend": "cpu", "dtype": dtype,
+    row = {
+        "rule": rule, "layers": widths, "batch": batch, "backend": backend, "dtype": dtype,
         "noise": noise,
-        "step_s": round(t_step, 5),
+        "step_s": round(t_step, 6),
         "samples_per_s": round(batch / t_step, 1),
         "gflop_per_s": round(flop / t_step / 1e9, 2),
         "gemm_gflop_per_s": round(flop / t_gemm / 1e9, 2),
         "ratio_to_gemm": round(t_gemm / t_step, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
+    if backend == "cuda":
+        row["gpu"] = cuda_status()[1]
+    return row

@@ -33,7 +33,8 @@ import math
 import numpy as np
 
 from .errors import NoisysimError, check_number
-from .kernels.cpu import decorrelation_delta
+from .kernels import step as _step
+from .kernels.backend import CPU
 
 
 class Decorrelator:
@@ -55,13 +56,13 @@ class Decorrelator:
     def __repr__(self) -> str:
         return f"Decorrelator(lr={self.lr!r}, kappa={self.kappa!r})"
 
-    def _scratch(self, R: np.ndarray) -> np.ndarray:
+    def _scratch(self, K, R):
         """A (d, d) work array for Delta R, kept between calls: a fresh one of R's size
         (37 MB at d = 3072) costs page faults on every step. Not state: each update
         overwrites it before use (so one Decorrelator serves one thread at a time)."""
-        key = (R.shape, R.dtype.str)
+        key = (K.name, R.shape, R.dtype.str)
         if key not in self._buffers:
-            self._buffers[key] = np.empty(R.shape, dtype=R.dtype)
+            self._buffers[key] = K.empty(R.shape, R.dtype)
         return self._buffers[key]
 
     def update(self, R: np.ndarray, x_star: np.ndarray) -> float:
@@ -74,25 +75,25 @@ class Decorrelator:
         """
         _check_R(R)
         x = _check_inputs("x_star", x_star, R.shape[0]).astype(R.dtype, copy=False)
-        if self.lr == 0.0:
-            return 0.0
-        n = x.shape[0]
-        kappa = self.kappa
-        with np.errstate(over="ignore", invalid="ignore"):  # non-finite steps raise below
-            second = np.einsum("ni,ni->i", x, x) / R.dtype.type(n)  # diag of D, O(B d)
-            delta = self._scratch(R)
-            np.matmul(x.T, x @ R, out=delta)                      # B * M, O(B d^2)
-            # lr * [(1 - kappa)/B * (B M) + (2 kappa - 1) D R - kappa R], one fused pass
-            sq = decorrelation_delta(delta, second, R, (1.0 - kappa) / n, 2.0 * kappa - 1.0,
-                                     kappa, self.lr)
-        norm = math.sqrt(sq)  # NaN stays NaN: R - Delta R would not be finite
-        if not math.isfinite(norm):
+        stats, failure = np.zeros(_step.size(1)), _step.new_failure()
+        self.step(CPU, R, x, stats, failure, 1, 0)
+        if stats[_step.decor_bad(1, 0)] > 0:
             raise NoisysimError(
-                f"decorrelation step is not finite (||Delta R|| = {norm}): R or the inputs "
-                f"diverged; lower the decorrelation lr (now {self.lr!r})"
+                "decorrelation step is not finite: R or the inputs diverged; lower the "
+                f"decorrelation lr (now {self.lr!r})"
             )
-        R -= delta
-        return norm
+        return math.sqrt(stats[_step.decor_sq(1, 0)])
+
+    def step(self, K, R, x_star, stats, failure, n_layers: int, layer: int) -> None:
+        """The engine's update of layer ``layer``'s R on the backend ``K``, from the
+        reference inputs x_star (B, d) in R's dtype: ||Delta R||^2 into
+        ``stats[decor_sq(layer)]``; when R - Delta R would not be finite,
+        ``stats[decor_bad(layer)]`` is set and R is left alone. Skipped when the step is
+        blocked (``noisysim.kernels.step``) or lr = 0."""
+        if self.lr == 0.0 or K.host_blocked(stats, failure, n_layers, layer):
+            return
+        K.decorrelation_step(R, x_star, self.lr, self.kappa, self._scratch(K, R), stats,
+                             failure, n_layers, layer)
 
 
 def decorrelation_loss(x_star: np.ndarray) -> float:

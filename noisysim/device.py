@@ -28,8 +28,9 @@ import numpy as np
 
 from . import losses
 from .errors import NoisysimError, check_choice, check_finite_array, check_number
-from .kernels import cpu, rng
-from .network import Network
+from .kernels import rng
+from .kernels.backend import CPU
+from .network import LayerParams, Network
 
 PERTURBATIONS = ("none", "nodes", "layer", "each_layer", "weights")
 
@@ -49,6 +50,8 @@ class Measurement:
     injected_weights / injected_bias
                 per layer (P, N_l, N_{l-1}) / (P, N_l): weight perturbation; else None
     perturbed_layer (P,)         layer a pass perturbed alone, or -1 (all layers / none)
+    kernels                      the backend whose arrays these are (None: the CPU's)
+    layers                       the parameters the passes ran with (None: the network's)
     """
 
     inputs: tuple
@@ -60,6 +63,8 @@ class Measurement:
     injected_weights: tuple | None
     injected_bias: tuple | None
     perturbed_layer: np.ndarray
+    kernels: object = None
+    layers: tuple | None = None
 
     @property
     def n_passes(self) -> int:
@@ -83,6 +88,11 @@ class Device:
         ones (fresh multi-megabyte arrays cost page faults on every call). A Measurement is
         then valid only until the next ``measure`` call: the training engine, which consumes
         each one at once, turns this on; copy what you keep.
+
+    The device runs on a backend (``noisysim.kernels.backend``): the CPU by default, where
+    ``layers`` are the network's own parameter arrays. ``use_kernels(K)`` moves the
+    parameters and the noise state to another backend (the GPU); ``pull()`` then writes the
+    parameters back into the network's arrays and ``push()`` copies them over again.
     """
 
     def __init__(self, network: Network, noise=None, noise_layers="all", seed: int = 0,
@@ -93,24 +103,57 @@ class Device:
         self.seed = int(check_number("seed", seed, 0, 2**63 - 1, integer=True))
         self.noise = _noise_by_layer(noise, noise_layers, network.n_layers)
         self.clock = 0
+        self.kernels = CPU
+        self.layers: list[LayerParams] = network.layers
         self._noise_state: dict[int, dict] = {
             l: model.init_state(self.seed, l, 0, network.widths[l + 1])
             for l, model in self.noise.items()
         }
+
+    # -- the backend -----------------------------------------------------------------------
+    def use_kernels(self, kernels) -> None:
+        """Run on the backend ``kernels``: copies of the parameters and the noise state move
+        there (the network keeps its host arrays: see ``pull`` / ``push``)."""
+        state = self.state_dict()
+        self.kernels = kernels
+        self._buffers = {}
+        self.layers = self.network.layers if kernels is CPU else [
+            LayerParams(*(None if a is None else kernels.asarray(a) for a in (p.W, p.b, p.R)))
+            for p in self.network.layers]
+        self.load_state_dict(state)
+
+    def pull(self) -> None:
+        """Write the backend's parameters into the network's arrays (no-op on the CPU)."""
+        if self.layers is self.network.layers:
+            return
+        for host, dev in zip(self.network.layers, self.layers):
+            for name in ("W", "b", "R"):
+                if getattr(host, name) is not None:
+                    getattr(host, name)[...] = self.kernels.to_host(getattr(dev, name))
+
+    def push(self) -> None:
+        """Copy the network's parameters to the backend (no-op on the CPU)."""
+        if self.layers is self.network.layers:
+            return
+        for host, dev in zip(self.network.layers, self.layers):
+            for name in ("W", "b", "R"):
+                if getattr(host, name) is not None:
+                    getattr(dev, name)[...] = self.kernels.asarray(getattr(host, name))
 
     # -- state as data -------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Clock and noise-process states (copies), for checkpoints."""
         return {
             "clock": np.int64(self.clock),
-            "noise": {str(l): {k: v.copy() for k, v in s.items()}
+            "noise": {str(l): self.kernels.noise_state_to_host(self.noise[l], s)
                       for l, s in self._noise_state.items()},
         }
 
     def load_state_dict(self, state: Mapping) -> None:
         self.clock = int(state["clock"])
         self._noise_state = {
-            int(l): {k: np.array(v) for k, v in s.items()} for l, s in state["noise"].items()
+            int(l): self.kernels.noise_state(self.noise[int(l)], s)
+            for l, s in state["noise"].items()
         }
 
     # -- the experiment ------------------------------------------------------------------
@@ -148,6 +191,16 @@ class Device:
             raise NoisysimError(
                 f"targets must have one row per input sample ({x.shape[0]}), got {targets.shape[0]}"
             )
+        K = self.kernels
+        return self.measure_checked(K.asarray(x), K.asarray(targets), perturb, sigma, samples,
+                                    layer, values, bias_values, clean_pass)
+
+    def measure_checked(self, x, targets, perturb="none", sigma=0.0, samples=1, layer=None,
+                        values=None, bias_values=None, clean_pass=True) -> Measurement:
+        """``measure`` on inputs and targets already checked and on the backend (the
+        training engine validates its data set once)."""
+        net = self.network
+        K, xp = self.kernels, self.kernels.xp
         check_choice("perturb", perturb, PERTURBATIONS)
         sigma = check_number("sigma", sigma, 0.0, None)
         samples = check_number("samples", samples, 0, None, integer=True)
@@ -164,15 +217,15 @@ class Device:
         w_eps, b_eps = self._weight_perturbations(perturb, sigma, samples, values, bias_values,
                                                   times)
 
-        dtype = net.dtype
         inputs, pres = [], []
-        x_star = x if net.layers[0].R is None else x @ net.layers[0].R.T
-        h = np.broadcast_to(x_star, (P,) + x_star.shape)  # layer-0 input, shared by passes
-        for l, params in enumerate(net.layers):
+        R0 = self.layers[0].R
+        x_star = x if R0 is None else xp.matmul(x, R0.T)
+        h = xp.broadcast_to(x_star, (P,) + x_star.shape)  # layer-0 input, shared by passes
+        for l, params in enumerate(self.layers):
             n, k = n_rows[l], n_products[l]
             if l > 0 and params.R is not None:
                 h_star = self._buffer(("x*", l), h.shape)
-                np.matmul(h[:k].reshape(k * batch, -1), params.R.T,
+                xp.matmul(h[:k].reshape(k * batch, -1), params.R.T,
                           out=h_star[:k].reshape(k * batch, -1))
                 h_star[k:] = h_star[0]
                 h = h_star
@@ -181,34 +234,30 @@ class Device:
             if w_eps is not None:
                 for p in range(P):
                     W = params.W + w_eps[l][p]
-                    np.matmul(h[p], W.T, out=a[p])
+                    xp.matmul(h[p], W.T, out=a[p])
                     if b_eps is not None:
                         a[p] += b_eps[l][p]
             else:
-                np.matmul(h[:k].reshape(k * batch, -1), params.W.T,
+                xp.matmul(h[:k].reshape(k * batch, -1), params.W.T,
                           out=a[:k].reshape(k * batch, -1))
                 a[k:n] = a[0]
-            bias = params.b if params.b is not None else _EMPTY[dtype.char]
             if draws is not None:  # draw eps ~ N(0, sigma^2) and add it with the bias
-                cpu.draw_and_add_perturbation(a[:n], node_eps[l][:n], bias, params.b is not None,
-                                              sigma, np.uint64(self.seed), np.uint64(l),
-                                              times[:n].astype(np.uint64), draws[l][:n])
+                K.perturb(a[:n], node_eps[l][:n], params.b, sigma, self.seed, l, times[:n],
+                          draws[l][:n])
             else:
                 eps = node_eps[l] if node_eps is not None else None
-                cpu.add_bias_and_perturbation(
-                    a[:n], bias, eps[:n] if eps is not None else _EMPTY3[dtype.char],
-                    params.b is not None, eps is not None,
-                )
+                K.add_bias_and_perturbation(a[:n], params.b,
+                                            eps[:n] if eps is not None else None)
             self._add_noise(l, a, n, times, clean_pass)
             a[n:] = a[0]
             pres.append(a)
             out = self._buffer(("x", l), a.shape)
-            net.activations[l].apply(a[:n], out[:n], self.seed, l, times[:n])
+            K.activation(net.activations[l], a[:n], out[:n], self.seed, l, times[:n])
             out[n:] = out[0]
             h = out
 
         flat = h.reshape(P * batch, -1)
-        loss = losses.loss(net.loss, flat, targets).reshape(P, batch)
+        loss = K.loss(net.loss, flat, targets).reshape(P, batch)
         self.clock += P
         return Measurement(
             inputs=tuple(inputs),
@@ -220,30 +269,34 @@ class Device:
             injected_weights=None if w_eps is None else tuple(w_eps),
             injected_bias=None if b_eps is None else tuple(b_eps),
             perturbed_layer=perturbed_layer,
+            kernels=K,
+            layers=tuple(self.layers),
         )
 
     def infer(self, x: np.ndarray, noisy: bool = False) -> np.ndarray:
         """Network outputs (B, N_L) for one pass: noise-free, or with intrinsic noise.
 
         A noisy pass is one time step of the hardware (the clock advances); a noise-free
-        pass touches no noise state.
+        pass touches no noise state. Host inputs, host outputs, on any backend.
         """
         x = self._check_inputs(x)
+        K, xp = self.kernels, self.kernels.xp
         net = self.network
         time = np.array([self.clock], dtype=np.int64)
-        h = x[None]
-        for l, params in enumerate(net.layers):
+        h = K.asarray(x)[None]
+        for l, params in enumerate(self.layers):
             if params.R is not None:
-                h = h @ params.R.T
-            a = np.ascontiguousarray(h @ params.W.T, dtype=net.dtype)
-            if params.b is not None:
-                a += params.b
+                h = xp.matmul(h, params.R.T)
+            a = xp.ascontiguousarray(xp.matmul(h, params.W.T), dtype=net.dtype)
+            K.add_bias_and_perturbation(a, params.b, None)
             if noisy:
                 self._add_noise(l, a, 1, time, clean_pass=False)
-            h = net.activations[l].apply(a, np.empty_like(a), self.seed, l, time)
+            out = K.empty(a.shape, net.dtype)
+            K.activation(net.activations[l], a, out, self.seed, l, time)
+            h = out
         if noisy:
             self.clock += 1
-        return h[0]
+        return K.to_host(h[0])
 
     def loss(self, x: np.ndarray, targets: np.ndarray, noisy: bool = False) -> np.ndarray:
         """Per-sample losses of one inference pass."""
@@ -263,17 +316,24 @@ class Device:
         check_finite_array("inputs", x)
         return np.ascontiguousarray(x, dtype=self.network.dtype)
 
-    def _buffer(self, name, shape) -> np.ndarray:
+    def _buffer(self, name, shape):
         """An uninitialised array in the network's dtype; reused across calls if allowed."""
+        K = self.kernels
         if not self.reuse_buffers:
-            return np.empty(shape, dtype=self.network.dtype)
+            return K.empty(shape, self.network.dtype)
         buf = self._buffers.get(name)
         if buf is None or buf.shape != tuple(shape):
-            buf = self._buffers[name] = np.empty(shape, dtype=self.network.dtype)
+            buf = self._buffers[name] = K.empty(shape, self.network.dtype)
         return buf
 
     def _add_noise(self, l, a, n, times, clean_pass) -> None:
-        add_layer_noise(self.noise, self._noise_state, self.seed, l, a, n, times, clean_pass)
+        """Add layer l's intrinsic noise to passes [start, n) of its pre-activations a
+        (P, B, N_l), pass p at time times[p]; start = 1 when the reference pass is clean."""
+        model = self.noise.get(l)
+        start = 1 if clean_pass else 0
+        if model is not None and n > start:
+            self.kernels.add_noise(model, a[start:n], times[start:n], self._noise_state[l],
+                                   self.seed, l)
 
     def _node_perturbations(self, perturb, sigma, values, perturbed_layer, batch):
         """Per layer (P, B, N_l) perturbation arrays, zero where a pass injects nothing,
@@ -287,11 +347,13 @@ class Device:
         for l in range(net.n_layers):
             eps = self._buffer(("eps", l), (P, batch, net.widths[l + 1]))
             mask = ((perturbed_layer == l) | (perturbed_layer == -1)) & (np.arange(P) > 0)
-            eps[~mask] = 0  # passes that inject nothing; drawn passes are overwritten
+            for p in np.flatnonzero(~mask):  # passes that inject nothing
+                eps[p] = 0
             if values is not None and values[l] is not None and mask.any():
                 v = np.asarray(values[l], dtype=net.dtype)
                 _check_shape(f"values[{l}]", v, (int(mask.sum()), batch, net.widths[l + 1]))
-                eps[mask] = v
+                for j, p in enumerate(np.flatnonzero(mask)):
+                    eps[p] = self.kernels.asarray(v[j])
             eps_by_layer.append(eps)
             draws.append(mask)
         return eps_by_layer, (None if values is not None else draws)
@@ -302,7 +364,7 @@ class Device:
         net = self.network
         P = 1 + samples
         w_out, b_out = [], []
-        for l, params in enumerate(net.layers):
+        for l, params in enumerate(self.layers):
             w = np.zeros((P,) + params.W.shape, dtype=net.dtype)
             b = np.zeros((P, params.W.shape[0]), dtype=net.dtype)
             if values is not None:
@@ -321,21 +383,9 @@ class Device:
                     w[p] = sigma * z[: params.W.size].reshape(params.W.shape)
                     if params.b is not None:
                         b[p] = sigma * z[params.W.size:]
-            w_out.append(w)
-            b_out.append(b)
+            w_out.append(self.kernels.asarray(w))
+            b_out.append(self.kernels.asarray(b))
         return w_out, (b_out if net.bias else None)
-
-
-def add_layer_noise(noise, states, seed, l, a, n, times, clean_pass) -> None:
-    """Add layer l's intrinsic noise (``noise[l]``, state ``states[l]``) to passes
-    [start, n) of its pre-activations a (P, B, N_l), pass p at time times[p]; start = 1
-    when the reference pass is clean. Shared by the CPU and GPU devices."""
-    model = noise.get(l)
-    if model is None:
-        return
-    start = 1 if clean_pass else 0
-    if n > start:
-        model.apply(a[start:n], times[start:n], states[l], seed, l)
 
 
 def pass_layout(perturb: str, samples: int, layer: int | None, n_layers: int):
@@ -401,7 +451,3 @@ def _noise_by_layer(noise, noise_layers, n_layers) -> dict:
 def _check_shape(name, array, shape) -> None:
     if array.shape != tuple(shape):
         raise NoisysimError(f"{name} must have shape {tuple(shape)}, got {array.shape}")
-
-
-_EMPTY = {c: np.zeros(0, dtype=c) for c in "fd"}
-_EMPTY3 = {c: np.zeros((0, 0, 0), dtype=c) for c in "fd"}

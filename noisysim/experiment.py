@@ -71,26 +71,20 @@ def build(config: dict, data=None) -> Built:
         data_opts = dict(config["data"])
         data = load_dataset(data_opts.pop("name"), **data_opts)
     settings = TrainSettings(**config["train"])
-    backend = _backend(config.get("backend", {}).get("name", "auto"), rule, device, optimizer)
+    backend = _backend(config.get("backend", {}).get("name", "auto"), rule, device, optimizer,
+                       settings.batch_size)
     return Built(network, device, rule, optimizer, decorrelator, data, settings, backend)
 
 
-def _backend(name: str, rule, device, optimizer) -> str:
-    """cpu or cuda; "auto" falls back to cpu (saying why) when the run has no cuda path."""
+def _backend(name: str, rule, device, optimizer, batch_size: int) -> str:
+    """cpu or cuda; "auto" picks cuda only when a GPU is usable and the step is large enough
+    to gain from it (``noisysim.backends.AUTO_CUDA_MIN_GFLOP``), and says so once."""
     from .backends import resolve_backend
+    from .bench import step_products
 
-    backend = resolve_backend(name)
-    if backend == "cuda":
-        from .gpu import check_supported
-
-        try:
-            check_supported(rule, device, optimizer)
-        except NoisysimError as err:
-            if name == "cuda":
-                raise
-            print(f"noisysim: backend auto: using cpu ({err})", file=sys.stderr)
-            return "cpu"
-    return backend
+    flop = sum(2.0 * m * k * n for m, k, n in
+               step_products(rule, device.network.widths, batch_size))
+    return resolve_backend(name, step_gflop=flop / 1e9)
 
 
 #: Seconds between flushes of buffered rows to the file (what a SIGKILL can lose at most).

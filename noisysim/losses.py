@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import NoisysimError, check_choice
-from .kernels import cpu
+from .kernels.backend import CPU
 
 LOSSES = ("cross_entropy", "squared_error")
 
@@ -42,19 +42,9 @@ def check_targets(name: str, targets: np.ndarray, n_outputs: int) -> np.ndarray:
 
 def loss(name: str, outputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Per-row loss of outputs (R, N_L) against B targets (R a multiple of B); float64."""
-    out = np.empty(outputs.shape[0], dtype=np.float64)
-    if name == "cross_entropy":
-        cpu.cross_entropy(outputs, targets, out)
-    else:
-        cpu.squared_error(outputs, targets, out)
-    return out
+    return CPU.loss(name, outputs, targets)
 
 
 def loss_grad(name: str, outputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """d ell_r / d outputs_r for every row (not divided by the batch size)."""
-    if name == "cross_entropy":
-        out = np.empty(outputs.shape, dtype=outputs.dtype)
-        cpu.cross_entropy_grad(outputs, targets, out)
-        return out
-    reps = outputs.shape[0] // targets.shape[0]
-    return (outputs - np.tile(targets, (reps, 1))).astype(outputs.dtype)
+    return CPU.loss_grad(name, outputs, targets)

@@ -19,6 +19,7 @@ from . import losses
 from .activations import Activation, make_activation
 from .errors import NoisysimError, check_choice, check_number
 from .kernels import rng
+from .kernels.backend import CPU
 
 INITIALISERS = ("he_normal", "xavier")
 DTYPES = ("float32", "float64")
@@ -151,26 +152,37 @@ class Network:
         (B, N_L). Returns batch-mean gradients. With ``surrogate`` the activations'
         straight-through derivatives replace the true ones (see ``noisysim.activations``).
         """
-        n = dout.shape[0]
-        grads: list[LayerGrad] = [None] * self.n_layers  # type: ignore[list-item]
-        # delta = (1/B) d ell / d a_l: the batch mean's 1/B is applied once, to the (B, N_L)
-        # output gradient, and carried down linearly, never to an (N, N') product.
-        delta = np.ascontiguousarray(dout, dtype=self.dtype) * self.dtype.type(1.0 / n)
-        self.activations[-1].backprop(delta, pre[-1], surrogate)
-        for l in range(self.n_layers - 1, -1, -1):
-            p = self.layers[l]
-            gW = (delta.T @ inputs[l]).astype(self.dtype, copy=False)
-            gb = delta.sum(axis=0, dtype=self.dtype) if p.b is not None else None
-            grads[l] = LayerGrad(gW, gb)
-            if l > 0:
-                upstream = delta @ p.W
-                if p.R is not None:
-                    upstream = upstream @ p.R
-                delta = self.activations[l - 1].backprop(upstream, pre[l - 1], surrogate)
-        return grads
+        return backward(CPU, self.layers, self.activations, inputs, pre, dout, surrogate)
 
     def loss_grad(self, outputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
         return losses.loss_grad(self.loss, outputs, targets)
+
+
+def backward(kernels, layers, activations, inputs, pre, dout, surrogate=False):
+    """``Network.backward`` on any backend: ``layers`` (LayerParams of the backend's arrays),
+    ``activations`` per layer, the pass's inputs x*_{l-1} and pre-activations a_l, and the
+    per-sample output gradient dout (B, N_L). Returns batch-mean gradients (LayerGrad).
+
+    delta = (1/B) d ell / d a_l: the batch mean's 1/B is applied once, to the (B, N_L)
+    output gradient, and carried down linearly, never to an (N, N') product.
+    """
+    K, xp = kernels, kernels.xp
+    dtype = layers[0].W.dtype
+    n = dout.shape[0]
+    grads: list[LayerGrad] = [None] * len(layers)  # type: ignore[list-item]
+    delta = xp.ascontiguousarray(dout, dtype=dtype) * dtype.type(1.0 / n)
+    delta = K.backprop(activations[-1], delta, pre[-1], surrogate)
+    for l in range(len(layers) - 1, -1, -1):
+        p = layers[l]
+        gW = xp.matmul(delta.T, inputs[l]).astype(dtype, copy=False)
+        gb = delta.sum(axis=0, dtype=dtype) if p.b is not None else None
+        grads[l] = LayerGrad(gW, gb)
+        if l > 0:
+            upstream = xp.matmul(delta, p.W)
+            if p.R is not None:
+                upstream = xp.matmul(upstream, p.R)
+            delta = K.backprop(activations[l - 1], upstream, pre[l - 1], surrogate)
+    return grads
 
 
 def _check_widths(widths) -> tuple[int, ...]:

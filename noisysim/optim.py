@@ -44,7 +44,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from .errors import NoisysimError, check_choice, check_number
-from .kernels.cpu import adam_update
+from .kernels import step as _step
+from .kernels.backend import CPU
 from .network import LayerGrad, LayerParams
 
 
@@ -70,7 +71,8 @@ class Optimizer:
     """Common shell: validation, clipping, applying the update, logging, checkpoints.
 
     Subclasses define ``name``, ``_slot_names`` (the state's per-layer array fields),
-    ``_init_state`` and ``_delta`` (lr * step for one parameter array).
+    ``_init_state`` and ``_apply`` (one parameter array's update, through the kernel set's
+    fused update kernel).
     """
 
     name = ""
@@ -89,9 +91,11 @@ class Optimizer:
         self._layout: tuple[tuple[tuple[int, ...], tuple[int, ...] | None, np.dtype], ...] = ()
 
     # -- state ---------------------------------------------------------------------------
-    def init(self, params: Sequence[LayerParams]) -> SGDState | AdamState:
-        """Create a fresh state (count 0, zero moments) shaped like ``params``; returns it
-        and keeps it as ``self.state``."""
+    def init(self, params: Sequence[LayerParams], kernels=CPU) -> SGDState | AdamState:
+        """Create a fresh state (count 0, zero moments) shaped like ``params``, on the
+        backend ``kernels`` (the parameters' own: numpy arrays for the CPU, device arrays
+        for the GPU); returns it and keeps it as ``self.state``."""
+        self.kernels = kernels
         params = list(params)
         if not params:
             raise NoisysimError("optimizer init needs at least one layer, got an empty list")
@@ -107,8 +111,10 @@ class Optimizer:
         return self.state
 
     def _zeros(self, params: Sequence[LayerParams]) -> tuple[LayerGrad, ...]:
+        K = self.kernels
         return tuple(
-            LayerGrad(np.zeros_like(p.W), None if p.b is None else np.zeros_like(p.b))
+            LayerGrad(K.zeros(p.W.shape, p.W.dtype),
+                      None if p.b is None else K.zeros(p.b.shape, p.b.dtype))
             for p in params
         )
 
@@ -125,9 +131,9 @@ class Optimizer:
             if layers is None:
                 continue
             for l, pair in enumerate(layers):
-                out[f"{slot}_W_{l}"] = pair.W.copy()
+                out[f"{slot}_W_{l}"] = np.array(self.kernels.to_host(pair.W))
                 if pair.b is not None:
-                    out[f"{slot}_b_{l}"] = pair.b.copy()
+                    out[f"{slot}_b_{l}"] = np.array(self.kernels.to_host(pair.b))
         return out
 
     def load_state_dict(self, state: dict) -> None:
@@ -163,9 +169,9 @@ class Optimizer:
             if layers is None:
                 continue
             for l, pair in enumerate(layers):
-                pair.W[...] = np.asarray(state[f"{slot}_W_{l}"])
+                pair.W[...] = self.kernels.asarray(state[f"{slot}_W_{l}"], pair.W.dtype)
                 if pair.b is not None:
-                    pair.b[...] = np.asarray(state[f"{slot}_b_{l}"])
+                    pair.b[...] = self.kernels.asarray(state[f"{slot}_b_{l}"], pair.b.dtype)
         self.state = current._replace(count=np.int64(count))
 
     def _require_state(self):
@@ -192,28 +198,45 @@ class Optimizer:
         """
         state = self._require_state()
         arrays = self._pairs(params, grads)
-        grad_norm = _global_norm([g for _, _, _, g in arrays])
+        K, L = self.kernels, len(self._layout)
+        stats, failure = K.zeros(_step.size(L), np.float64), _step.new_failure()
+        for l, name, _, g in arrays:
+            K.sum_squares([g], stats, _step.grad_sq(L, l), _step.grad_bad(L, l))
+        host = K.to_host(stats)
+        grad_norm = math.sqrt(_step.grad_norm_sq(host, L))
         if not math.isfinite(grad_norm):
             bad = next((f"gradient {name}_{l} is not finite" for l, name, _, g in arrays
-                        if not np.all(np.isfinite(g))), f"gradient norm overflows ({grad_norm})")
+                        if host[_step.grad_bad(L, l)] > 0 and not np.all(np.isfinite(
+                            K.to_host(g)))), f"gradient norm overflows ({grad_norm})")
             raise NoisysimError(
                 f"{bad} at update {int(state.count) + 1}: the run diverged; lower the "
                 "learning rate or enable clip"
             )
-        scale = 1.0
-        if self.clip is not None and grad_norm > self.clip:
-            scale = self.clip / grad_norm
-        count = int(state.count) + 1
-        sq = [0.0] * len(self._layout)
-        for l, name, p, g in arrays:
-            if scale != 1.0:
-                g = g * p.dtype.type(scale)
-            sq[l] += self._apply(state, l, name, p, g, count)
-        self.state = self.state._replace(count=np.int64(count))
-        out = {f"update_norm_l{l}": math.sqrt(s) for l, s in enumerate(sq)}
+        self.apply(params, grads, stats, failure)
+        host = K.to_host(stats)
+        out = {}
+        for l in range(L):
+            bad = host[_step.param_bad(L, l)] > 0
+            out[f"update_norm_l{l}"] = math.nan if bad else math.sqrt(host[_step.update_sq(L, l)])
         out["grad_norm"] = grad_norm
-        out["clip_scale"] = scale
+        out["clip_scale"] = CPU.clip_scale(host, L, self.clip)
         return out
+
+    def apply(self, params, grads, stats, failure) -> None:
+        """The engine's update: every layer's W and b in place, from gradients whose squared
+        norms are in ``stats`` (``noisysim.kernels.step``), unless the step is blocked (a
+        non-finite loss or gradient, or an earlier failure in ``failure``). Adds the update
+        norms and the non-finite parameter flags to ``stats``; reads nothing back."""
+        K, L = self.kernels, len(self._layout)
+        state = self._require_state()
+        if K.update_gate(stats, failure, L, self.clip, params[0].W.dtype):
+            return
+        count = int(state.count) + 1
+        for l, (p, g) in enumerate(zip(params, grads)):
+            for j, (value, grad) in enumerate(((p.W, g.W), (p.b, g.b))):
+                if value is not None:
+                    self._apply(K, state, l, j, value, grad, count, stats, failure)
+        self.state = self.state._replace(count=np.int64(count))
 
     def _pairs(self, params, grads) -> list[tuple[int, str, np.ndarray, np.ndarray]]:
         """Validate and flatten to (layer, "W"|"b", parameter, gradient in its dtype)."""
@@ -238,7 +261,7 @@ class Optimizer:
                         f"layer {l}: parameter {name} is {'absent' if value is None else 'present'}"
                         f" but its gradient is {'absent' if grad is None else 'present'}"
                     )
-                grad = np.asarray(grad)
+                grad = self.kernels.xp.asarray(grad)
                 if value.shape != shape or grad.shape != shape:
                     raise NoisysimError(
                         f"{name}_{l} and its gradient must have shape {shape} (as at init), "
@@ -251,13 +274,7 @@ class Optimizer:
                 out.append((l, name, value, grad.astype(value.dtype, copy=False)))
         return out
 
-    def _apply(self, state, l, name, p, g, count) -> float:
-        """p <- p - Delta p in place; returns ||Delta p||^2, NaN if p is no longer finite."""
-        delta = self._delta(state, l, name, p, g, count)
-        p -= delta
-        return _sum_squares(delta) if np.isfinite(p).all() else math.nan
-
-    def _delta(self, state, l, name, p, g, count):  # pragma: no cover - abstract
+    def _apply(self, K, state, l, j, p, g, count, stats, failure) -> None:  # pragma: no cover
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -300,18 +317,9 @@ class SGD(Optimizer):
         velocity = self._zeros(params) if self.momentum > 0.0 else None
         return SGDState(count=np.int64(0), velocity=velocity)
 
-    def _delta(self, state, l, name, p, g, count):
-        t = p.dtype.type
-        if self.weight_decay:
-            g = g + t(self.weight_decay) * p
-        if state.velocity is None:
-            return t(self.lr) * g
-        v = getattr(state.velocity[l], name)
-        mu = t(self.momentum)
-        v *= mu
-        v += g
-        step = g + mu * v if self.nesterov else v
-        return t(self.lr) * step
+    def _apply(self, K, state, l, j, p, g, count, stats, failure) -> None:
+        velocity = None if state.velocity is None else state.velocity[l][j]
+        K.sgd_update(p, g, velocity, self, count, stats, failure, len(self._layout), l)
 
 
 class Adam(Optimizer):
@@ -335,16 +343,11 @@ class Adam(Optimizer):
     def _init_state(self, params) -> AdamState:
         return AdamState(count=np.int64(0), m=self._zeros(params), v=self._zeros(params))
 
-    def _apply(self, state, l, name, p, g, count) -> float:
-        # One fused pass (kernels.cpu.adam_update) with the same rounding as the equations;
-        # bias corrections in float64, then cast: 1 - beta^t underflows nothing at float64.
-        m = getattr(state.m[l], name)
-        v = getattr(state.v[l], name)
-        correction1 = 1.0 - self.beta1 ** count
-        correction2 = 1.0 - self.beta2 ** count
-        return adam_update(p.reshape(-1), np.ascontiguousarray(g).reshape(-1), m.reshape(-1),
-                           v.reshape(-1), self.beta1, self.beta2, self.lr / correction1,
-                           1.0 / correction2, self.eps)
+    def _apply(self, K, state, l, j, p, g, count, stats, failure) -> None:
+        # One fused pass (kernels.cpu.adam_update, or its CUDA twin) with the same rounding
+        # as the equations; bias corrections in float64, then cast.
+        K.adam_update(p, g, state.m[l][j], state.v[l][j], self, count, stats, failure,
+                      len(self._layout), l)
 
 
 def nonfinite_layer(scalars: dict) -> int | None:
@@ -356,22 +359,6 @@ def nonfinite_layer(scalars: dict) -> int | None:
             return l
         l += 1
     return None
-
-
-def _sum_squares(a: np.ndarray) -> float:
-    """Sum of squared elements, accumulated in the array's dtype (BLAS dot); redone in
-    float64 if that overflowed although every value is finite (float32 beyond ~1e19)."""
-    flat = a.reshape(-1)
-    total = float(np.dot(flat, flat))
-    if not math.isfinite(total) and a.dtype != np.float64 and np.all(np.isfinite(a)):
-        flat = flat.astype(np.float64)
-        total = float(np.dot(flat, flat))
-    return total
-
-
-def _global_norm(arrays: Sequence[np.ndarray]) -> float:
-    """sqrt(sum over arrays of their squared elements)."""
-    return math.sqrt(sum(_sum_squares(a) for a in arrays))
 
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam}

@@ -3,10 +3,18 @@
 One step, in order (ARCHITECTURE.md):
     m = device.measure(x, y, **rule.request())      # the simulated hardware
     g = rule.estimate(m, network)                    # rules see the Measurement only
-    optimizer.update(network.layers, g)              # W, b
-    decorrelator.update(R_l, m.inputs[l][0])         # R, from the reference pass
+    optimizer.apply(device.layers, g, ...)           # W, b
+    decorrelator.step(..., R_l, m.inputs[l][0], ...) # R, from the reference pass
 The exact gradient for the alignment diagnostic comes from the oracle on the same batch and
 the same parameters as the estimate (before the update), outside the rule.
+
+The step is written once for every backend (``noisysim.kernels.backend``): the CPU's numba
+kernels and BLAS, or the GPU's numba.cuda kernels and cuBLAS. Its statistics (loss, loss
+changes, accuracy, gradient and update norms, non-finite flags) collect in one float64
+array on the backend (``noisysim.kernels.step``); a failure (a non-finite loss, gradient,
+parameter or R) stops every later update of the run and is reported, as a ``StepFailure``,
+at the step where it happened. The host reads the statistics every step on the CPU, where
+that is free, and on the GPU only on steps that log, checkpoint, snapshot or end an epoch.
 
 Randomness: the data order of epoch e is the argsort of uniform draws keyed by
 (seed, SHUFFLE, e); every other draw is keyed inside the device and the rules. Everything a
@@ -23,13 +31,44 @@ import numpy as np
 
 from .decorrelation import decorrelation_loss
 from .device import Device, exact_gradient
-from .errors import NoisysimError, check_number
-from .kernels import rng
+from .errors import NoisysimError, check_finite_array, check_number
+from .kernels import rng, step as _step
+from .kernels.backend import kernels_for
 from .losses import check_targets, loss
-from .optim import nonfinite_layer
 from .network import Network
 
 STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
+
+
+@dataclass(frozen=True)
+class StepFailure:
+    """Why a step failed: ``kind`` (one of ``noisysim.kernels.step.KINDS`` but "none"), the
+    1-based ``step`` and the ``layer`` (-1 when no layer is to blame). ``message`` is the
+    one place the engine's failure messages are written."""
+
+    kind: str
+    step: int
+    layer: int = -1
+
+    @property
+    def message(self) -> str:
+        s, l = self.step, self.layer
+        where = f" (layer {l})" if l >= 0 else ""
+        return {
+            "loss": f"the loss became non-finite at step {s}",
+            "gradient": f"the gradient estimate of layer {l} became non-finite at step {s}",
+            "overflow": f"the optimizer update overflowed at step {s}{where}: the global "
+                        "gradient norm is not finite; lower the learning rate or enable clip",
+            "parameter": f"a parameter (W or b) of layer {l} became non-finite after the "
+                         f"update of step {s}",
+            "decorrelation": f"the decorrelation matrix R of layer {l} diverged at step {s}",
+        }[self.kind]
+
+    @classmethod
+    def from_record(cls, record) -> "StepFailure | None":
+        """From a failure record (step, kind, layer) (``noisysim.kernels.step``)."""
+        step, kind, layer = (int(v) for v in record)
+        return None if kind == _step.KIND_NONE else cls(_step.KINDS[kind], step, layer)
 
 
 class Recorder(Protocol):
@@ -96,9 +135,12 @@ class Trainer:
     """Trains ``device.network`` on a dataset with a rule, an optimiser and (optionally) a
     decorrelator, handing every record to ``recorder``.
 
-    ``progress(step, total_steps, epoch, scalars)`` is called after every step.
+    ``progress(step, total_steps, epoch, scalars)`` is called after every step whose
+    scalars the host read (every step on the CPU; on the GPU the steps that log).
     ``should_stop()`` is polled after every step (signal handlers set it); the run then
-    checkpoints and ends with status "interrupted".
+    checkpoints and ends with status "interrupted". ``backend`` ("cpu" or "cuda", resolved)
+    says where the steps run; the trainer's objects keep describing the run, and
+    ``state_dict`` reads the backend's state back first.
     """
 
     def __init__(self, device: Device, rule, optimizer, data, settings: TrainSettings,
@@ -124,23 +166,24 @@ class Trainer:
             raise NoisysimError("the training set is empty")
         self.batches_per_epoch = math.ceil(n / settings.batch_size)
         self.total_steps = self.batches_per_epoch * settings.epochs
-        self.optimizer.init(self.network.layers)
+        self.kernels = kernels_for(backend)
+        if self.kernels is not device.kernels:
+            device.use_kernels(self.kernels)
+        self.optimizer.init(device.layers, self.kernels)
         # Position: the next step runs batch `batch` of epoch `epoch`.
         self.step = 0
         self.epoch = 0
         self.batch = 0
         self._order: tuple[int, np.ndarray] = (-1, np.empty(0, dtype=np.int64))
-        # backend "cuda": the same step on the GPU (noisysim.gpu); state is pulled back to
-        # these host objects for checkpoints and pushed after a restore.
-        self._cuda = None
-        if backend == "cuda":
-            from .gpu import CudaSession
-            self._cuda = CudaSession(self)
+        self._order_backend = (-1, None)
+        self._data_backend = None
+        L = self.network.n_layers
+        self._stats = self.kernels.zeros(_step.size(L), np.float64)
+        self._failure = self.kernels.asarray(_step.new_failure())
 
     # -- state as data -------------------------------------------------------------------
     def state_dict(self) -> dict:
-        if self._cuda is not None:
-            self._cuda.pull()
+        self.device.pull()
         return {
             "position": {"step": np.int64(self.step), "epoch": np.int64(self.epoch),
                          "batch": np.int64(self.batch)},
@@ -158,8 +201,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.rule.load_state_dict(state["rule"])
         self.device.load_state_dict(state["device"])
-        if self._cuda is not None:
-            self._cuda.push()
+        self.device.push()
 
     def order(self, epoch: int) -> np.ndarray:
         """The data order of an epoch: a permutation keyed by (seed, SHUFFLE, epoch)."""
@@ -175,13 +217,8 @@ class Trainer:
         if self.step == 0:
             self._evaluate(epoch=0)
         while self.epoch < s.epochs:
-            order = self.order(self.epoch)
             start, stop = self.batch * s.batch_size, (self.batch + 1) * s.batch_size
-            if self._cuda is not None:
-                failure = self._cuda.train_rows(order, start, stop)
-            else:
-                idx = order[start:stop]
-                failure = self._train_step(self.data.x_train[idx], self.data.y_train[idx])
+            failure = self._train_rows(start, stop)
             if failure:
                 return self._end("diverged", failure)
             self.batch += 1
@@ -192,58 +229,144 @@ class Trainer:
             elif s.checkpoint_every and self.step % s.checkpoint_every == 0:
                 self.recorder.write_checkpoint(self.state_dict())
             if self.should_stop() and self.step < self.total_steps:
+                failure = self._unread_failure()
+                if failure:
+                    return self._end("diverged", failure)
                 self.recorder.write_checkpoint(self.state_dict())
                 return self._end("interrupted", f"interrupted at step {self.step}")
         return self._end("completed", "")
 
+    # -- one step ------------------------------------------------------------------------
+    def _backend_data(self):
+        """The training set on the backend, checked once (inputs finite, targets valid):
+        the same arrays on the CPU, one copy to the GPU."""
+        if self._data_backend is None:
+            K, net = self.kernels, self.network
+            check_finite_array("training inputs", self.data.x_train)
+            x = K.asarray(self.data.x_train, net.dtype)
+            y = K.asarray(check_targets(net.loss, self.data.y_train, net.widths[-1]))
+            self._data_backend = (x, y)
+        return self._data_backend
+
+    def _train_rows(self, start: int, stop: int) -> str:
+        """One step on rows [start, stop) of the current epoch's order, gathered on the
+        backend (the order is copied there once per epoch). Returns "" or the failure."""
+        order = self.order(self.epoch)
+        if self._order_backend[0] != self.epoch:
+            self._order_backend = (self.epoch, self.kernels.asarray(order))
+        x_all, y_all = self._backend_data()
+        idx = self._order_backend[1][start:stop]
+        return self._step(x_all[idx], y_all[idx], order[start:stop])
+
     def _train_step(self, x, y) -> str:
+        """One step on a host batch (checked and copied to the backend). Returns "" or the
+        failure message."""
+        net, K = self.network, self.kernels
+        x = self.device._check_inputs(x)
+        y = check_targets(net.loss, y, net.widths[-1])
+        return self._step(K.asarray(x), K.asarray(y), (x, y))
+
+    def _host_batch(self, rows):
+        """The host batch of a step: its row indices, or the batch itself."""
+        if isinstance(rows, tuple):
+            return rows
+        return self.data.x_train[rows], self.data.y_train[rows]
+
+    def _step(self, x, y, rows) -> str:
+        """measure -> estimate -> update -> decorrelate -> record, on the backend."""
         s = self.settings
-        net = self.network
-        m = self.device.measure(x, y, **self.rule.request())
+        net, K = self.network, self.kernels
+        L = net.n_layers
+        layers = self.device.layers
+        m = self.device.measure_checked(x, y, **self.rule.request())
         grads = self.rule.estimate(m, net)
         step = self.step + 1
-        if not np.isfinite(m.losses[0]).all():
-            return f"the loss became non-finite at step {step}"
+        stats, failure = self._stats, self._failure
+        stats[...] = 0.0
+        labels = y if self.data.n_classes and net.widths[-1] > 1 else None
+        K.step_stats(m.losses, m.outputs[0], labels, stats)
+        for l, g in enumerate(grads):
+            K.sum_squares((g.W, g.b), stats, _step.grad_sq(L, l), _step.grad_bad(L, l))
         if s.alignment_every and step % s.alignment_every == 0:
-            exact = exact_gradient(net, x, y)
-            row = {"step": step}
-            for l, (g, e) in enumerate(zip(grads, exact)):
-                row[f"layer_{l}"] = _cosine(g, e)
-            self.recorder.log("alignment", row)
-        try:  # the optimizer checks the gradients (their norm) before it changes anything
-            scalars = self.optimizer.update(net.layers, grads)
-        except NoisysimError as err:
-            return _gradient_failure(grads, step, err)
-        bad = nonfinite_layer(scalars)
-        if bad is not None:
-            return f"a parameter (W or b) of layer {bad} became non-finite after the update of step {step}"
+            self._alignment(step, grads, rows)
+        self.optimizer.apply(layers, grads, stats, failure)
         log_row = step % s.log_every == 0 or step == self.total_steps
+        decorrelation_loss_ = {}
         if self.decorrelator is not None:
-            for l, p in enumerate(net.layers):
+            for l, p in enumerate(layers):
                 x_star = m.inputs[l][0]
-                if log_row:  # O(B d^2): only when the row is recorded
-                    scalars[f"decorrelation_loss_l{l}"] = decorrelation_loss(x_star)
-                try:
-                    scalars[f"decorrelation_update_l{l}"] = self.decorrelator.update(p.R, x_star)
-                except NoisysimError:
-                    return f"the decorrelation matrix R of layer {l} diverged at step {step}"
+                if log_row:  # O(B d^2) on the host: only when the row is recorded
+                    decorrelation_loss_[l] = decorrelation_loss(K.to_host(x_star))
+                self.decorrelator.step(K, p.R, x_star, stats, failure, L, l)
+        K.record(stats, failure, L, step)
         self.step = step
-        ref = m.losses[0]
-        row = {"step": step, "epoch": self.epoch, "loss": float(ref.mean())}
-        if m.n_passes > 1:
-            dl = m.losses[1:] - ref
-            row["loss_change_mean"] = float(dl.mean())
-            row["loss_change_std"] = float(dl.std())
-        if m.outputs.shape[-1] > 1 and self.data.n_classes:
-            row["accuracy"] = float((m.outputs[0].argmax(axis=1) == y).mean())
-        row.update({k: float(v) for k, v in scalars.items()})
+        snapshot = bool(s.snapshot_every) and step % s.snapshot_every == 0
+        if not (K.eager or log_row or snapshot or self._epoch_ends(step)
+                or (s.checkpoint_every and step % s.checkpoint_every == 0)):
+            return ""
+        failed = self._unread_failure()
+        if failed:
+            return failed
+        row = self._row(step, K.to_host(stats), m.n_passes, labels is not None,
+                        decorrelation_loss_)
         if log_row:
             self.recorder.log("train", row)
-        if s.snapshot_every and step % s.snapshot_every == 0:
+        if snapshot:
+            self.device.pull()
             self.recorder.snapshot(step, net.state_dict())
         if self.progress is not None:
             self.progress(step, self.total_steps, self.epoch, row)
         return ""
+
+    def _unread_failure(self) -> str:
+        """A failure recorded on the backend since the host last read (the GPU reads only
+        on logged steps): its message, with the position moved back to the failed step."""
+        found = StepFailure.from_record(self.kernels.to_host(self._failure))
+        if found is None:
+            return ""
+        self.step = found.step - 1
+        return found.message
+
+    def _epoch_ends(self, step: int) -> bool:
+        return step % self.batches_per_epoch == 0
+
+    def _row(self, step, stats, n_passes, labelled, decorrelation_loss_) -> dict:
+        """The step's scalars from its statistics (host), in the trajectory's column order."""
+        L = self.network.n_layers
+        row = {"step": step, "epoch": self.epoch, "loss": float(stats[_step.LOSS])}
+        if n_passes > 1:
+            row["loss_change_mean"] = float(stats[_step.DL_MEAN])
+            row["loss_change_std"] = float(stats[_step.DL_STD])
+        if labelled:
+            row["accuracy"] = float(stats[_step.ACCURACY])
+        for l in range(L):
+            row[f"update_norm_l{l}"] = math.sqrt(stats[_step.update_sq(L, l)])
+        grad_norm = math.sqrt(_step.grad_norm_sq(stats, L))
+        row["grad_norm"] = grad_norm
+        clip = self.optimizer.clip
+        row["clip_scale"] = clip / grad_norm if clip is not None and grad_norm > clip else 1.0
+        if self.decorrelator is not None:
+            for l in range(L):
+                if l in decorrelation_loss_:
+                    row[f"decorrelation_loss_l{l}"] = decorrelation_loss_[l]
+                row[f"decorrelation_update_l{l}"] = math.sqrt(stats[_step.decor_sq(L, l)])
+        return row
+
+    def _alignment(self, step, grads, rows) -> None:
+        """Cosine of each layer's estimate with the oracle's exact gradient on the same batch
+        and parameters (before the update), unless the step already failed."""
+        K, L = self.kernels, self.network.n_layers
+        if _step.blocked(K.to_host(self._stats), K.to_host(self._failure), L,
+                         _step.BEFORE_UPDATE):
+            return
+        self.device.pull()
+        x, y = self._host_batch(rows)
+        exact = exact_gradient(self.network, x, y)
+        row = {"step": step}
+        for l, (g, e) in enumerate(zip(grads, exact)):
+            host = type(g)(K.to_host(g.W), None if g.b is None else K.to_host(g.b))
+            row[f"layer_{l}"] = _cosine(host, e)
+        self.recorder.log("alignment", row)
 
     def evaluate(self, x, y) -> tuple[float, float]:
         """Mean loss and accuracy (NaN for regression) of one pass over (x, y)."""
@@ -251,10 +374,7 @@ class Trainer:
         total_loss, correct = 0.0, 0
         for start in range(0, x.shape[0], s.eval_batch_size):
             xb, yb = x[start:start + s.eval_batch_size], y[start:start + s.eval_batch_size]
-            if self._cuda is not None:
-                out = self._cuda.infer(xb, s.eval_noise)
-            else:
-                out = self.device.infer(xb, noisy=s.eval_noise)
+            out = self.device.infer(xb, noisy=s.eval_noise)
             targets = check_targets(self.network.loss, yb, self.network.widths[-1])
             total_loss += float(loss(self.network.loss, out, targets).sum())
             if self.data.n_classes:
@@ -273,8 +393,7 @@ class Trainer:
         return row
 
     def _end(self, status: str, message: str) -> Result:
-        if self._cuda is not None:
-            self._cuda.pull()
+        self.device.pull()
         return Result(status, message, self.step, self.epoch, getattr(self, "last_eval", {}))
 
 
@@ -283,15 +402,3 @@ def _cosine(g, e) -> float:
     b = np.concatenate([e.W.ravel()] + ([e.b.ravel()] if e.b is not None else [])).astype(np.float64)
     denom = np.linalg.norm(a) * np.linalg.norm(b)
     return float(a @ b / denom) if denom > 0 else math.nan
-
-
-def _gradient_failure(grads, step, err) -> str:
-    """Why the optimizer refused the gradients: one of them is not finite, or all are but
-    their norm overflows."""
-    for l, g in enumerate(grads):
-        if not np.isfinite(g.W).all() or (g.b is not None and not np.isfinite(g.b).all()):
-            return f"the gradient estimate of layer {l} became non-finite at step {step}"
-    layer = next((l for l, g in enumerate(grads)
-                  if not np.isfinite(np.linalg.norm(g.W.astype(np.float64)))), None)
-    where = f" (layer {layer})" if layer is not None else ""
-    return f"the optimizer update overflowed at step {step}{where}: {err}"

@@ -130,12 +130,13 @@ def test_step_network_learns_with_danp_but_not_with_plain_bp():
 
 
 # -- divergence: the step and the layer are named, nothing non-finite is kept --------------
-def _float32_trainer(optimizer, rule="bp"):
+def _float32_trainer(optimizer, rule="bp", backend="cpu", log_every=1):
     data = _teacher(0.0)
     net = Network([N_IN, 4, N_OUT], activation="identity", loss="squared_error",
                   dtype="float32", seed=1)
     trainer = Trainer(Device(net, seed=2), make_rule(rule), optimizer, data,
-                      TrainSettings(epochs=1, batch_size=10, log_every=1), seed=0)
+                      TrainSettings(epochs=1, batch_size=10, log_every=log_every), seed=0,
+                      backend=backend)
     return trainer, net
 
 
@@ -150,8 +151,8 @@ def _with_gradients(trainer, change):
     trainer.rule.estimate = patched
 
 
-def test_non_finite_gradient_stops_the_run_naming_step_and_layer():
-    trainer, net = _float32_trainer(make_optimizer("adam", lr=1e-3))
+def test_non_finite_gradient_stops_the_run_naming_step_and_layer(backend):
+    trainer, net = _float32_trainer(make_optimizer("adam", lr=1e-3), backend=backend)
     before = [p.W.copy() for p in net.layers]
     _with_gradients(trainer, lambda grads: grads[1].W.__setitem__((0, 0), np.nan))
     result = trainer.run()
@@ -161,11 +162,12 @@ def test_non_finite_gradient_stops_the_run_naming_step_and_layer():
         np.testing.assert_array_equal(p.W, w)
 
 
-def test_parameter_that_overflows_stops_the_run_naming_step_and_layer():
+def test_parameter_that_overflows_stops_the_run_naming_step_and_layer(backend):
     # A finite gradient, but Adam's first step (lr * sign) pushes W_0[0, 0] past float32's
     # maximum: the update norm of layer 0 turns NaN and the engine stops at that step.
-    trainer, net = _float32_trainer(make_optimizer("adam", lr=1e37))
+    trainer, net = _float32_trainer(make_optimizer("adam", lr=1e37), backend=backend)
     net.layers[0].W[0, 0] = np.float32(3.39e38)
+    trainer.device.push()  # the backend's copy (the same array on the CPU)
 
     def push(grads):
         for g in grads:

@@ -48,6 +48,7 @@ from numba.core import config as _numba_config
 
 from . import cpu, rng
 from . import noise as _noise
+from . import step as _stepmod
 
 SIMULATED = bool(_numba_config.ENABLE_CUDASIM)
 
@@ -142,6 +143,7 @@ _RNG = _device_twins(rng, ("mix64", "key", "random_bits", "_unit_from_bits", "un
                            "_box_muller", "normal_pair", "normal"))
 _CPU = _device_twins(cpu, ("_sigmoid", "activation_scalar", "derivative_scalar"))
 _NOISE = _device_twins(_noise, ("pow_geometric",))
+_STEP = _device_twins(_stepmod, ("grad_norm_sq", "verdict", "blocked", "record"))
 
 d_key = _RNG["key"]
 d_uniform = _RNG["uniform"]
@@ -150,6 +152,11 @@ d_normal_pair = _RNG["normal_pair"]
 d_activation = _CPU["activation_scalar"]
 d_derivative = _CPU["derivative_scalar"]
 d_pow_geometric = _NOISE["pow_geometric"]
+d_grad_norm_sq = _STEP["grad_norm_sq"]
+d_blocked = _STEP["blocked"]
+d_record = _STEP["record"]
+_HEAD = _stepmod.HEAD
+_BEFORE_UPDATE = _stepmod.BEFORE_UPDATE
 
 _BINARY_STOCHASTIC = cpu.BINARY_STOCHASTIC
 _NOISE = rng.STREAM_NOISE
@@ -447,9 +454,10 @@ def _loss_scale(losses, first, sq, use_sq, factor, divisor, out):
 
 
 @cuda.jit
-def _node_coefficients(vec, first, diff, scale, out):
-    """out[b, n] = mean_j scale[j, b] * v_j  with v_j = vec[first+j] - vec[0] (diff) or
-    vec[first+j]; products and sum in the dtype, as numpy's einsum."""
+def _node_coefficients(vec, first, diff, scale, inv, out):
+    """out[b, n] = (sum_j scale[j, b] * v_j) * inv with v_j = vec[first+j] - vec[0] (diff)
+    or vec[first+j], inv = 1 / (K B) in the dtype; products and sum in the dtype, as the
+    CPU's einsum followed by its scaling of the (B, N) factor."""
     count, batch = scale.shape
     width = out.shape[1]
     for t in range(cuda.grid(1), batch * width, cuda.gridsize(1)):
@@ -461,42 +469,34 @@ def _node_coefficients(vec, first, diff, scale, out):
         for j in range(1, count):
             v = vec[first + j, b, n] - r0 if diff else vec[first + j, b, n]
             acc = acc + scale[j, b] * v
-        out[b, n] = acc / count
+        out[b, n] = acc * inv
 
 
 @cuda.jit
-def _divide(x, d):
-    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
-        x[i] = x[i] / d
-
-
-@cuda.jit
-def _column_mean(c, out):
-    rows, width = c.shape
-    for n in range(cuda.grid(1), width, cuda.gridsize(1)):
-        acc = 0.0
-        for r in range(rows):
-            acc += float(c[r, n])
-        out[n] = acc / rows
-
-
-@cuda.jit
-def _sum_squares(x, out, idx):
-    """out[idx] += sum float64(x)^2 over a 1-D array (atomic per block)."""
+def _sum_squares(x, out, idx, bad_idx):
+    """out[idx] += sum float64(x)^2 over a 1-D array, out[bad_idx] += its non-finite
+    elements (atomic per block)."""
     buf = cuda.shared.array(_SHARED, np.float64)
     acc = 0.0
+    nb = 0.0
     for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
         v = float(x[i])
         acc += v * v
+        if not math.isfinite(v):
+            nb += 1.0
     total = _block_sum(buf, acc)
+    n_bad = _block_sum(buf, nb)
     if cuda.threadIdx.x == 0:
         cuda.atomic.add(out, idx, total)
+        if n_bad > 0.0:
+            cuda.atomic.add(out, bad_idx, n_bad)
 
 
 @cuda.jit
 def _step_stats(losses, outputs, labels, has_labels, out):
-    """One block: out[0] = sum losses[0]; out[1] = mean dl; out[2] = mean (dl - mean)^2 over
-    dl = losses[1:] - losses[0]; out[3] = correct argmax predictions; out[4] = non-finite
+    """One block, in the layout of ``noisysim.kernels.step``: out[LOSS] = mean losses[0];
+    out[DL_MEAN], out[DL_STD] = mean and std of dl = losses[1:] - losses[0];
+    out[ACCURACY] = fraction of correct argmax predictions; out[BAD_LOSSES] = non-finite
     reference losses."""
     buf = cuda.shared.array(_SHARED, np.float64)
     n_pass, batch = losses.shape
@@ -535,10 +535,10 @@ def _step_stats(losses, outputs, labels, has_labels, out):
         dvar += d * d
     var = _block_sum(buf, dvar) / n_dl if n_dl > 0 else 0.0
     if tid == 0:
-        out[0] = total
+        out[0] = total / batch
         out[1] = dmean
-        out[2] = var
-        out[3] = n_correct
+        out[2] = math.sqrt(var)
+        out[3] = n_correct / batch
         out[4] = n_bad
 
 
@@ -546,11 +546,29 @@ def _step_stats(losses, outputs, labels, has_labels, out):
 
 
 @cuda.jit
-def _adam(p, g, m, v, gscale, clipped, b1, omb1, b2, omb2, inv_c2, eps, lr_c1, norms, idx,
-          bad):
-    """Adam in the parameters' dtype, in numpy's operation order (noisysim.optim.Adam)."""
+def _update_gate(stats, failure, n_layers, clip, scale, gate):
+    """One thread: gate[0] = 1 when the optimiser may update (``step.blocked`` before the
+    update is False), scale[0] = min(1, clip / ||g||) rounded to the parameters' dtype
+    (clip <= 0: no clipping, scale 1)."""
+    if cuda.grid(1) != 0:
+        return
+    gate[0] = 0 if d_blocked(stats, failure, n_layers, _BEFORE_UPDATE) else 1
+    norm = math.sqrt(d_grad_norm_sq(stats, n_layers))
+    scale[0] = clip / norm if clip > 0.0 and norm > clip else 1.0
+
+
+@cuda.jit
+def _adam(p, g, m, v, scale, gate, b1, omb1, b2, omb2, inv_c2, eps, lr_c1, stats, sq_idx,
+          bad_idx):
+    """Adam in the parameters' dtype, in numpy's operation order (noisysim.optim.Adam),
+    when gate[0]; stats[sq_idx] += ||Delta p||^2, stats[bad_idx] = 1 when p is no longer
+    finite."""
+    if gate[0] == 0:
+        return
     buf = cuda.shared.array(_SHARED, np.float64)
     acc = 0.0
+    gscale = scale[0]
+    clipped = gscale != 1.0
     for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
         gi = g[i]
         if clipped:
@@ -569,17 +587,22 @@ def _adam(p, g, m, v, gscale, clipped, b1, omb1, b2, omb2, inv_c2, eps, lr_c1, n
         p[i] = pi
         acc += float(delta) * float(delta)
         if not math.isfinite(pi):
-            bad[0] = 1
+            stats[bad_idx] = 1.0
     total = _block_sum(buf, acc)
     if cuda.threadIdx.x == 0:
-        cuda.atomic.add(norms, idx, total)
+        cuda.atomic.add(stats, sq_idx, total)
 
 
 @cuda.jit
-def _sgd(p, g, vel, has_vel, gscale, clipped, wd, has_wd, mu, nesterov, lr, norms, idx, bad):
-    """SGD (momentum, Nesterov, coupled weight decay) as noisysim.optim.SGD."""
+def _sgd(p, g, vel, has_vel, scale, gate, wd, has_wd, mu, nesterov, lr, stats, sq_idx,
+         bad_idx):
+    """SGD (momentum, Nesterov, coupled weight decay) as noisysim.optim.SGD, when gate[0]."""
+    if gate[0] == 0:
+        return
     buf = cuda.shared.array(_SHARED, np.float64)
     acc = 0.0
+    gscale = scale[0]
+    clipped = gscale != 1.0
     for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
         gi = g[i]
         if clipped:
@@ -597,30 +620,23 @@ def _sgd(p, g, vel, has_vel, gscale, clipped, wd, has_wd, mu, nesterov, lr, norm
         p[i] = pi
         acc += float(delta) * float(delta)
         if not math.isfinite(pi):
-            bad[0] = 1
+            stats[bad_idx] = 1.0
     total = _block_sum(buf, acc)
     if cuda.threadIdx.x == 0:
-        cuda.atomic.add(norms, idx, total)
+        cuda.atomic.add(stats, sq_idx, total)
 
 
 @cuda.jit
-def _second_moment(x, out, n):
-    """out[i] = (sum_n x[n, i]^2) / n, rounded to x's dtype before the division."""
-    rows, width = x.shape
-    for i in range(cuda.grid(1), width, cuda.gridsize(1)):
-        acc = 0.0
-        for r in range(rows):
-            v = float(x[r, i])
-            acc += v * v
-        out[i] = acc
-        out[i] = out[i] / n
-
-
-@cuda.jit
-def _decorrelation_delta(delta, second, R, c1, c2, kappa, has_kappa, lr, norms, idx, bad):
+def _decorrelation_delta(delta, second, R, c1, c2, kappa, has_kappa, lr, stats, failure,
+                         n_layers, layer):
     """delta <- lr * (c1 * delta + c2 * (second[:, None] * R) - kappa * R) in R's dtype, as
-    noisysim.decorrelation.Decorrelator.update; norms[idx] += ||delta||^2; bad[0] = 1 where
-    R - delta is not finite."""
+    the CPU's decorrelation step; stats[decor_sq(layer)] += ||delta||^2,
+    stats[decor_bad(layer)] = 1 where R - delta is not finite. Nothing when the step is
+    blocked before layer ``layer``'s R."""
+    if d_blocked(stats, failure, n_layers, layer):
+        return
+    L = n_layers
+    idx = _HEAD + 4 * L + layer
     buf = cuda.shared.array(_SHARED, np.float64)
     d = R.shape[1]
     acc = 0.0
@@ -635,16 +651,28 @@ def _decorrelation_delta(delta, second, R, c1, c2, kappa, has_kappa, lr, norms, 
         delta[i, j] = v
         acc += float(v) * float(v)
         if not math.isfinite(R[i, j] - v):
-            bad[0] = 1
+            stats[idx + L] = 1.0
     total = _block_sum(buf, acc)
     if cuda.threadIdx.x == 0:
-        cuda.atomic.add(norms, idx, total)
+        cuda.atomic.add(stats, idx, total)
 
 
 @cuda.jit
-def _subtract(x, d):
-    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
-        x[i] = x[i] - d[i]
+def _apply_delta(R, delta, stats, failure, n_layers, layer):
+    """R -= delta unless the step is blocked before layer ``layer``'s R or its own step
+    was flagged non-finite (flat arrays)."""
+    if d_blocked(stats, failure, n_layers, layer):
+        return
+    if stats[_HEAD + 5 * n_layers + layer] > 0.0:
+        return
+    for i in range(cuda.grid(1), R.shape[0], cuda.gridsize(1)):
+        R[i] = R[i] - delta[i]
+
+
+@cuda.jit
+def _record(stats, failure, n_layers, step):
+    if cuda.grid(1) == 0:
+        d_record(stats, failure, n_layers, step)
 
 
 # ============================================================================ host wrappers
@@ -652,15 +680,37 @@ def _subtract(x, d):
 # must keep the parameters' dtype are passed as numpy scalars of that dtype.
 
 
+_VIEWS: dict = {}
+_MAX_VIEWS = 4096
+
+
 def _nb(a):
     """A numba view of a device array (no stream synchronisation: numba and CuPy both use
-    the default stream, so launches stay ordered)."""
+    the default stream, so launches stay ordered).
+
+    Views of CuPy arrays are made once per memory layout (pointer, shape, strides, dtype)
+    and kept: numba's conversion through ``__cuda_array_interface__`` costs more host time
+    than a small kernel takes on the GPU. A view does not own its memory (``owner=None``),
+    so keeping it keeps no array alive; a kept view is only reused for an array with the
+    same pointer and layout, which is then that very memory.
+    """
     if isinstance(a, np.ndarray):
         # The simulator copies every array argument back after the launch: hand it a
         # private copy of a read-only (e.g. broadcast) input, which no kernel writes.
         return a if a.flags.writeable else a.copy()
     if SIMULATED or isinstance(a, np.generic) or getattr(a, "__cuda_memory__", False):
         return a
+    data = getattr(a, "data", None)
+    ptr = getattr(data, "ptr", None)
+    if ptr is not None:  # a CuPy array
+        key = (ptr, a.shape, a.strides, a.dtype.str)
+        view = _VIEWS.get(key)
+        if view is None:
+            if len(_VIEWS) >= _MAX_VIEWS:
+                _VIEWS.clear()
+            view = _VIEWS[key] = cuda.from_cuda_array_interface(
+                a.__cuda_array_interface__, owner=None, sync=False)
+        return view
     if hasattr(a, "__cuda_array_interface__"):
         return cuda.as_cuda_array(a, sync=False)
     return a
@@ -670,12 +720,17 @@ def _blocks(n: int) -> int:
     return max(1, min(MAX_BLOCKS, -(-int(n) // THREADS)))
 
 
+#: kernel launches by this process (read by the tests that count a step's launches)
+LAUNCHES = {"count": 0}
+
+
 def launch(kernel, n: int, *args, blocks: int | None = None) -> None:
     """kernel[blocks, THREADS](*args) for a grid-stride loop over n items, compiled (on its
     first launch with these types) without FMA contraction."""
     if n <= 0:
         return
     args = tuple(_nb(a) for a in args)
+    LAUNCHES["count"] += 1
     with _exact_fp():
         kernel[blocks if blocks is not None else _blocks(n), THREADS](*args)
 
@@ -858,58 +913,55 @@ def loss_scale(losses, first, out, sq=None, factor=1.0, divisor=1.0) -> None:
            sq is not None, float(factor), float(divisor), out)
 
 
-def node_coefficients(vec, first, diff, scale, out) -> None:
-    """out[b, n] = mean_j scale[j, b] * (vec[first + j] - vec[0] if diff else vec[first + j])."""
-    launch(_node_coefficients, out.size, vec, np.int64(first), bool(diff), scale, out)
+def node_coefficients(vec, first, diff, scale, inv, out) -> None:
+    """out[b, n] = inv * sum_j scale[j, b] * (vec[first + j] - vec[0] if diff else
+    vec[first + j]); inv a numpy scalar of out's dtype."""
+    launch(_node_coefficients, out.size, vec, np.int64(first), bool(diff), scale, inv, out)
 
 
-def divide_(x, d) -> None:
-    """x /= d in x's dtype (d a numpy scalar of that dtype)."""
-    launch(_divide, x.size, _flat(x), d)
-
-
-def column_mean(c, out) -> None:
-    launch(_column_mean, c.shape[1], c, out)
-
-
-def sum_squares(x, out, idx) -> None:
-    """out[idx] += sum of x^2 (float64 accumulation; out float64)."""
-    launch(_sum_squares, x.size, _flat(x), out, np.int64(idx))
+def sum_squares(x, out, idx, bad_idx) -> None:
+    """out[idx] += sum of x^2 (float64 accumulation; out float64), out[bad_idx] += the
+    non-finite elements of x."""
+    launch(_sum_squares, x.size, _flat(x), out, np.int64(idx), np.int64(bad_idx))
 
 
 def step_stats(losses, outputs, labels, out, has_labels=True) -> None:
-    """out[:5] = sum of reference losses, mean and variance of the loss changes, number of
-    correct argmax predictions, number of non-finite reference losses."""
+    """The loss statistics of a step into out (``noisysim.kernels.step`` layout)."""
     launch(_step_stats, 1, losses, outputs, labels, bool(has_labels), out, blocks=1)
 
 
-# -- optimisers and decorrelation
+# -- optimisers and decorrelation (guarded by the step's statistics)
 
 
-def adam_update(p, g, m, v, gscale, clipped, b1, omb1, b2, omb2, inv_c2, eps, lr_c1, norms,
-                idx, bad) -> None:
-    launch(_adam, p.size, _flat(p), _flat(g), _flat(m), _flat(v), gscale, bool(clipped), b1,
-           omb1, b2, omb2, inv_c2, eps, lr_c1, norms, np.int64(idx), bad)
+def update_gate(stats, failure, n_layers, clip, scale, gate) -> None:
+    launch(_update_gate, 1, stats, failure, np.int64(n_layers), float(clip or 0.0), scale,
+           gate, blocks=1)
 
 
-def sgd_update(p, g, vel, gscale, clipped, wd, mu, nesterov, lr, norms, idx, bad) -> None:
+def adam_update(p, g, m, v, scale, gate, b1, omb1, b2, omb2, inv_c2, eps, lr_c1, stats,
+                sq_idx, bad_idx) -> None:
+    launch(_adam, p.size, _flat(p), _flat(g), _flat(m), _flat(v), scale, gate, b1, omb1, b2,
+           omb2, inv_c2, eps, lr_c1, stats, np.int64(sq_idx), np.int64(bad_idx))
+
+
+def sgd_update(p, g, vel, scale, gate, wd, mu, nesterov, lr, stats, sq_idx, bad_idx) -> None:
     t = p.dtype.type
     launch(_sgd, p.size, _flat(p), _flat(g), _flat(vel) if vel is not None else _dummy(p, 1),
-           vel is not None, gscale, bool(clipped), t(wd), bool(wd), t(mu), bool(nesterov),
-           t(lr), norms, np.int64(idx), bad)
+           vel is not None, scale, gate, t(wd), bool(wd), t(mu), bool(nesterov), t(lr),
+           stats, np.int64(sq_idx), np.int64(bad_idx))
 
 
-def second_moment(x, out) -> None:
-    """out[i] = (sum_n x[n, i]^2) / n in x's dtype."""
-    launch(_second_moment, x.shape[1], x, out, x.dtype.type(x.shape[0]))
-
-
-def decorrelation_delta(delta, second, R, c1, c2, kappa, lr, norms, idx, bad) -> None:
+def decorrelation_delta(delta, second, R, c1, c2, kappa, lr, stats, failure, n_layers,
+                        layer) -> None:
     t = R.dtype.type
     launch(_decorrelation_delta, R.size, delta, second, R, t(c1), t(c2), t(kappa),
-           bool(kappa), t(lr), norms, np.int64(idx), bad)
+           bool(kappa), t(lr), stats, failure, np.int64(n_layers), np.int64(layer))
 
 
-def subtract_(x, d) -> None:
-    """x -= d elementwise (same shapes, contiguous)."""
-    launch(_subtract, x.size, _flat(x), _flat(d))
+def apply_delta(R, delta, stats, failure, n_layers, layer) -> None:
+    launch(_apply_delta, R.size, _flat(R), _flat(delta), stats, failure, np.int64(n_layers),
+           np.int64(layer))
+
+
+def record(stats, failure, n_layers, step) -> None:
+    launch(_record, 1, stats, failure, np.int64(n_layers), np.int64(step), blocks=1)

@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Mapping, NamedTuple
 import numpy as np
 
 from ..errors import NoisysimError, check_choice, check_number
+from ..kernels.backend import CPU, Vectors
 from ..network import LayerGrad, Network
 
 SURROGATES = ("none", "ste")
@@ -134,48 +135,47 @@ class Rule:
             )
 
 
+def kernels_of(m):
+    """The backend (``noisysim.kernels.backend``) whose arrays a Measurement holds."""
+    return m.kernels if m.kernels is not None else CPU
+
+
 def node_gradient(scale: np.ndarray, vectors: np.ndarray, x_ref: np.ndarray,
                   has_bias: bool) -> LayerGrad:
-    """g_W = mean_{k,n} scale_{k,n} v_{k,n} x*_n^T and g_b = mean_{k,n} scale_{k,n} v_{k,n}.
+    """g_W = mean_{k,n} scale_{k,n} v_{k,n} x*_{n}^T and g_b = mean_{k,n} scale_{k,n} v_{k,n}.
 
     scale (K, B): per pass and sample coefficient (e.g. dell / sigma^2); vectors (K, B, N_l):
     node-space directions (eps or da); x_ref (B, N_{l-1}): reference pass input x*_{l-1},
     shared by the K passes, so the mean over passes is taken before the outer product.
-    Returns arrays in the dtype of ``vectors``.
+    Returns arrays in the dtype of ``vectors`` (host arrays; the rules call the backend's
+    ``node_gradient`` on the measurement's arrays).
     """
-    n_passes, batch = scale.shape
-    dtype = vectors.dtype
-    # c = mean over passes / B, so that one product gives the mean: the divisions act on
-    # (B, N) arrays, never on the (N, N') gradient.
-    c = np.einsum("kb,kbn->bn", scale.astype(dtype), vectors)
-    c *= dtype.type(1.0 / (n_passes * batch))
-    g_W = c.T @ x_ref.astype(dtype, copy=False)
-    g_b = c.sum(axis=0) if has_bias else None
-    return LayerGrad(g_W, g_b)
+    return LayerGrad(*CPU.node_gradient(scale, Vectors(vectors, 0, vectors.shape[0], False),
+                                        x_ref, has_bias))
 
 
-def direction_gradient(scale: np.ndarray, directions_W, directions_b) -> list[LayerGrad]:
+def direction_gradient(scale, directions_W, directions_b, xp=np) -> list[LayerGrad]:
     """g_l = mean_k scale_k v_{k,l} for directions v_k in parameter space.
 
     scale (K,); directions_W per layer (K, N_l, N_{l-1}); directions_b per layer (K, N_l)
-    or None (no bias).
+    or None (no bias); ``xp`` the arrays' module (numpy, or CuPy on the GPU).
     """
     out = []
     for l, V in enumerate(directions_W):
         s = scale.astype(V.dtype) * V.dtype.type(1.0 / scale.shape[0])  # the mean's 1/K
-        g_W = np.tensordot(s, V, axes=1)
+        g_W = xp.tensordot(s, V, axes=1)
         vb = None if directions_b is None else directions_b[l]
-        g_b = None if vb is None else np.tensordot(s, vb, axes=1)
+        g_b = None if vb is None else xp.tensordot(s, vb, axes=1)
         out.append(LayerGrad(g_W, g_b))
     return out
 
 
-def loss_changes(m) -> np.ndarray:
+def loss_changes(m):
     """dell (P-1, B): per-sample loss of each perturbed pass minus the reference pass's."""
     return m.losses[1:] - m.losses[0]
 
 
-def reference(arrays) -> list[np.ndarray]:
+def reference(arrays) -> list:
     """Pass 0 (the reference pass) of each per-layer (P, B, N) array."""
     return [a[0] for a in arrays]
 

@@ -23,8 +23,8 @@ from typing import NamedTuple
 import numpy as np
 
 from ..kernels import rng
-from ..network import LayerGrad, Network
-from .base import Rule, direction_gradient, reference
+from ..network import LayerGrad, Network, backward
+from .base import Rule, direction_gradient, kernels_of, reference
 
 
 class Backprop(Rule):
@@ -42,9 +42,11 @@ class Backprop(Rule):
                 "clean_pass": self.options["clean_pass"]}
 
     def estimate(self, m, network: Network) -> list[LayerGrad]:
-        dout = network.loss_grad(m.outputs[0], m.targets)
-        return network.backward(reference(m.inputs), reference(m.pre), dout,
-                                surrogate=self.options["surrogate"] == "ste")
+        K = kernels_of(m)
+        dout = K.loss_grad(network.loss, m.outputs[0], m.targets)
+        layers = m.layers if m.layers is not None else network.layers
+        return backward(K, layers, network.activations, reference(m.inputs), reference(m.pre),
+                        dout, surrogate=self.options["surrogate"] == "ste")
 
 
 class ForwardGradientState(NamedTuple):
@@ -86,19 +88,24 @@ class ForwardGradient(Rule):
         return Vs, (vbs if network.bias else None)
 
     def estimate(self, m, network: Network) -> list[LayerGrad]:
+        K = kernels_of(m)
+        xp = K.xp
         Vs, vbs = self.tangents(network, self.state.step)
+        Vs = [K.asarray(V) for V in Vs]
+        vbs = None if vbs is None else [None if v is None else K.asarray(v) for v in vbs]
         self.state = ForwardGradientState(step=np.int64(self.state.step + 1))
+        layers = m.layers if m.layers is not None else network.layers
         L = network.n_layers
         dx_star = None  # dX*_{l-1}: (K, B, N_{l-1})
-        for l, p in enumerate(network.layers):
-            da = np.matmul(m.inputs[l][0], Vs[l].transpose(0, 2, 1))
+        for l, p in enumerate(layers):
+            da = xp.matmul(m.inputs[l][0], Vs[l].transpose(0, 2, 1))
             if dx_star is not None:
-                da += dx_star @ p.W.T
+                da += xp.matmul(dx_star, p.W.T)
             if vbs is not None:
                 da += vbs[l][:, None, :]
-            dx = network.activations[l].derivative(m.pre[l][0]) * da
-            nxt = network.layers[l + 1].R if l + 1 < L else None
-            dx_star = dx @ nxt.T if nxt is not None else dx
-        dout = network.loss_grad(m.outputs[0], m.targets)
-        d = np.einsum("bn,kbn->k", dout, dx_star, dtype=np.float64) / dout.shape[0]
-        return direction_gradient(d, Vs, vbs)
+            dx = K.derivative(network.activations[l], m.pre[l][0]) * da
+            nxt = layers[l + 1].R if l + 1 < L else None
+            dx_star = xp.matmul(dx, nxt.T) if nxt is not None else dx
+        dout = K.loss_grad(network.loss, m.outputs[0], m.targets)
+        d = xp.einsum("bn,kbn->k", dout, dx_star, dtype=np.float64) / dout.shape[0]
+        return direction_gradient(d, Vs, vbs, xp)

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels.backend import Vectors
 from ..network import LayerGrad, Network
-from .base import Rule, loss_changes, node_gradient
+from .base import Rule, kernels_of
 
 
 class NodePerturbation(Rule):
@@ -44,9 +45,12 @@ class NodePerturbation(Rule):
     def estimate(self, m, network: Network) -> list[LayerGrad]:
         self._require(m.injected is not None and m.n_passes > 1,
                       "the node perturbations it injected")
-        scale = loss_changes(m) / self.options["sigma"] ** 2
+        K, count = kernels_of(m), m.n_passes - 1
+        scale = K.loss_scale(m.losses, 1, count, network.dtype,
+                             divisor=self.options["sigma"] ** 2)
         return [
-            node_gradient(scale, m.injected[l][1:], m.inputs[l][0], p.b is not None)
+            LayerGrad(*K.node_gradient(scale, Vectors(m.injected[l], 1, count, False),
+                                       m.inputs[l][0], p.b is not None))
             for l, p in enumerate(network.layers)
         ]
 
@@ -56,9 +60,9 @@ class IterativeNodePerturbation(Rule):
 
     The measurement holds the reference pass and K passes per layer
     (``perturb="each_layer"``); ``Measurement.perturbed_layer`` says which layer each pass
-    perturbed. A finite-difference directional derivative: with u = da / ||da||,
-    N (dell / ||da||) u -> N (grad . u) u as sigma -> 0, whose mean over random u is the
-    gradient.
+    perturbed (the passes of one layer are consecutive). A finite-difference directional
+    derivative: with u = da / ||da||, N (dell / ||da||) u -> N (grad . u) u as sigma -> 0,
+    whose mean over random u is the gradient.
     """
 
     family = "inp"
@@ -70,14 +74,19 @@ class IterativeNodePerturbation(Rule):
                 "clean_pass": o["clean_pass"]}
 
     def estimate(self, m, network: Network) -> list[LayerGrad]:
-        dell = m.losses - m.losses[0]
+        K = kernels_of(m)
         grads = []
         for k, p in enumerate(network.layers):
             passes = np.flatnonzero(m.perturbed_layer == k)
             self._require(passes.size > 0, f"passes that perturb layer {k} alone")
-            da = m.pre[k][passes] - m.pre[k][0]
-            scale = _activity_scale(dell[passes], da.shape[-1], _squared_norm(da))
-            grads.append(node_gradient(scale, da, m.inputs[k][0], p.b is not None))
+            first, count = int(passes[0]), passes.size
+            self._require(passes[-1] - first + 1 == count,
+                          f"the passes that perturb layer {k} to be consecutive")
+            da = Vectors(m.pre[k], first, count, True)
+            scale = K.loss_scale(m.losses, first, count, network.dtype,
+                                 sq=K.squared_norms(da), factor=network.widths[k + 1])
+            grads.append(LayerGrad(*K.node_gradient(scale, da, m.inputs[k][0],
+                                                    p.b is not None)))
         return grads
 
 
@@ -99,22 +108,14 @@ class ActivityNodePerturbation(Rule):
 
     def estimate(self, m, network: Network) -> list[LayerGrad]:
         self._require(m.n_passes > 1, "at least one perturbed (or noisy) pass")
-        da = [pre[1:] - pre[0] for pre in m.pre]
-        scale = _activity_scale(loss_changes(m), network.n_nodes,
-                                sum(_squared_norm(d) for d in da))
+        K, count = kernels_of(m), m.n_passes - 1
+        da = [Vectors(pre, 1, count, True) for pre in m.pre]
+        sq = K.squared_norms(da[0])
+        for d in da[1:]:
+            sq += K.squared_norms(d)
+        scale = K.loss_scale(m.losses, 1, count, network.dtype, sq=sq,
+                             factor=network.n_nodes)
         return [
-            node_gradient(scale, da[l], m.inputs[l][0], p.b is not None)
+            LayerGrad(*K.node_gradient(scale, da[l], m.inputs[l][0], p.b is not None))
             for l, p in enumerate(network.layers)
         ]
-
-
-def _squared_norm(da: np.ndarray) -> np.ndarray:
-    """||da_{k,n}||^2 (K, B) in float64 from da (K, B, N)."""
-    return np.einsum("kbn,kbn->kb", da, da, dtype=np.float64)
-
-
-def _activity_scale(dell: np.ndarray, n_nodes: int, sq: np.ndarray) -> np.ndarray:
-    """dell N / ||da||^2, zero where nothing moved (||da||^2 = 0)."""
-    out = np.zeros_like(sq)
-    np.divide(dell * n_nodes, sq, out=out, where=sq > 0)
-    return out

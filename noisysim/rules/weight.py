@@ -10,7 +10,7 @@ change of pass k,
 from __future__ import annotations
 
 from ..network import LayerGrad, Network
-from .base import Rule, direction_gradient, loss_changes
+from .base import Rule, direction_gradient, kernels_of, loss_changes
 
 
 class WeightPerturbation(Rule):
@@ -36,4 +36,5 @@ class WeightPerturbation(Rule):
         if m.injected_bias is not None:
             bias = [b[1:] if p.b is not None else None
                     for b, p in zip(m.injected_bias, network.layers)]
-        return direction_gradient(scale, [w[1:] for w in m.injected_weights], bias)
+        return direction_gradient(scale, [w[1:] for w in m.injected_weights], bias,
+                                  kernels_of(m).xp)

@@ -1,0 +1,317 @@
+"""The GPU kernel set: numba.cuda kernels (``noisysim.kernels.cuda``) and cuBLAS through CuPy.
+
+``CudaKernels`` implements the interface of ``noisysim.kernels.backend`` on device arrays:
+CuPy arrays on a GPU, numpy arrays under numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``,
+the tests on machines without a GPU), where numpy also stands in for CuPy. Matrix products
+and reductions that BLAS does well (column sums, second moments) go to ``xp``; everything
+else is one fused kernel. Draws and everything computed from them with + - * / sqrt equal
+the CPU's bit for bit; libm functions and reductions agree to floating-point tolerance
+(``noisysim.kernels.cuda`` says why).
+
+Nothing here reads the device by itself: the step's guards (``noisysim.kernels.step``) run
+in the kernels, so ``eager`` is False and the engine reads the step's statistics only when
+it records them. ``counters`` counts host -> device copies and device -> host reads (with
+``noisysim.kernels.cuda.LAUNCHES``, the tests' budget of a steady-state step).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import noise as _noise
+from ..errors import NoisysimError
+from . import cpu, rng
+from . import cuda as K
+from . import step as _step
+from .backend import Vectors
+
+if K.SIMULATED:
+    xp = np
+else:  # pragma: no cover - needs a GPU
+    import cupy as xp
+
+#: the noise models with a CUDA kernel (every model of noisysim.noise)
+_NOISE_KINDS = (_noise.NoNoise, _noise.GaussianNoise, _noise.MultiplicativeNoise,
+                _noise.BernoulliNoise, _noise.CentredBernoulliNoise, _noise.TelegraphNoise,
+                _noise.SMTJNoise, _noise._OUBase, _noise.TraceNoise)
+
+
+class CudaKernels:
+    """The cuda backend's kernel set (one per process: ``CudaKernels.instance()``)."""
+
+    name = "cuda"
+    xp = xp
+    eager = False  # the kernels guard the step themselves; the host reads when it records
+    _instance = None
+
+    def __init__(self):
+        self.counters = {"to_device": 0, "to_host": 0}
+        self._consts: dict = {}   # per noise model: its constants on the device
+        self._gates: dict = {}    # per dtype: (clip scale, gate) of the optimiser update
+        self._ones: dict = {}     # per (length, dtype): a ones vector for column sums
+
+    @classmethod
+    def instance(cls) -> "CudaKernels":
+        if cls._instance is None:
+            import warnings
+
+            from numba.core.errors import NumbaPerformanceWarning
+
+            # Small grids are the price of small layers, not something a user can change.
+            warnings.filterwarnings("ignore", category=NumbaPerformanceWarning)
+            cls._instance = cls()
+        return cls._instance
+
+    # -- memory ----------------------------------------------------------------------------
+    def asarray(self, a, dtype=None):
+        """A C-contiguous device copy of a host array (device arrays pass, converted only
+        when the dtype differs)."""
+        if isinstance(a, np.ndarray) or np.isscalar(a) or isinstance(a, (list, tuple)):
+            self.counters["to_device"] += 1
+            if K.SIMULATED:
+                return np.array(a, dtype=dtype, order="C", copy=True)
+            return xp.ascontiguousarray(xp.asarray(a, dtype=dtype))
+        return xp.ascontiguousarray(a, dtype=dtype)
+
+    def to_host(self, a) -> np.ndarray:
+        """A host copy of a device array (waits for the work that writes it)."""
+        self.counters["to_host"] += 1
+        if K.SIMULATED:
+            return np.array(a, copy=True)
+        return xp.asnumpy(a)
+
+    def empty(self, shape, dtype):
+        return xp.empty(shape, dtype=dtype)
+
+    def zeros(self, shape, dtype):
+        return xp.zeros(shape, dtype=dtype)
+
+    def synchronize(self) -> None:
+        """Wait for the queued work (for timing)."""
+        if not K.SIMULATED:  # pragma: no cover - needs a GPU
+            xp.cuda.Device().synchronize()
+
+    # -- forward ---------------------------------------------------------------------------
+    def perturb(self, a, eps, bias, sigma, seed, layer, times, draw) -> None:
+        for i, count in _true_runs(draw):
+            K.fill_normal_rows(eps[i:i + count].reshape(count, -1), seed, rng.STREAM_PERTURB,
+                               times[i:i + count], layer, sigma)
+        # Rows of passes without a draw hold zeros (Device.measure): adding them is exact.
+        K.add_bias_and_perturbation(a, bias, eps, bias is not None, True)
+
+    def add_bias_and_perturbation(self, a, bias, eps) -> None:
+        if bias is None and eps is None:
+            return
+        K.add_bias_and_perturbation(a, bias, eps, bias is not None, eps is not None)
+
+    def activation(self, act, a, out, seed, layer, times) -> None:
+        K.activation_forward(a, out, act.code, *act.kernel_params, seed, layer, times)
+
+    def add_noise(self, model, a, times, state, seed, layer) -> None:
+        """a (n, B, N) += noise of the n passes at host int64 ``times``, with the CUDA twin
+        of the model's CPU kernel (the same draws at the same keys)."""
+        times = np.ascontiguousarray(times, dtype=np.int64)
+        if a.size == 0 or isinstance(model, _noise.NoNoise):
+            return
+        m = model
+        if m.stateful:
+            self._prepare_state(m, a, times, state, seed, layer)
+            state["_last"] = int(times[-1])
+        if isinstance(m, _noise.GaussianNoise):
+            K.gaussian_apply(a, times, seed, layer, m.mean, m.sigma, False)
+        elif isinstance(m, _noise.MultiplicativeNoise):
+            K.gaussian_apply(a, times, seed, layer, 0.0, m.sigma, True)
+        elif isinstance(m, _noise.CentredBernoulliNoise):
+            K.bernoulli_apply(a, times, seed, layer, m.p, m.amplitude, 0.0, m.n_sources, True)
+        elif isinstance(m, _noise.BernoulliNoise):
+            K.bernoulli_apply(a, times, seed, layer, m.p, m.amplitude, m.offset, m.n_sources,
+                              False)
+        elif isinstance(m, _noise.SMTJNoise):
+            K.telegraph_apply(a, times, state["last_time"], state["spin"], seed, layer,
+                              m.p_flip, m.amplitude, m.n_sources * m.mean, m.sigma, m.scale,
+                              True)
+        elif isinstance(m, _noise.TelegraphNoise):
+            K.telegraph_apply(a, times, state["last_time"], state["spin"], seed, layer,
+                              m.p_flip, m.amplitude, m.offset, 0.0, 1.0, False)
+        elif isinstance(m, _noise._OUBase):
+            consts = self._constants(m, lambda: tuple(self.asarray(c) for c in m._constants))
+            K.ou_apply(a, times, state["last_time"], state["x"], seed, layer, *consts, m.mean)
+        elif isinstance(m, _noise.TraceNoise):
+            trace = self._constants(m, lambda: self.asarray(m.trace))
+            length = m.trace.shape[0]
+            per_node = m.mode == "per_node"
+            segment = (m.segment if m.segment is not None else max(1, length // a.shape[2])
+                       ) if per_node else 1
+            K.trace_apply(a, times, trace, per_node, segment, m.offset, m.scale)
+        else:
+            raise NoisysimError(f"noise model {m.name!r} has no cuda kernel; use backend "
+                                "'cpu'")
+
+    def _constants(self, model, make):
+        key = id(model)
+        if key not in self._consts or self._consts[key][0] is not model:
+            self._consts[key] = (model, make())
+        return self._consts[key][1]
+
+    def noise_state(self, model, host_state: dict) -> dict:
+        """Device copy of a host noise state, plus ``"_last"``: the latest time any slot has
+        seen, kept on the host (the CPU's check that time never goes backwards, without a
+        read per call)."""
+        if not isinstance(model, _NOISE_KINDS):
+            raise NoisysimError(f"noise model {model.name!r} has no cuda kernel; use backend "
+                                "'cpu'")
+        state = {k: self.asarray(v) for k, v in host_state.items()}
+        if model.stateful:
+            last = host_state["last_time"]
+            state["_last"] = int(np.max(last)) if np.size(last) else -1
+        return state
+
+    def noise_state_to_host(self, model, state: dict) -> dict:
+        return {k: self.to_host(v) for k, v in state.items() if not k.startswith("_")}
+
+    def _prepare_state(self, model, a, times, state, seed, layer) -> None:
+        n_slots, width = a.shape[1], a.shape[2]
+        have = state["last_time"].shape[0]
+        if n_slots > have:
+            new = model.init_state(seed, layer, n_slots, width)
+            for k in list(state):
+                if not k.startswith("_"):
+                    state[k] = xp.concatenate([state[k], self.asarray(new[k][have:])])
+        if times.size and times[0] < state["_last"]:
+            raise NoisysimError(
+                f"{model.name} noise in layer {layer}: pass time {int(times[0])} is before "
+                f"the state's last time {state['_last']}; time must not go backwards "
+                "(restore an earlier state to replay)")
+
+    def loss(self, name, outputs, targets):
+        out = xp.empty(outputs.shape[0], dtype=np.float64)
+        if name == "cross_entropy":
+            K.cross_entropy(outputs, targets, out)
+        else:
+            K.squared_error(outputs, targets, out)
+        return out
+
+    def loss_grad(self, name, outputs, targets):
+        out = xp.empty(outputs.shape, dtype=outputs.dtype)
+        if name == "cross_entropy":
+            K.cross_entropy_grad(outputs, targets, out)
+        else:
+            K.squared_error_grad(outputs, targets, out)
+        return out
+
+    # -- backward --------------------------------------------------------------------------
+    def backprop(self, act, g, a, surrogate):
+        """g * f'(a) (or the surrogate) as a new array (f'(a) rounded to g's dtype first,
+        as the CPU rounds it)."""
+        mode = cpu.STRAIGHT_THROUGH if surrogate else cpu.TRUE_DERIVATIVE
+        out = xp.empty(g.shape, dtype=g.dtype)
+        K.activation_derivative(a, out, act.code, *act.kernel_params, mode,
+                                upstream=xp.ascontiguousarray(g))
+        return out
+
+    def derivative(self, act, a):
+        out = xp.empty(a.shape, dtype=a.dtype)
+        K.activation_derivative(a.reshape(-1, a.shape[-1]), out.reshape(-1, a.shape[-1]),
+                                act.code, *act.kernel_params, cpu.TRUE_DERIVATIVE)
+        return out
+
+    # -- rule statistics -------------------------------------------------------------------
+    def squared_norms(self, v: Vectors):
+        sq = xp.zeros((v.count, v.source.shape[1]), dtype=np.float64)
+        if v.diff:
+            K.diff_squared_norm(v.source, v.first, sq)
+        else:
+            d = v.value().astype(np.float64)
+            sq += xp.einsum("kbn,kbn->kb", d, d)
+        return sq
+
+    def loss_scale(self, losses, first, count, dtype, sq=None, factor=1.0, divisor=1.0):
+        out = xp.empty((count, losses.shape[1]), dtype=dtype)
+        K.loss_scale(losses, first, out, sq=sq, factor=factor, divisor=divisor)
+        return out
+
+    def node_gradient(self, scale, v: Vectors, x_ref, has_bias):
+        """As the CPU's: c = (sum_k scale_k v_k) / (K B) in the dtype (one fused kernel),
+        g_W = c^T x* (cuBLAS), g_b = column sums of c (a cuBLAS product with ones)."""
+        batch, width = v.source.shape[1], v.source.shape[2]
+        dtype = v.source.dtype
+        c = xp.empty((batch, width), dtype=dtype)
+        K.node_coefficients(v.source, v.first, v.diff, scale,
+                            dtype.type(1.0 / (v.count * batch)), c)
+        g_W = xp.matmul(c.T, x_ref)
+        g_b = xp.matmul(self._ones_vector(batch, dtype), c) if has_bias else None
+        return g_W, g_b
+
+    def _ones_vector(self, n, dtype):
+        key = (n, np.dtype(dtype).str)
+        if key not in self._ones:
+            self._ones[key] = xp.ones(n, dtype=dtype)
+        return self._ones[key]
+
+    # -- the step's statistics -------------------------------------------------------------
+    def step_stats(self, losses, outputs, labels, stats) -> None:
+        K.step_stats(losses, outputs, labels if labels is not None else _dummy_labels(),
+                     stats, labels is not None)
+
+    def sum_squares(self, arrays, stats, sq_index, bad_index) -> None:
+        for a in arrays:
+            if a is not None:
+                K.sum_squares(a, stats, sq_index, bad_index)
+
+    def host_blocked(self, stats, failure, n_layers, upto) -> bool:
+        return False  # the kernels evaluate the guards on the device
+
+    def record(self, stats, failure, n_layers, step_number) -> None:
+        K.record(stats, failure, n_layers, step_number)
+
+    def update_gate(self, stats, failure, n_layers, clip, dtype) -> bool:
+        """Launch the optimiser's gate (guard and clip scale on the device); never blocks
+        on the host."""
+        scale, gate = self._gate(dtype)
+        K.update_gate(stats, failure, n_layers, clip, scale, gate)
+        return False
+
+    def _gate(self, dtype):
+        key = np.dtype(dtype).str
+        if key not in self._gates:
+            self._gates[key] = (xp.ones(1, dtype=dtype), xp.zeros(1, dtype=np.int32))
+        return self._gates[key]
+
+    def adam_update(self, p, g, m, v, opt, count, stats, failure, n_layers, layer) -> None:
+        t = p.dtype.type
+        scale, gate = self._gate(p.dtype)
+        c1 = 1.0 - opt.beta1 ** count
+        c2 = 1.0 - opt.beta2 ** count
+        K.adam_update(p, xp.ascontiguousarray(g), m, v, scale, gate, t(opt.beta1),
+                      t(1.0 - opt.beta1), t(opt.beta2), t(1.0 - opt.beta2), t(1.0 / c2),
+                      t(opt.eps), t(opt.lr / c1), stats, _step.update_sq(n_layers, layer),
+                      _step.param_bad(n_layers, layer))
+
+    def sgd_update(self, p, g, velocity, opt, count, stats, failure, n_layers, layer) -> None:
+        scale, gate = self._gate(p.dtype)
+        K.sgd_update(p, xp.ascontiguousarray(g), velocity, scale, gate, opt.weight_decay,
+                     opt.momentum, opt.nesterov, opt.lr, stats,
+                     _step.update_sq(n_layers, layer), _step.param_bad(n_layers, layer))
+
+    def decorrelation_step(self, R, x, lr, kappa, scratch, stats, failure, n_layers,
+                           layer) -> None:
+        n = x.shape[0]
+        second = xp.einsum("ni,ni->i", x, x) / R.dtype.type(n)  # diag of D
+        xp.matmul(x.T, xp.matmul(x, R), out=scratch)             # B * M
+        K.decorrelation_delta(scratch, second, R, (1.0 - kappa) / n, 2.0 * kappa - 1.0,
+                              kappa, lr, stats, failure, n_layers, layer)
+        K.apply_delta(R, scratch, stats, failure, n_layers, layer)
+
+
+def _true_runs(mask):
+    """(start, count) of the maximal runs of True in a host boolean mask."""
+    return [(start, count) for _, start, count in K.runs(np.flatnonzero(mask))]
+
+
+_DUMMY: dict = {}
+
+
+def _dummy_labels():
+    if "labels" not in _DUMMY:
+        _DUMMY["labels"] = xp.zeros(1, dtype=np.int64)
+    return _DUMMY["labels"]

@@ -1,0 +1,187 @@
+"""The training step, written once, on both backends (cuda in numba's simulator without a GPU).
+
+- the logged row holds the statistics of the step's own measurement and update;
+- failures are reported at the step where they happened, also when the GPU reads its
+  statistics only on logged steps, and freeze every later update;
+- a run resumed from a checkpoint continues bit for bit;
+- the cuda step's cost: kernel launches per steady-state step as the design counts them,
+  and no copy between host and device on a step that logs nothing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from noisysim.data import Dataset
+from noisysim.decorrelation import Decorrelator
+from noisysim.device import Device
+from noisysim.network import Network
+from noisysim.noise import make_noise
+from noisysim.optim import make_optimizer
+from noisysim.rules import make_rule
+from noisysim.train import NullRecorder, StepFailure, Trainer, TrainSettings
+
+WIDTHS = [6, 5, 4]
+BATCH = 4
+
+
+def _data(n=4 * BATCH, seed=0):
+    g = np.random.default_rng(seed)
+    x = g.random((n, WIDTHS[0])).astype(np.float32)
+    y = g.integers(0, WIDTHS[-1], n)
+    return Dataset(name="r", x_train=x, y_train=y, x_test=x[:0], y_test=y[:0],
+                   n_classes=WIDTHS[-1], input_shape=(WIDTHS[0],))
+
+
+def _trainer(backend, rule="anp", log_every=1, epochs=1, lr=1e-2, recorder=None, noise=True):
+    r = make_rule(rule, **({} if rule.endswith("bp") else {"sigma": 1e-2}))
+    net = Network(WIDTHS, decorrelation=r.decorrelated, seed=1)
+    device = Device(net, noise=make_noise("gaussian", sigma=0.01) if noise else None, seed=2)
+    return Trainer(device, r, make_optimizer("adam", lr=lr), _data(),
+                   TrainSettings(epochs=epochs, batch_size=BATCH, log_every=log_every),
+                   decorrelator=Decorrelator(1e-2) if r.decorrelated else None,
+                   recorder=recorder or NullRecorder(), backend=backend)
+
+
+def _capture_measurements(trainer):
+    """Keep a host copy of every measurement's losses and reference outputs."""
+    K = trainer.kernels
+    seen = []
+    estimate = trainer.rule.estimate
+
+    def patched(m, network):
+        seen.append((K.to_host(m.losses), K.to_host(m.outputs[0]), K.to_host(m.targets)))
+        return estimate(m, network)
+    trainer.rule.estimate = patched
+    return seen
+
+
+@pytest.mark.parametrize("rule", ["anp", "bp"])
+def test_row_holds_the_statistics_of_its_own_measurement(backend, rule):
+    trainer = _trainer(backend, rule)
+    seen = _capture_measurements(trainer)
+    before = [p.W.copy() for p in trainer.network.layers]
+    assert trainer._train_rows(0, BATCH) == ""
+    (row,) = trainer.recorder.rows["train"]
+    losses, outputs, labels = seen[0]
+    tol = dict(rtol=1e-12, atol=1e-12)  # the same float64 values summed in another order
+    np.testing.assert_allclose(row["loss"], losses[0].mean(), **tol)
+    if rule == "anp":
+        dl = losses[1:] - losses[0]
+        np.testing.assert_allclose(row["loss_change_mean"], dl.mean(), **tol)
+        np.testing.assert_allclose(row["loss_change_std"], dl.std(), **tol)
+    else:
+        assert "loss_change_mean" not in row
+    assert row["accuracy"] == np.mean(outputs.argmax(axis=1) == labels)
+    state = trainer.state_dict()["network"]
+    for l, w in enumerate(before):
+        delta = state[f"W_{l}"] - w
+        delta_b = state[f"b_{l}"]  # biases start at zero
+        want = math.sqrt(np.sum(delta.astype(np.float64) ** 2)
+                         + np.sum(delta_b.astype(np.float64) ** 2))
+        # ||Delta||^2 is accumulated from the update's own float32 deltas: p_new - p_old
+        # rounds each by at most half an ulp of p (|p| < 2 here), i.e. 1.2e-7 relative
+        np.testing.assert_allclose(row[f"update_norm_l{l}"], want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("log_every", [1, 3])
+def test_failure_is_reported_at_its_step_and_freezes_the_updates(backend, log_every):
+    """A gradient made non-finite at step 2 of 4: the run ends "diverged" naming step 2 and
+    its layer, with the parameters of step 1, also when the statistics are read only on
+    logged steps (the GPU with log_every 3 learns of it at step 3)."""
+    trainer = _trainer(backend, log_every=log_every)
+    reference = _trainer(backend, log_every=log_every)
+    reference._train_rows(0, BATCH)
+    after_step_1 = reference.state_dict()["network"]
+    estimate = trainer.rule.estimate
+    calls = []
+
+    def poisoned(m, network):
+        grads = estimate(m, network)
+        calls.append(1)
+        if len(calls) == 2:
+            grads[1].b[0] = np.inf
+        return grads
+    trainer.rule.estimate = poisoned
+    result = trainer.run()
+    assert result.status == "diverged"
+    assert result.message == "the gradient estimate of layer 1 became non-finite at step 2"
+    assert result.step == 1 and trainer.step == 1
+    for k, v in trainer.state_dict()["network"].items():
+        np.testing.assert_array_equal(v, after_step_1[k], err_msg=k)
+
+
+def test_failure_messages_have_one_home():
+    assert StepFailure("loss", 3).message == "the loss became non-finite at step 3"
+    assert StepFailure.from_record([0, 0, -1]) is None
+    failure = StepFailure.from_record([7, 5, 1])
+    assert failure == StepFailure("decorrelation", 7, 1)
+    assert failure.message == "the decorrelation matrix R of layer 1 diverged at step 7"
+    assert "\n" not in StepFailure("overflow", 2, 0).message
+
+
+def test_diverging_decorrelation_stops_the_run_and_keeps_R(backend):
+    trainer = _trainer(backend, rule="danp")
+    trainer.decorrelator.lr = math.inf  # the first R step is not finite
+    R_before = [p.R.copy() for p in trainer.network.layers]
+    result = trainer.run()
+    assert result.status == "diverged"
+    assert result.message == "the decorrelation matrix R of layer 0 diverged at step 1"
+    for p, R in zip(trainer.network.layers, R_before):
+        np.testing.assert_array_equal(p.R, R)
+
+
+@pytest.mark.parametrize("rule", ["danp", "inp"])
+def test_resume_from_a_checkpoint_continues_bit_for_bit(backend, rule):
+    whole = _trainer(backend, rule, epochs=2)
+    assert whole.run().status == "completed"
+    first = _trainer(backend, rule, epochs=2)
+    for b in range(3):
+        assert first._train_rows(b * BATCH, (b + 1) * BATCH) == ""
+        first.step, first.batch = b + 1, b + 1
+    state = first.state_dict()
+    second = _trainer(backend, rule, epochs=2)
+    second.load_state_dict(state)
+    assert second.run().status == "completed"
+    want, got = whole.state_dict(), second.state_dict()
+    for part in ("network", "optimizer"):
+        for k, v in want[part].items():
+            np.testing.assert_array_equal(got[part][k], v, err_msg=f"{part} {k}")
+    for l, st in want["device"]["noise"].items():
+        for k, v in st.items():
+            np.testing.assert_array_equal(got["device"]["noise"][l][k], v)
+
+
+# Kernel launches of one steady-state cuda step, as the design counts them (L layers,
+# Gaussian noise on every layer, clean reference pass, biases, Adam):
+#   measure    per layer: bias (+ a draw for perturbed passes), noise (perturbed passes
+#              only: the reference is clean), activation; then one loss launch
+#   estimate   anp: per layer ||da||^2 and the node coefficients, one loss-scale launch;
+#              bp: the loss gradient, one g * f'(a) per layer
+#   step       loss statistics, ||g||^2 per parameter array (W and b), the optimiser's gate,
+#              one Adam launch per parameter array, the failure record; decorrelation:
+#              two per layer (the step and its guarded application)
+def _launch_budget(rule, L):
+    step = 1 + 2 * L + 1 + 2 * L + 1
+    if rule == "bp":
+        return 2 * L + 1 + (1 + L) + step
+    measure = 4 * L + 1
+    estimate = 2 * L + 1
+    return measure + estimate + step + (2 * L if rule == "danp" else 0)
+
+
+@pytest.mark.parametrize("rule", ["bp", "anp", "danp"])
+def test_cuda_step_launches_and_copies_within_the_design_budget(rule):
+    from noisysim.kernels import cuda
+
+    trainer = _trainer("cuda", rule, log_every=1000)
+    K = trainer.kernels
+    trainer._train_rows(0, BATCH)  # first step: data and order copied once
+    launches = cuda.LAUNCHES["count"]
+    copies = dict(K.counters)
+    assert trainer._train_rows(BATCH, 2 * BATCH) == ""
+    assert cuda.LAUNCHES["count"] - launches == _launch_budget(rule, len(WIDTHS) - 1)
+    assert K.counters == copies, "a step that logs nothing copied between host and device"
