@@ -24,8 +24,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from noisysim.errors import NoisysimError
-from noisysim.record import INDEX_KEYS, INT_FILL, Trajectory, _one_line, split_metric
+from noisysim.errors import NoisysimError, one_line
+from noisysim.record import INDEX_KEYS, INT_FILL, Trajectory, split_metric
 
 STAT_KEYS = ("mean", "std", "n", "files", "values", "x")
 _MISSING = object()
@@ -125,7 +125,7 @@ def _load(
                 raise NoisysimError(f"no rows in {group} yet (status {traj.status})")
         except (NoisysimError, OSError, RuntimeError, KeyError, ValueError) as err:
             # damaged files fail in h5py in many ways; none of them stops the analysis
-            reason = _one_line(err)
+            reason = one_line(err)
             reasons.append(reason if str(path) in reason else f"{path}: {reason}")
             _skip(path, reason)
             continue

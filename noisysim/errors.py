@@ -16,6 +16,12 @@ class NoisysimError(ValueError):
     """A user mistake (bad parameter, bad file, bad config): printed as one line."""
 
 
+def one_line(text: Any) -> str:
+    """``text`` (an exception, a message) with every run of whitespace, newlines included,
+    replaced by one space: what goes into a one-line error or a status message."""
+    return " ".join(str(text).split())
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)
