@@ -81,6 +81,13 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
     return value
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """Return ``value`` as a bool if it is one (numpy's included); TOML spells it true/false."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise NoisysimError(f"{name} must be true or false, got {_fmt(value)}")
+    return bool(value)
+
+
 def check_finite_array(name: str, array: np.ndarray) -> None:
     """Refuse arrays holding NaN or inf, naming the first offending position."""
     if array.size and not np.all(np.isfinite(array)):

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 from noisysim import data as _data
 from noisysim.activations import make_activation
 from noisysim.decorrelation import Decorrelator
-from noisysim.errors import NoisysimError, check_choice, check_number
+from noisysim.errors import NoisysimError, check_bool, check_choice, check_number
 from noisysim.network import DTYPES
 from noisysim.noise import NOISE_MODELS, make_noise
 from noisysim.optim import make_optimizer
@@ -109,7 +109,7 @@ class _Resolver:
         for l, v in self.history.get(name_key, []):
             if l <= layer:
                 value = v
-        return _dataset_key(value) if name_key == "data.name" else value
+        return _data.dataset_key(value) if name_key == "data.name" else value
 
     def component(self, prefix: str, build: Callable[..., Any], name: str,
                   opts: dict[str, _Entry], extra: dict | None = None):
@@ -252,7 +252,7 @@ class _Resolver:
     def data(self) -> None:
         e = self.entry("data.name")
         raw = _check_type("data.name", "string", e.value, e.source)
-        key = _dataset_key(raw)
+        key = _data.dataset_key(raw)
         if key not in _data.DATASETS:
             try:
                 check_choice("data.name", raw, _data.dataset_names())
@@ -357,15 +357,6 @@ class _Resolver:
             if len(set(nl)) != len(nl):
                 self.fail("noise.layers", f"noise.layers = {_toml_value(nl)} lists a layer "
                                           "twice; list each layer once")
-
-
-def _dataset_key(name: Any) -> Any:
-    """The registry key of a dataset name (aliases as load_dataset accepts them)."""
-    if not isinstance(name, str):
-        return name
-    aliases = getattr(_data, "_ALIASES", {})
-    key = name.strip().lower()
-    return aliases.get(key, key)
 
 
 def _dataset_info(d: dict) -> tuple[int, int, str] | None:
@@ -492,15 +483,8 @@ def _check_fixed_value(dotted: str, value: Any) -> Any:
     return value
 
 
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise NoisysimError(f"{name} must be true or false, got {_short(value)} "
-                            f"({_type_name(value)})")
-    return value
-
-
 def _check_flatten(name: str, value: Any) -> bool:
-    _check_bool(name, value)
+    check_bool(name, value)
     if not value:
         raise NoisysimError(f"{name} = false: the networks are dense and need one row per "
                             "example; remove the key (default true)")
@@ -537,7 +521,7 @@ _DATA_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "seed": lambda n, v: check_number(n, v, 0, _MAX_SEED, integer=True),
     "n_train": _check_opt_int(1),
     "n_test": _check_opt_int(1),
-    "download": _check_bool,
+    "download": check_bool,
     "data_dir": _check_str,
     "mirror": _check_str,
     "label_mode": lambda n, v: check_choice(n, v, ("fine", "coarse")),
