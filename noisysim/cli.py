@@ -18,7 +18,8 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .errors import NoisysimError
+from .backends import BACKENDS
+from .errors import NoisysimError, one_line
 
 MAIN_RULES = ("bp", "np", "anp", "danp")
 EXIT_FAILED = 1
@@ -40,12 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         except NoisysimError as err:
             if args.debug:
                 raise
-            print(f"noisysim: error: {_one_line(err)}", file=sys.stderr)
+            print(f"noisysim: error: {one_line(err)}", file=sys.stderr)
             return EXIT_USAGE
         except OSError as err:  # e.g. an output folder that cannot be created
             if args.debug:
                 raise
-            print(f"noisysim: error: {_one_line(err)} (run with --debug for details)",
+            print(f"noisysim: error: {one_line(err)} (run with --debug for details)",
                   file=sys.stderr)
             return EXIT_USAGE
         except KeyboardInterrupt:
@@ -55,14 +56,10 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_INTERRUPTED
 
 
-def _one_line(text) -> str:
-    return " ".join(str(text).split())
-
-
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     """Every warning as one line on stderr: noisysim's own by their message alone."""
     ours = category.__module__.split(".")[0] == "noisysim"
-    text = _one_line(message) if ours else f"{category.__name__}: {_one_line(message)}"
+    text = one_line(message) if ours else f"{category.__name__}: {one_line(message)}"
     print(f"noisysim: warning: {text}", file=file or sys.stderr, flush=True)
 
 
@@ -96,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--main", action="store_true",
                    help="the main job (the default without CONFIG and --set), with any --set "
                         "applied to each of its runs, e.g. --main --set train.epochs=5")
-    r.add_argument("--backend", choices=["auto", "cpu", "cuda"], default=None,
+    r.add_argument("--backend", choices=BACKENDS, default=None,
                    help="compute backend (same as --set backend.name=...)")
     r.set_defaults(func=_cmd_run)
 
@@ -152,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--layers", default="3072,1024,1024,1024,10")
     b.add_argument("--batch", type=int, default=1000)
     b.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
-    b.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"])
+    b.add_argument("--backend", default="cpu", choices=BACKENDS)
     b.add_argument("--noise", default="gaussian", help="intrinsic noise model (default gaussian, sigma 0.01)")
     b.add_argument("--dtype", default="float32")
     b.add_argument("--json", action="store_true", help="print only the JSON line")

@@ -29,8 +29,6 @@ from .losses import check_targets, loss
 from .optim import nonfinite_layer
 from .network import Network
 
-STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
-
 
 class Recorder(Protocol):
     """What the engine hands its records to (noisysim.record.TrajectoryWriter fits)."""
