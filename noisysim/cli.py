@@ -15,13 +15,12 @@ import json
 import sys
 import time
 import warnings
-from pathlib import Path
 
 from . import __version__
 from .backends import BACKENDS
 from .errors import NoisysimError, one_line
+from .main_job import MAIN_RULES, main_job
 
-MAIN_RULES = ("bp", "np", "anp", "danp")
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -203,54 +202,9 @@ def _report_run(result, path, start: float | None = None) -> int:
 
 
 def _main_job(args) -> int:
-    from .analysis import format_table, summarize
-    from .config import load_config
-    from .experiment import Progress, run
-    from .plot import plot_curves
-
-    out = Path(args.out or "runs/main")
-    base = load_config(None, args.overrides).to_dict()
-    print(f"noisysim main job: {', '.join(MAIN_RULES)} on {base['data']['name']} with "
-          f"{base['noise']['model']} intrinsic noise -> {out}/")
-    paths = []
-    data = None
-    for rule in MAIN_RULES:
-        # named <rule>-digits unless --set name=... (then <name>-<rule>)
-        ov = list(args.overrides) + [f"rule.name={rule}"]
-        if any(o.startswith("name=") for o in args.overrides):
-            ov.append(f"name={base['name']}-{rule}")
-        config = load_config(None, ov).to_dict()
-        path = out / f"{config['name']}.h5"
-        if path.exists() and not args.overwrite and _completed(path, config):
-            print(f"{rule}: already completed in {path} (use --overwrite to rerun)")
-        else:
-            if data is None:
-                from .experiment import build
-                data = build(config).data
-            start = time.monotonic()
-            result, path = run(config, out, overwrite=True, progress=Progress(f"{rule:>5} "), data=data)
-            _report_run(result, path, start)
-            if result.status == "interrupted":
-                return EXIT_INTERRUPTED
-        paths.append(path)
-    rows = summarize(paths, by=["rule.name"], metric="eval/test_accuracy")
-    print("\nfinal test accuracy (noise-free inference):")
-    print(format_table(rows))
-    fig = out / "comparison.png"
-    plot_curves(paths, fig, metric="eval/test_accuracy", by="rule.name", x="epoch")
-    print(f"figure: {fig}")
-    return 0
-
-
-def _completed(path: Path, config: dict) -> bool:
-    """Whether ``path`` holds a completed run of exactly this config."""
-    from .record import Trajectory, config_to_json
-
-    try:
-        t = Trajectory(path)
-        return t.status == "completed" and config_to_json(t.config) == config_to_json(config)
-    except NoisysimError:
-        return False
+    job = main_job(args.overrides, args.out or "runs/main", overwrite=args.overwrite,
+                   report=_report_run)
+    return EXIT_INTERRUPTED if job.interrupted else 0
 
 
 # -- analysis -------------------------------------------------------------------------------
