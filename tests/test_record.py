@@ -480,6 +480,22 @@ def test_checkpoint_of_the_first_layout_is_refused_naming_the_version_that_reads
     assert path.read_bytes() == before  # refused before anything in the file changed
 
 
+def test_a_checkpoint_group_without_slots_yet_holds_no_checkpoint_and_resumes(tmp_path):
+    # what a writer killed between creating /checkpoint and /checkpoint/current leaves
+    path = tmp_path / "run.h5"
+    with TrajectoryWriter(path, CONFIG, 1) as w:
+        w.log("train", {"step": 0, "loss": 1.0})
+        w.set_status("interrupted")
+    with h5py.File(path, "r+") as f:
+        f.create_group("checkpoint")
+    assert Trajectory(path).checkpoint() is None
+    with TrajectoryWriter(path, None, None, mode="resume") as w:
+        assert w.read_checkpoint() is None
+        w.write_checkpoint({"step": 1})
+        w.set_status("completed")
+    assert Trajectory(path).checkpoint() == {"step": 1}
+
+
 LOOP_SCRIPT = textwrap.dedent(
     """
     import sys

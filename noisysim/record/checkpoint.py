@@ -239,10 +239,13 @@ def set_current(f: h5py.File, slot: str) -> None:
 
 
 def check_layout(path: Path, f: h5py.File) -> None:
-    """Refuse a checkpoint of the first layout (one tree under /checkpoint, renamed into
-    place; written by the first cut of noisysim 0.1.0 and read no more since)."""
+    """Refuse a checkpoint of the first layout, which the first cut of noisysim 0.1.0 wrote:
+    one tree written to /_checkpoint_new, its manifest last, then renamed to /checkpoint.
+    (A /checkpoint with neither `current` nor a manifest belongs to the slots: a writer
+    killed while laying them out left it, and it holds no checkpoint yet.)"""
     cp = f.get(CHECKPOINT)
-    if LEGACY_CHECKPOINT_NEW in f or (isinstance(cp, h5py.Group) and CURRENT not in cp):
+    if LEGACY_CHECKPOINT_NEW in f or (isinstance(cp, h5py.Group) and CURRENT not in cp
+                                      and MANIFEST in cp):
         raise NoisysimError(
             f"{path} holds a checkpoint in the first (pre-release) layout, which this noisysim "
             f"no longer reads; resume it once with {LEGACY_READER}, which converts it, then "
