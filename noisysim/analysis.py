@@ -24,11 +24,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from noisysim.errors import NoisysimError
-from noisysim.record import INDEX_KEYS, INT_FILL, Trajectory, _one_line, split_metric
+from noisysim.dotted import lookup
+from noisysim.errors import NoisysimError, one_line
+from noisysim.record import INDEX_KEYS, INT_FILL, Trajectory, split_metric
 
 STAT_KEYS = ("mean", "std", "n", "files", "values", "x")
-_MISSING = object()
 
 
 class AnalysisWarning(UserWarning):
@@ -43,30 +43,10 @@ class SkippedFileWarning(AnalysisWarning):
 # config access
 
 
-def get_config_value(config: Mapping, key: str, default: Any = _MISSING) -> Any:
-    """Value at a dotted path ("rule.name", "network.widths.0"); list items by index.
-
-    Without ``default`` a missing key raises NoisysimError naming what is there instead.
-    """
-    node: Any = config
-    done: list[str] = []
-    for part in key.split("."):
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-        elif (
-            isinstance(node, (list, tuple))
-            and part.lstrip("-").isdigit()
-            and -len(node) <= int(part) < len(node)
-        ):
-            node = node[int(part)]
-        else:
-            if default is not _MISSING:
-                return default
-            where = ".".join(done) or "the top level"
-            have = ", ".join(map(str, node)) if isinstance(node, Mapping) else type(node).__name__
-            raise NoisysimError(f"config has no key {key!r} (at {where}: {have})")
-        done.append(part)
-    return node
+#: Value at a dotted path ("rule.name", "network.widths.0"); list items by index. Without a
+#: default a missing key raises NoisysimError naming what is there instead (the one reader
+#: of dotted keys, noisysim.dotted.lookup).
+get_config_value = lookup
 
 
 def flatten_config(config: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -125,7 +105,7 @@ def _load(
                 raise NoisysimError(f"no rows in {group} yet (status {traj.status})")
         except (NoisysimError, OSError, RuntimeError, KeyError, ValueError) as err:
             # damaged files fail in h5py in many ways; none of them stops the analysis
-            reason = _one_line(err)
+            reason = one_line(err)
             reasons.append(reason if str(path) in reason else f"{path}: {reason}")
             _skip(path, reason)
             continue

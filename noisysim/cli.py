@@ -15,12 +15,12 @@ import json
 import sys
 import time
 import warnings
-from pathlib import Path
 
 from . import __version__
-from .errors import NoisysimError
+from .backends import BACKENDS
+from .errors import NoisysimError, one_line
+from .main_job import MAIN_RULES, main_job
 
-MAIN_RULES = ("bp", "np", "anp", "danp")
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -40,12 +40,12 @@ def main(argv: list[str] | None = None) -> int:
         except NoisysimError as err:
             if args.debug:
                 raise
-            print(f"noisysim: error: {_one_line(err)}", file=sys.stderr)
+            print(f"noisysim: error: {one_line(err)}", file=sys.stderr)
             return EXIT_USAGE
         except OSError as err:  # e.g. an output folder that cannot be created
             if args.debug:
                 raise
-            print(f"noisysim: error: {_one_line(err)} (run with --debug for details)",
+            print(f"noisysim: error: {one_line(err)} (run with --debug for details)",
                   file=sys.stderr)
             return EXIT_USAGE
         except KeyboardInterrupt:
@@ -55,14 +55,10 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_INTERRUPTED
 
 
-def _one_line(text) -> str:
-    return " ".join(str(text).split())
-
-
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     """Every warning as one line on stderr: noisysim's own by their message alone."""
     ours = category.__module__.split(".")[0] == "noisysim"
-    text = _one_line(message) if ours else f"{category.__name__}: {_one_line(message)}"
+    text = one_line(message) if ours else f"{category.__name__}: {one_line(message)}"
     print(f"noisysim: warning: {text}", file=file or sys.stderr, flush=True)
 
 
@@ -96,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--main", action="store_true",
                    help="the main job (the default without CONFIG and --set), with any --set "
                         "applied to each of its runs, e.g. --main --set train.epochs=5")
-    r.add_argument("--backend", choices=["auto", "cpu", "cuda"], default=None,
+    r.add_argument("--backend", choices=BACKENDS, default=None,
                    help="compute backend (same as --set backend.name=...)")
     r.set_defaults(func=_cmd_run)
 
@@ -152,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--layers", default="3072,1024,1024,1024,10")
     b.add_argument("--batch", type=int, default=1000)
     b.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
-    b.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"])
+    b.add_argument("--backend", default="cpu", choices=BACKENDS)
     b.add_argument("--noise", default="gaussian", help="intrinsic noise model (default gaussian, sigma 0.01)")
     b.add_argument("--dtype", default="float32")
     b.add_argument("--json", action="store_true", help="print only the JSON line")
@@ -206,54 +202,9 @@ def _report_run(result, path, start: float | None = None) -> int:
 
 
 def _main_job(args) -> int:
-    from .analysis import format_table, summarize
-    from .config import load_config
-    from .experiment import Progress, run
-    from .plot import plot_curves
-
-    out = Path(args.out or "runs/main")
-    base = load_config(None, args.overrides).to_dict()
-    print(f"noisysim main job: {', '.join(MAIN_RULES)} on {base['data']['name']} with "
-          f"{base['noise']['model']} intrinsic noise -> {out}/")
-    paths = []
-    data = None
-    for rule in MAIN_RULES:
-        # named <rule>-digits unless --set name=... (then <name>-<rule>)
-        ov = list(args.overrides) + [f"rule.name={rule}"]
-        if any(o.startswith("name=") for o in args.overrides):
-            ov.append(f"name={base['name']}-{rule}")
-        config = load_config(None, ov).to_dict()
-        path = out / f"{config['name']}.h5"
-        if path.exists() and not args.overwrite and _completed(path, config):
-            print(f"{rule}: already completed in {path} (use --overwrite to rerun)")
-        else:
-            if data is None:
-                from .experiment import build
-                data = build(config).data
-            start = time.monotonic()
-            result, path = run(config, out, overwrite=True, progress=Progress(f"{rule:>5} "), data=data)
-            _report_run(result, path, start)
-            if result.status == "interrupted":
-                return EXIT_INTERRUPTED
-        paths.append(path)
-    rows = summarize(paths, by=["rule.name"], metric="eval/test_accuracy")
-    print("\nfinal test accuracy (noise-free inference):")
-    print(format_table(rows))
-    fig = out / "comparison.png"
-    plot_curves(paths, fig, metric="eval/test_accuracy", by="rule.name", x="epoch")
-    print(f"figure: {fig}")
-    return 0
-
-
-def _completed(path: Path, config: dict) -> bool:
-    """Whether ``path`` holds a completed run of exactly this config."""
-    from .record import Trajectory, config_to_json
-
-    try:
-        t = Trajectory(path)
-        return t.status == "completed" and config_to_json(t.config) == config_to_json(config)
-    except NoisysimError:
-        return False
+    job = main_job(args.overrides, args.out or "runs/main", overwrite=args.overwrite,
+                   report=_report_run)
+    return EXIT_INTERRUPTED if job.interrupted else 0
 
 
 # -- analysis -------------------------------------------------------------------------------

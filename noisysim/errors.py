@@ -16,6 +16,12 @@ class NoisysimError(ValueError):
     """A user mistake (bad parameter, bad file, bad config): printed as one line."""
 
 
+def one_line(text: Any) -> str:
+    """``text`` (an exception, a message) with every run of whitespace, newlines included,
+    replaced by one space: what goes into a one-line error or a status message."""
+    return " ".join(str(text).split())
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)
@@ -73,6 +79,13 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
             f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}{guess}"
         )
     return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Return ``value`` as a bool if it is one (numpy's included); TOML spells it true/false."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise NoisysimError(f"{name} must be true or false, got {_fmt(value)}")
+    return bool(value)
 
 
 def check_finite_array(name: str, array: np.ndarray) -> None:

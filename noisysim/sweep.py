@@ -105,7 +105,8 @@ def _label(point: list[str]) -> str:
 # -- planning -------------------------------------------------------------------------------
 def plan(config: dict, path: Path) -> tuple[str, str]:
     """What to do for one point: ("run" | "resume" | "skip" | "conflict", why)."""
-    from .record import Trajectory, _first_difference, config_to_json
+    from .dotted import first_difference
+    from .record import Trajectory, config_to_json
 
     if not path.exists():
         return "run", ""
@@ -113,7 +114,7 @@ def plan(config: dict, path: Path) -> tuple[str, str]:
         traj = Trajectory(path)
     except NoisysimError as err:
         return "run", f"replacing an unreadable file ({err})"
-    diff = _first_difference(json.loads(config_to_json(config)), traj.config)
+    diff = first_difference(json.loads(config_to_json(config)), traj.config)
     if diff is not None:
         return "conflict", (f"{path} holds a run of a different config (first difference at "
                             f"{diff!r}); delete it or choose another --out")

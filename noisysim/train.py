@@ -37,8 +37,6 @@ from .kernels.backend import kernels_for
 from .losses import check_targets, loss
 from .network import Network
 
-STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
-
 
 @dataclass(frozen=True)
 class StepFailure:

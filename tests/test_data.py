@@ -29,7 +29,7 @@ from noisysim import data
 from noisysim.data import Dataset, load_dataset, read_idx, write_idx
 from noisysim.errors import NoisysimError
 
-IDX_NAMES = data._IDX_FILES
+IDX_NAMES = data.idx._IDX_FILES
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -57,7 +57,7 @@ def dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("NOISYSIM_DATA", str(d["data"]))
     monkeypatch.setenv("NOISYSIM_CACHE", str(d["cache"]))
     monkeypatch.delenv("NOISYSIM_MIRROR", raising=False)
-    monkeypatch.setattr(data, "_DEBIAN_DATASETS", tmp_path / "no-debian")
+    monkeypatch.setattr(data.downloaded, "_DEBIAN_DATASETS", tmp_path / "no-debian")
     return d
 
 
@@ -551,7 +551,7 @@ def test_validation_split(dirs):
     ("digits", {"validation": 1.0}, r"validation must be in \[0, 1\)"),
     ("digits", {"validation": -0.1}, "validation"),
     ("digits", {"dtype": "int32"}, "dtype must be one of"),
-    ("digits", {"flatten": "yes"}, "flatten must be True or False"),
+    ("digits", {"flatten": "yes"}, "flatten must be true or false"),
     ("digits", {"seed": -1}, "seed"),
     ("digits", {"n_train": 5000}, "exceeds the 1500"),
     ("digits", {"n_test": 0}, "n_test"),

@@ -453,7 +453,7 @@ def test_series_and_groups_added_after_several_flushes(tmp_path):
     assert t.checkpoint() == {"step": 7}
 
 
-def test_checkpoint_of_the_first_layout_is_read_and_migrated_on_resume(tmp_path):
+def test_checkpoint_of_the_first_layout_is_refused_naming_the_version_that_reads_it(tmp_path):
     path = tmp_path / "run.h5"
     with TrajectoryWriter(path, CONFIG, 1) as w:
         w.log("train", {"step": 0, "loss": 1.0})
@@ -467,16 +467,33 @@ def test_checkpoint_of_the_first_layout_is_read_and_migrated_on_resume(tmp_path)
         g["W"] = np.arange(3.0)
         g.create_dataset("__noisysim_manifest__", data=json.dumps(manifest),
                          dtype=h5py.string_dtype())
-    expected = {"step": 5, "note": "héllo", "W": np.arange(3.0)}
-    _assert_same(Trajectory(path).checkpoint(), expected)
+    before = path.read_bytes()
+    message = r"first \(pre-release\) layout.*noisysim 0\.1\.0 at commit e34d63a"
+    t = Trajectory(path)  # its rows still read
+    assert list(t.series("train", "loss")) == [1.0] and t.groups() == ["alignment", "eval",
+                                                                        "snapshots", "train"]
+    with pytest.raises(NoisysimError, match=message) as err:
+        t.checkpoint()
+    assert "\n" not in str(err.value)
+    with pytest.raises(NoisysimError, match=message):
+        TrajectoryWriter(path, None, None, mode="resume")
+    assert path.read_bytes() == before  # refused before anything in the file changed
+
+
+def test_a_checkpoint_group_without_slots_yet_holds_no_checkpoint_and_resumes(tmp_path):
+    # what a writer killed between creating /checkpoint and /checkpoint/current leaves
+    path = tmp_path / "run.h5"
+    with TrajectoryWriter(path, CONFIG, 1) as w:
+        w.log("train", {"step": 0, "loss": 1.0})
+        w.set_status("interrupted")
+    with h5py.File(path, "r+") as f:
+        f.create_group("checkpoint")
+    assert Trajectory(path).checkpoint() is None
     with TrajectoryWriter(path, None, None, mode="resume") as w:
-        _assert_same(w.read_checkpoint(), expected)
-        w.write_checkpoint({"step": 6})
-        assert w.read_checkpoint() == {"step": 6}
+        assert w.read_checkpoint() is None
+        w.write_checkpoint({"step": 1})
         w.set_status("completed")
-    with h5py.File(path, "r") as f:
-        assert sorted(f["checkpoint"]) == ["a", "b", "current"]
-    assert Trajectory(path).checkpoint() == {"step": 6}
+    assert Trajectory(path).checkpoint() == {"step": 1}
 
 
 LOOP_SCRIPT = textwrap.dedent(
@@ -550,7 +567,7 @@ WINDOW_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
     import numpy as np
-    import noisysim.record as record
+    import noisysim.record.writer as record
 
     w = record.TrajectoryWriter(sys.argv[1], {"rule": {"name": "np"}}, 3, flush_every=4)
     for step in range(8):

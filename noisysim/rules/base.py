@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Mapping, NamedTuple
 
 import numpy as np
 
-from ..errors import NoisysimError, check_choice, check_number
+from ..errors import NoisysimError, check_bool, check_choice, check_number
 from ..kernels.backend import CPU, Vectors
 from ..network import LayerGrad, Network
 
@@ -81,7 +81,7 @@ class Rule:
         if key == "seed":
             return check_number(label, value, 0, 2**63 - 1, integer=True)
         if key in ("clean_pass", "decorrelated"):
-            return _check_bool(label, value)
+            return check_bool(label, value)
         if key == "surrogate":
             return check_choice(label, value, SURROGATES)
         raise AssertionError(f"option {key!r} has no validator")  # a bug in a subclass
@@ -178,9 +178,3 @@ def loss_changes(m):
 def reference(arrays) -> list:
     """Pass 0 (the reference pass) of each per-layer (P, B, N) array."""
     return [a[0] for a in arrays]
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise NoisysimError(f"{name} must be true or false, got {value!r}")
-    return bool(value)

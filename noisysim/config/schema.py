@@ -1,0 +1,200 @@
+"""The schema: the keys users type, their types, defaults and documentation.
+
+``SCHEMA`` is the single list of documented keys; the README's configuration table is
+generated from it (``schema_markdown``, run ``python docs/render_readme.py``). Adding a key:
+add a ``Key`` here, resolve it in ``validate.py`` (``_Resolver``) and, for a range or a
+check, in ``_check_fixed_value``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import inspect
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+from noisysim import data as _data
+from noisysim.activations import ACTIVATIONS
+from noisysim.backends import BACKENDS
+from noisysim.losses import LOSSES
+from noisysim.network import DTYPES, INITIALISERS
+from noisysim.noise import NOISE_MODELS
+from noisysim.optim import OPTIMIZERS
+from noisysim.rules import RULES
+from noisysim.train import TrainSettings
+
+from .values import _toml_value
+
+SECTIONS = ("model", "noise", "rule", "decorrelation", "optimizer", "data", "train", "backend")
+_TOP_KEYS = ("name", "seed")  # plus "model" as an include path
+_MAX_SEED = 2**63 - 1
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@,-]*$")
+_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$")
+
+#: Input size, number of classes and sizes of the splits of the registered datasets, so that
+#: validation never loads data. ``None``: taken from the options (teacher, cifar100).
+DATASET_SHAPES: dict[str, dict] = {
+    "digits": {"inputs": 64, "classes": 10, "n_train": 1500, "n_test": 297},
+    "mnist": {"inputs": 784, "classes": 10, "n_train": 60000, "n_test": 10000},
+    "fashion-mnist": {"inputs": 784, "classes": 10, "n_train": 60000, "n_test": 10000},
+    "cifar10": {"inputs": 3072, "classes": 10, "n_train": 50000, "n_test": 10000},
+    "cifar100": {"inputs": 3072, "classes": None, "n_train": 50000, "n_test": 10000},
+    "teacher": {"inputs": None, "classes": None, "n_train": None, "n_test": None},
+}
+
+
+def _default_config_resource():
+    return importlib.resources.files("noisysim").joinpath("defaults", "default.toml")
+
+
+DEFAULT_CONFIG = "noisysim/defaults/default.toml"
+
+
+_NO_DEFAULT = object()
+
+
+@dataclass(frozen=True)
+class Key:
+    """One documented config key. ``open`` keys (``rule.<option>``) stand for the options
+    of the chosen component; their defaults are the component's own."""
+
+    key: str
+    type: str
+    default: Any
+    description: str
+    choices: Callable[[], Sequence[str]] | None = None
+    open: bool = False
+
+    def default_text(self) -> str:
+        if self.open:
+            return "(component's)"
+        if self.default is _NO_DEFAULT:
+            return "-"
+        if isinstance(self.default, str) and self.default.startswith("<"):
+            return self.default
+        return _toml_value(self.default)
+
+
+def _train_keys() -> list[Key]:
+    docs = {
+        "epochs": "passes over the training set",
+        "batch_size": "examples per update (the B parallel copies of the hardware)",
+        "log_every": "updates between rows of per-update scalars (1 = every update)",
+        "alignment_every": "updates between cosine alignments with the exact gradient "
+                           "(0 = never; costs one backward pass)",
+        "snapshot_every": "updates between parameter snapshots (0 = never)",
+        "checkpoint_every": "updates between checkpoints (0 = at epoch ends only)",
+        "eval_noise": "evaluate with intrinsic noise (one noisy pass) instead of clean",
+        "eval_batch_size": "examples per evaluation batch (memory only, not results)",
+    }
+    out = []
+    for f in dataclasses.fields(TrainSettings):
+        typ = "boolean" if isinstance(f.default, bool) else (
+            "integer" if isinstance(f.default, int) else "float")
+        out.append(Key(f"train.{f.name}", typ, f.default,
+                       docs.get(f.name, "see noisysim.train.TrainSettings")))
+    return out
+
+
+def _param_list(pairs: Iterable[tuple[str, Iterable[str]]]) -> str:
+    return "; ".join(f"{n}: {', '.join(p) or '-'}" for n, p in pairs)
+
+
+def _noise_params(name: str) -> list[str]:
+    sig = inspect.signature(NOISE_MODELS[name].__init__)
+    return [p for p in sig.parameters if p != "self"]
+
+
+def _optimizer_params(name: str) -> list[str]:
+    sig = inspect.signature(OPTIMIZERS[name].__init__)
+    return [p for p in sig.parameters if p != "self"]
+
+
+SCHEMA: tuple[Key, ...] = (
+    Key("name", "string", "<rule>-<dataset>",
+        "file stem of the trajectory (`<out>/<name>.h5`): letters, digits, `._+=@,-`"),
+    Key("seed", "integer", 0,
+        "key of every random draw (weights, noise, perturbations, data order), 0..2^63-1"),
+    Key("model", "path", _NO_DEFAULT,
+        "at top level: a model file to include (holds `[model]`, may hold `[noise]`); "
+        "relative to this file, then the working directory; keys here override it"),
+    Key("model.file", "path", _NO_DEFAULT,
+        "the same include, written inside `[model]` so that this table can override it"),
+    Key("model.layers", "list of integers", [64, 64, 10],
+        "widths from input to output: first = dataset input size, last = classes (outputs)"),
+    Key("model.activation", "string", "leaky_relu", "hidden-layer activation",
+        lambda: ACTIVATIONS),
+    Key("model.activation_params", "table", {},
+        "parameters of the hidden activation, e.g. `{slope = 0.1}` (leaky_relu: slope; "
+        "hardtanh: lo, hi; step: threshold; quantize: levels, lo, hi)"),
+    Key("model.output_activation", "string", "identity",
+        "applied to the last layer before the loss", lambda: ACTIVATIONS),
+    Key("model.loss", "string", "cross_entropy",
+        "per-sample loss on the outputs (classification needs cross_entropy, regression "
+        "squared_error)", lambda: LOSSES),
+    Key("model.bias", "boolean", True, "layers have biases (initialised to zero)"),
+    Key("model.init", "string", "he_normal", "weight initialisation", lambda: INITIALISERS),
+    Key("model.dtype", "string", "float32", "precision of parameters and activities "
+        "(also the data's, unless data.dtype is set)", lambda: DTYPES),
+    Key("noise.model", "string", "none",
+        "intrinsic device noise added to pre-activations", lambda: tuple(NOISE_MODELS)),
+    Key("noise.layers", '"all" or list of integers', "all",
+        "layers (0-based, output layer included) that carry the noise"),
+    Key("noise.<param>", "per model", _NO_DEFAULT,
+        "parameters of the noise model (" + _param_list(
+            (n, _noise_params(n)) for n in NOISE_MODELS if _noise_params(n)) + ")",
+        open=True),
+    Key("rule.name", "string", "danp", "learning rule", lambda: RULES),
+    Key("rule.<option>", "per rule", _NO_DEFAULT,
+        "options of the rule: sigma (std of the injected perturbation), samples (perturbed "
+        "passes per update), clean_pass (reference pass without intrinsic noise), surrogate "
+        "(bp/dbp: none or ste), seed (fg); decorrelated is implied by the d* names", open=True),
+    Key("decorrelation.lr", "float", 1e-3,
+        "learning rate of the decorrelation matrices R (dbp, dnp, dinp, danp); 0 freezes R"),
+    Key("decorrelation.kappa", "float", 0.0,
+        "0 = decorrelate only, up to 1 = also drive input variances to 1"),
+    Key("optimizer.name", "string", "adam", "optimiser of W and b", lambda: tuple(OPTIMIZERS)),
+    Key("optimizer.lr", "float", 1e-4, "learning rate (> 0)"),
+    Key("optimizer.<option>", "per optimiser", _NO_DEFAULT,
+        "options of the optimiser (" + _param_list(
+            (n, [p for p in _optimizer_params(n) if p != "lr"]) for n in OPTIMIZERS) + ")",
+        open=True),
+    Key("data.name", "string", "digits", "dataset", lambda: _data.dataset_names()),
+    Key("data.<option>", "per dataset", _NO_DEFAULT,
+        "loader options: normalize (unit, standard, none), validation (fraction split off), "
+        "n_train, n_test (keep the first n), seed (validation split, generated data), dtype; "
+        "downloaded sets: data_dir, mirror, download; cifar100: label_mode; teacher: "
+        "n_inputs, n_outputs, hidden, correlation, task, target_noise, slope", open=True),
+    *_train_keys(),
+    Key("backend.name", "string", "auto", "compute backend (auto picks cuda when usable)",
+        lambda: BACKENDS),
+)
+
+_FIXED: dict[str, Key] = {k.key: k for k in SCHEMA if not k.open and k.key not in ("model",)}
+_INCLUDE_KEYS = ("model", "model.file")
+
+# Component groups: the options of a component depend on its name.
+#   prefix -> (name key, fixed keys of the section that are not component options)
+_GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "noise": ("noise.model", ("model", "layers")),
+    "rule": ("rule.name", ("name",)),
+    "optimizer": ("optimizer.name", ("name",)),
+    "data": ("data.name", ("name",)),
+    "model.activation_params": ("model.activation", ()),
+}
+_PATH_PARAMS = ("noise.path", "data.data_dir")
+
+
+def schema_markdown() -> str:
+    """The key table of ``SCHEMA`` as GitHub markdown (for the README)."""
+    rows = ["| key | type | default | description |", "|---|---|---|---|"]
+    for k in SCHEMA:
+        desc = k.description
+        if k.choices is not None:
+            desc += ": " + ", ".join(f"`{c}`" for c in k.choices())
+        default = k.default_text()
+        default = default if default in ("-", "(component's)") else f"`{default}`"
+        rows.append(f"| `{k.key}` | {k.type} | {default} | {desc} |")
+    return "\n".join(rows)

@@ -1,0 +1,535 @@
+"""Validation: merged entries -> the fully resolved config dict, or a one-line error.
+
+``_Resolver`` resolves one section at a time (types, ranges, names of components, the
+options of the chosen rule, noise model, optimiser, dataset and activation, by building
+them), then the checks across sections (layer widths against the dataset, the loss against
+the task, the noise layers against the depth). Every error names where the value came
+from (file and line, or the ``--set`` argument), the key, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import json
+import math
+import re
+from typing import Any, Callable, Sequence
+
+from noisysim import data as _data
+from noisysim.activations import make_activation
+from noisysim.decorrelation import Decorrelator
+from noisysim.errors import NoisysimError, check_bool, check_choice, check_number
+from noisysim.network import DTYPES
+from noisysim.noise import NOISE_MODELS, make_noise
+from noisysim.optim import make_optimizer
+from noisysim.rules import make_rule
+from noisysim.train import TrainSettings
+
+from .schema import (
+    _FIXED,
+    _GROUPS,
+    _MAX_SEED,
+    _NAME_RE,
+    _PATH_PARAMS,
+    DATASET_SHAPES,
+    SCHEMA,
+    SECTIONS,
+    _noise_params,
+    _optimizer_params,
+)
+from .sources import _DEFAULTS_SOURCE, _Entry, _locate_path, _Source
+from .values import (
+    _copy_default,
+    _is_toml,
+    _parse_value,
+    _plain,
+    _short,
+    _show,
+    _toml_value,
+    _type_name,
+)
+
+class _Resolver:
+    def __init__(self, entries: dict[str, _Entry], history: dict[str, list[tuple[int, Any]]]):
+        self.entries = entries
+        self.history = history
+        self.out: dict[str, Any] = {}
+
+    # -- helpers -------------------------------------------------------------------------
+    def entry(self, dotted: str) -> _Entry:
+        e = self.entries.get(dotted)
+        if e is not None:
+            return e
+        return _Entry(_copy_default(_FIXED[dotted].default), _DEFAULTS_SOURCE)
+
+    def where(self, dotted: str) -> str:
+        return self.entry(dotted).source.where(dotted)
+
+    def fail(self, dotted: str, msg: str) -> None:
+        raise NoisysimError(f"{self.where(dotted)}: {msg}")
+
+    def typed(self, dotted: str) -> Any:
+        """The value of a fixed key, type-checked and range-checked."""
+        key = _FIXED[dotted]
+        e = self.entry(dotted)
+        value = _check_type(dotted, key.type, e.value, e.source)
+        try:
+            if key.choices is not None:
+                value = check_choice(dotted, value, key.choices())
+            value = _check_fixed_value(dotted, value)
+        except NoisysimError as exc:
+            raise NoisysimError(f"{e.source.where(dotted)}: {exc}") from None
+        return value
+
+    def params(self, prefix: str, name: str, accepted: Sequence[str],
+               what: str) -> dict[str, _Entry]:
+        """Component options under ``prefix``: drop stale ones, refuse unknown ones."""
+        name_key, fixed = _GROUPS[prefix]
+        found = {k[len(prefix) + 1:]: (k, e) for k, e in self.entries.items()
+                 if k.startswith(prefix + ".") and k[len(prefix) + 1:] not in fixed
+                 and "." not in k[len(prefix) + 1:]}
+        out: dict[str, _Entry] = {}
+        for opt, (dotted, e) in found.items():
+            if opt in accepted:
+                out[opt] = e
+                continue
+            if self.name_at(name_key, e.source.layer) != name:
+                del self.entries[dotted]   # an option of the component a later layer replaced
+                continue
+            valid = list(fixed) + [a for a in accepted if a not in fixed]
+            close = difflib.get_close_matches(opt, valid, n=1)
+            guess = f" (did you mean {close[0]!r}?)" if close else ""
+            self.fail(dotted, f"unknown key {dotted} = {_short(e.value)}{guess}: {what} accepts "
+                              f"{', '.join(valid) if valid else 'no options'}")
+        return out
+
+    def name_at(self, name_key: str, layer: int) -> Any:
+        value = _FIXED[name_key].default
+        for l, v in self.history.get(name_key, []):
+            if l <= layer:
+                value = v
+        return _data.dataset_key(value) if name_key == "data.name" else value
+
+    def component(self, prefix: str, build: Callable[..., Any], name: str,
+                  opts: dict[str, _Entry], extra: dict | None = None):
+        """Build a component from its options; blame the option its error names."""
+        kwargs = {**(extra or {}), **{k: e.value for k, e in opts.items()}}
+        try:
+            return build(name, **kwargs)
+        except NoisysimError as exc:
+            msg = str(exc)
+            blame, pos = None, len(msg) + 1
+            for k in opts:
+                m = re.search(rf"(?<![A-Za-z0-9_]){re.escape(k)}(?![A-Za-z0-9_])", msg)
+                if m and m.start() < pos:
+                    blame, pos = k, m.start()
+            name_key = _GROUPS[prefix][0]
+            if blame is None:
+                raise NoisysimError(
+                    f"{self.where(name_key)}: {name_key} = {name!r}: {msg}") from None
+            e = opts[blame]
+            dotted = f"{prefix}.{blame}"
+            hint = _unquote_hint(dotted, e.value, e.source)
+            raise NoisysimError(
+                f"{e.source.where(dotted)}: {dotted} = {_short(e.value)}: {msg}{hint}"
+            ) from None
+
+    # -- sections ------------------------------------------------------------------------
+    def resolve(self) -> dict:
+        for k in list(self.entries):
+            if "." in k and k.split(".", 1)[0] in SECTIONS:
+                section, rest = k.split(".", 1)
+                if k in _FIXED or section in _GROUPS or k.startswith("model.activation_params"):
+                    continue
+                e = self.entries[k]
+                valid = [x.key.split(".", 1)[1] for x in SCHEMA
+                         if x.key.startswith(section + ".") and not x.open]
+                close = difflib.get_close_matches(rest, valid, n=1)
+                guess = f" (did you mean {section}.{close[0]}?)" if close else ""
+                other = [x.key for x in SCHEMA if x.key.endswith("." + rest) and not x.open]
+                if other and not guess:
+                    guess = f" (it belongs in {other[0]})"
+                self.fail(k, f"unknown key {k} = {_short(e.value)}{guess}; [{section}] "
+                             f"accepts {', '.join(valid)}")
+        out = self.out
+        out["seed"] = self.typed("seed")
+        self.model()
+        self.rule()
+        self.noise()
+        self.decorrelation()
+        self.optimizer()
+        self.data()
+        self.train()
+        out["backend"] = {"name": self.typed("backend.name")}
+        self.cross_checks()
+        out["name"] = self.name()
+        order = ("name", "seed") + SECTIONS
+        return {k: out[k] for k in order}
+
+    def name(self) -> str:
+        if "name" not in self.entries:
+            return f"{self.out['rule']['name']}-{self.out['data']['name']}"
+        e = self.entries["name"]
+        v = _check_type("name", "string", e.value, e.source)
+        if not _NAME_RE.match(v) or len(v) > 200:
+            fixed = re.sub(r"[^A-Za-z0-9._+=@,-]+", "-", v).strip("-._+=@,") or "my-run"
+            self.fail("name", f"name must be a file stem of letters, digits and ._+=@,- "
+                              f"(no spaces or slashes, not starting with a dot), got {v!r}; "
+                              f"{e.source.fix('name', json.dumps(fixed))}")
+        return v
+
+    def model(self) -> None:
+        m: dict[str, Any] = {}
+        m["layers"] = self.typed("model.layers")
+        m["activation"] = act = self.typed("model.activation")
+        accepted = list(make_activation(act).params)
+        params = self.params("model.activation_params", act, accepted,
+                             f"activation {act!r}")
+        empty = self.entries.get("model.activation_params")
+        if empty is not None and not isinstance(empty.value, dict):
+            self.fail("model.activation_params",
+                      f"model.activation_params must be a table like {{slope = 0.1}}, got "
+                      f"{_show(empty.value)}")
+        built = self.component("model.activation_params", make_activation, act, params)
+        m["activation_params"] = dict(built.params)
+        m["output_activation"] = self.typed("model.output_activation")
+        for k in ("loss", "bias", "init", "dtype"):
+            m[k] = self.typed(f"model.{k}")
+        self.out["model"] = m
+
+    def rule(self) -> None:
+        name = self.typed("rule.name")
+        accepted = list(make_rule(name).options)
+        opts = self.params("rule", name, accepted, f"rule {name!r}")
+        rule = self.component("rule", make_rule, name, opts)
+        self.out["rule"] = {"name": name, **_plain(rule.options)}
+
+    def noise(self) -> None:
+        name = self.typed("noise.model")
+        accepted = _noise_params(name)
+        opts = self.params("noise", name, accepted, f"noise model {name!r}")
+        sig = inspect.signature(NOISE_MODELS[name].__init__)
+        missing = [p for p in accepted if sig.parameters[p].default is inspect.Parameter.empty
+                   and p not in opts]
+        if missing:
+            src = self.entry("noise.model").source
+            self.fail("noise.model",
+                      f"noise.model = {name!r} needs noise.{missing[0]} (parameters: "
+                      f"{', '.join(accepted)}); add {missing[0]} = ... under [noise]"
+                      + ("" if src.kind != "set" else f" or --set noise.{missing[0]}=..."))
+        for k in list(opts):
+            if f"noise.{k}" in _PATH_PARAMS and isinstance(opts[k].value, str):
+                e = opts[k]
+                opts[k] = _Entry(str(_locate_path(e.value, e.source)), e.source)
+        model = self.component("noise", make_noise, name, opts)
+        params = _plain(model.params())
+        for k, e in opts.items():  # keep what params() does not report (e.g. trace data)
+            if params.get(k) is None:
+                params[k] = _plain(e.value)
+        layers = self.typed("noise.layers")
+        self.out["noise"] = {"model": name, "layers": layers,
+                             **{k: v for k, v in params.items() if v is not None}}
+
+    def decorrelation(self) -> None:
+        lr, kappa = self.typed("decorrelation.lr"), self.typed("decorrelation.kappa")
+        try:
+            Decorrelator(lr, kappa)
+        except NoisysimError as exc:  # a check added to Decorrelator after this schema
+            raise NoisysimError(f"{self.where('decorrelation.lr')}: {exc}") from None
+        self.out["decorrelation"] = {"lr": lr, "kappa": kappa}
+
+    def optimizer(self) -> None:
+        name = self.typed("optimizer.name")
+        accepted = _optimizer_params(name)
+        opts = self.params("optimizer", name, accepted, f"optimizer {name!r}")
+        lr = self.typed("optimizer.lr")
+        opt = self.component("optimizer", make_optimizer, name, opts, extra={"lr": lr})
+        options = _plain(opt.options())
+        self.out["optimizer"] = {"name": name, **{k: v for k, v in options.items()
+                                                  if v is not None}}
+
+    def data(self) -> None:
+        e = self.entry("data.name")
+        raw = _check_type("data.name", "string", e.value, e.source)
+        key = _data.dataset_key(raw)
+        if key not in _data.DATASETS:
+            try:
+                check_choice("data.name", raw, _data.dataset_names())
+            except NoisysimError as exc:
+                raise NoisysimError(f"{e.source.where('data.name')}: {exc}") from None
+        entry = _data.DATASETS[key]
+        opts = self.params("data", key, list(entry.options), f"dataset {key!r}")
+        resolved: dict[str, Any] = {"normalize": "none", "flatten": True, "validation": 0.0,
+                                    "dtype": self.out["model"]["dtype"], "seed": 0}
+        resolved.update(_plain(dict(entry.defaults)))
+        resolved = {k: v for k, v in resolved.items() if k in entry.options}
+        for opt, oe in opts.items():
+            dotted = f"data.{opt}"
+            value = oe.value
+            if dotted in _PATH_PARAMS and isinstance(value, str):
+                value = str(_locate_path(value, oe.source))
+            check = _DATA_CHECKS.get(opt)
+            if check is not None:
+                try:
+                    value = check(dotted, value)
+                except NoisysimError as exc:
+                    hint = _unquote_hint(dotted, oe.value, oe.source)
+                    raise NoisysimError(f"{oe.source.where(dotted)}: {exc}{hint}") from None
+            resolved[opt] = value
+        if key == "teacher":
+            task, n_out = resolved.get("task"), resolved.get("n_outputs")
+            if task == "classification" and isinstance(n_out, int) and n_out < 2:
+                self.fail("data.n_outputs" if "n_outputs" in opts else "data.task",
+                          f"data.n_outputs must be >= 2 for task = 'classification', got "
+                          f"{n_out}")
+            if task == "classification" and resolved.get("target_noise", 0) > 0:
+                self.fail("data.target_noise", "data.target_noise applies to task = "
+                          "'regression' only; remove it or set it to 0")
+        shape = DATASET_SHAPES.get(key)
+        if shape is not None:
+            for split in ("n_train", "n_test"):
+                n, have = resolved.get(split), shape[split]
+                if have is not None and n is not None and n > have:
+                    self.fail(f"data.{split}", f"data.{split} = {n} exceeds the {have} "
+                                                f"examples of {key!r}; use at most {have}")
+        self.out["data"] = {"name": key, **{k: v for k, v in resolved.items() if v is not None}}
+
+    def train(self) -> None:
+        t = {k.key.split(".", 1)[1]: self.typed(k.key) for k in SCHEMA
+             if k.key.startswith("train.")}
+        try:
+            TrainSettings(**t)
+        except NoisysimError as exc:  # a check added to TrainSettings after this schema
+            blame = next((k for k in t if f"train.{k}" in str(exc)), None)
+            raise NoisysimError(f"{self.where(f'train.{blame}') if blame else 'train'}: "
+                                f"{exc}") from None
+        self.out["train"] = t
+
+    def blame(self, key: str, cause: str) -> str:
+        """Where to point for a conflict: ``key`` if the user set it, else ``cause``."""
+        if key in self.entries:
+            return self.where(key)
+        return f"{self.where(cause)}"
+
+    def defaulted(self, key: str) -> str:
+        return "" if key in self.entries else " (the default)"
+
+    def cross_checks(self) -> None:
+        m, d = self.out["model"], self.out["data"]
+        layers = m["layers"]
+        info = _dataset_info(d)
+        if info is not None:
+            inputs, want_out, task = info
+            loss = m["loss"]
+            cause = "data.task" if "data.task" in self.entries else "data.name"
+            if task == "classification" and loss != "cross_entropy":
+                raise NoisysimError(
+                    f"{self.blame('model.loss', cause)}: model.loss = {loss!r}"
+                    f"{self.defaulted('model.loss')} needs regression targets but dataset "
+                    f"{d['name']!r} is a classification set (integer labels); set [model] "
+                    "loss = \"cross_entropy\"")
+            if task == "regression" and loss != "squared_error":
+                raise NoisysimError(
+                    f"{self.blame('model.loss', cause)}: model.loss = {loss!r}"
+                    f"{self.defaulted('model.loss')} needs class labels but dataset "
+                    f"{d['name']!r} is a regression set (float targets); set [model] loss = "
+                    "\"squared_error\" (or [data] task = \"classification\")")
+            if layers[0] != inputs or layers[-1] != want_out:
+                good = [inputs] + list(layers[1:-1]) + [want_out]
+                what = "classes" if task == "classification" else "outputs"
+                bad = (f"the first width must be its input size {inputs}"
+                       if layers[0] != inputs else
+                       f"the last width must be its number of {what} {want_out}")
+                raise NoisysimError(
+                    f"{self.blame('model.layers', 'data.name')}: model.layers = "
+                    f"{_toml_value(layers)}{self.defaulted('model.layers')} does not fit "
+                    f"dataset {d['name']!r}: {bad}; set [model] layers = {_toml_value(good)}")
+        n_layers = len(layers) - 1
+        nl = self.out["noise"]["layers"]
+        if nl != "all":
+            for idx in nl:
+                if not 0 <= idx < n_layers:
+                    self.fail("noise.layers",
+                              f"noise.layers = {_toml_value(nl)}: layer {idx} does not exist; "
+                              f"the network has {n_layers} layers, numbered 0..{n_layers - 1} "
+                              "(the output layer included)")
+            if len(set(nl)) != len(nl):
+                self.fail("noise.layers", f"noise.layers = {_toml_value(nl)} lists a layer "
+                                          "twice; list each layer once")
+
+
+def _dataset_info(d: dict) -> tuple[int, int, str] | None:
+    """(input size, output width, task) of a resolved data section, without loading it."""
+    name = d["name"]
+    if name == "teacher":
+        task = d.get("task", "regression")
+        return int(d["n_inputs"]), int(d["n_outputs"]), task
+    shape = DATASET_SHAPES.get(name)
+    if shape is None:
+        return None  # a dataset registered after this table: checked when it loads
+    classes = shape["classes"]
+    if name == "cifar100":
+        classes = 20 if d.get("label_mode") == "coarse" else 100
+    return shape["inputs"], classes, "classification"
+
+
+def _unquote_hint(dotted: str, value: Any, source: _Source) -> str:
+    """'; write sigma = 1e-3 without quotes' when a string holds a TOML number/boolean."""
+    if not isinstance(value, str):
+        return ""
+    parsed = _parse_value(value)
+    if isinstance(parsed, (bool, int, float)) and not isinstance(parsed, str):
+        return f"; {source.fix(dotted, value.strip())} without quotes"
+    return ""
+
+
+def _check_type(dotted: str, typ: str, value: Any, source: _Source) -> Any:
+    where = source.where(dotted)
+
+    def bad(expected: str, example: str, extra: str = ""):
+        fix = extra or source.fix(dotted, example)
+        raise NoisysimError(f"{where}: {dotted} must be {expected}, got {_short(value)} "
+                            f"({_type_name(value)}): {fix}")
+
+    if typ in ("string", "path"):
+        if isinstance(value, str):
+            return value
+        text = _toml_value(value) if _is_toml(value) else str(value)
+        bad("a string", json.dumps(text), extra=f"{source.fix(dotted, json.dumps(text))} in quotes")
+    if typ in ("integer", "float"):
+        if isinstance(value, str):
+            parsed = _parse_value(value)
+            if isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
+                bad(f"{'an integer' if typ == 'integer' else 'a number'}", value.strip(),
+                    extra=f"{source.fix(dotted, value.strip())} without quotes")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            bad("an integer" if typ == "integer" else "a number",
+                str(_FIXED[dotted].default) if dotted in _FIXED else "1")
+        if typ == "integer":
+            if isinstance(value, float):
+                if not (math.isfinite(value) and value.is_integer()):
+                    bad("an integer", str(int(value)) if math.isfinite(value) else "1",
+                        extra="use a whole number")
+                return int(value)
+            return value
+        return float(value)
+    if typ == "boolean":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            bad("true or false", value.strip().lower(),
+                extra=f"{source.fix(dotted, value.strip().lower())} without quotes")
+        bad("true or false", "true" if value else "false")
+    if typ == "list of integers":
+        if isinstance(value, str):
+            parsed = _parse_value(value)
+            if isinstance(parsed, list):
+                bad("a list of integers", value.strip(),
+                    extra=f"{source.fix(dotted, value.strip())} without quotes")
+        if not isinstance(value, list) or not value:
+            bad("a list of integers", "[64, 64, 10]")
+        for x in value:
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or (
+                    isinstance(x, float) and not x.is_integer()):
+                bad("a list of integers", "[64, 64, 10]")
+        return [int(x) for x in value]
+    if typ == "table":
+        if isinstance(value, dict):
+            return value
+        bad("a table", "{slope = 0.1}")
+    if typ == '"all" or list of integers':
+        if value == "all":
+            return value
+        if isinstance(value, list) and all(
+                isinstance(x, int) and not isinstance(x, bool) for x in value):
+            return list(value)
+        bad('"all" or a list of layer indices', '"all"' if source.kind != "set" else "all",
+            extra=f"{source.fix(dotted, '[0, 1]')} (0-based layer indices) or "
+                  f"{dotted.split('.')[-1]} = \"all\"")
+    raise AssertionError(f"unknown schema type {typ!r}")  # a bug in SCHEMA
+
+
+def _check_fixed_value(dotted: str, value: Any) -> Any:
+    if dotted == "seed":
+        if isinstance(value, int) and not 0 <= value <= _MAX_SEED:
+            raise NoisysimError(f"seed must be in 0..2**63-1, got {value}; e.g. seed = 0")
+        return value
+    if dotted == "model.layers":
+        if len(value) < 2:
+            raise NoisysimError(
+                f"model.layers must list at least an input and an output width, got "
+                f"{_toml_value(value)}; e.g. layers = [64, 64, 10]"
+            )
+        for i, w in enumerate(value):
+            check_number(f"model.layers[{i}]", w, 1, None, integer=True,
+                         hint="every layer needs at least one node")
+        return value
+    if dotted == "decorrelation.lr":
+        return check_number(dotted, value, 0.0, None,
+                            hint="0 freezes R; typical values are 1e-7 to 1e-3")
+    if dotted == "decorrelation.kappa":
+        return check_number(dotted, value, 0.0, 1.0,
+                            hint="0 = pure decorrelation, up to 1 = also unit variance")
+    if dotted == "optimizer.lr":
+        return check_number(dotted, value, 0.0, None, lo_open=True,
+                            hint="the learning rate must be positive")
+    if dotted.startswith("train."):
+        name = dotted.split(".", 1)[1]
+        if name in ("alignment_every", "snapshot_every", "checkpoint_every"):
+            return check_number(dotted, value, 0, None, integer=True, hint="0 = never")
+        if _FIXED[dotted].type == "integer":
+            return check_number(dotted, value, 1, None, integer=True)
+    return value
+
+
+def _check_flatten(name: str, value: Any) -> bool:
+    check_bool(name, value)
+    if not value:
+        raise NoisysimError(f"{name} = false: the networks are dense and need one row per "
+                            "example; remove the key (default true)")
+    return True
+
+
+def _check_opt_int(lo: int) -> Callable[[str, Any], int]:
+    def check(name: str, value: Any) -> int:
+        return check_number(name, value, lo, None, integer=True)
+    return check
+
+
+def _check_hidden(name: str, value: Any) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list):
+        raise NoisysimError(f"{name} must be a list of layer widths like [32, 16], got "
+                            f"{_short(value)}")
+    return [check_number(f"{name}[{i}]", h, 1, None, integer=True) for i, h in enumerate(value)]
+
+
+def _check_str(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise NoisysimError(f"{name} must be a string (a path or URL), got {_short(value)}")
+    return value
+
+
+_DATA_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "normalize": lambda n, v: check_choice(n, v, ("unit", "standard", "none")),
+    "flatten": _check_flatten,
+    "validation": lambda n, v: check_number(n, v, 0.0, 1.0, hi_open=True,
+                                            hint="the fraction of the training set split off"),
+    "dtype": lambda n, v: check_choice(n, v, DTYPES),
+    "seed": lambda n, v: check_number(n, v, 0, _MAX_SEED, integer=True),
+    "n_train": _check_opt_int(1),
+    "n_test": _check_opt_int(1),
+    "download": check_bool,
+    "data_dir": _check_str,
+    "mirror": _check_str,
+    "label_mode": lambda n, v: check_choice(n, v, ("fine", "coarse")),
+    "n_inputs": _check_opt_int(1),
+    "n_outputs": _check_opt_int(1),
+    "hidden": _check_hidden,
+    "correlation": lambda n, v: check_number(n, v, 0.0, 1.0, hi_open=True),
+    "task": lambda n, v: check_choice(n, v, ("regression", "classification")),
+    "target_noise": lambda n, v: check_number(n, v, 0.0, None),
+    "slope": lambda n, v: check_number(n, v),
+}
