@@ -121,6 +121,24 @@ def test_resolve_backend_without_gpu():
     assert out["detail"] in msg
 
 
+def test_gpu_check_refuses_without_a_gpu():
+    """python -m noisysim.gpu.check times real hardware: without one (or in the simulator)
+    it says why in one line and exits 2."""
+    if HARDWARE:
+        pytest.skip("this machine has a GPU")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for simulate in (True, False):
+        if not simulate:
+            env.pop("NUMBA_ENABLE_CUDASIM", None)
+        else:
+            env["NUMBA_ENABLE_CUDASIM"] = "1"
+        proc = subprocess.run([sys.executable, "-m", "noisysim.gpu.check"], env=env,
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert lines[0].startswith("noisysim: error:") and ("GPU" in lines[0] or "cuda" in lines[0])
+
+
 def test_backend_names_and_auto_crossover(monkeypatch):
     from noisysim import backends
     from noisysim.errors import NoisysimError

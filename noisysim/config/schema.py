@@ -168,7 +168,8 @@ SCHEMA: tuple[Key, ...] = (
         "downloaded sets: data_dir, mirror, download; cifar100: label_mode; teacher: "
         "n_inputs, n_outputs, hidden, correlation, task, target_noise, slope", open=True),
     *_train_keys(),
-    Key("backend.name", "string", "auto", "compute backend (auto picks cuda when usable)",
+    Key("backend.name", "string", "auto",
+        "compute backend (auto picks cuda when usable and the step is large enough)",
         lambda: BACKENDS),
 )
 
