@@ -185,3 +185,38 @@ def test_cuda_step_launches_and_copies_within_the_design_budget(rule):
     assert trainer._train_rows(BATCH, 2 * BATCH) == ""
     assert cuda.LAUNCHES["count"] - launches == _launch_budget(rule, len(WIDTHS) - 1)
     assert K.counters == copies, "a step that logs nothing copied between host and device"
+
+
+def test_numba_views_of_cupy_arrays_are_made_once(monkeypatch):
+    """A launch converts a CuPy argument through numba's CUDA-array-interface path, which
+    costs more host time than a small kernel: the view of a memory layout is made once."""
+    from noisysim.kernels import cuda
+
+    made = []
+
+    def from_interface(desc, owner=None, sync=True):
+        made.append((desc["data"][0], desc["shape"], owner, sync))
+        return object()
+
+    class Memory:
+        def __init__(self, ptr):
+            self.ptr = ptr
+
+    class FakeCupyArray:  # what _nb reads of a CuPy array
+        def __init__(self, ptr, shape):
+            self.data, self.shape, self.dtype = Memory(ptr), shape, np.dtype(np.float32)
+            self.strides = tuple(4 * int(np.prod(shape[i + 1:])) for i in range(len(shape)))
+
+        @property
+        def __cuda_array_interface__(self):
+            return {"shape": self.shape, "strides": None, "typestr": "<f4",
+                    "data": (self.data.ptr, False), "version": 3}
+
+    monkeypatch.setattr(cuda, "SIMULATED", False)
+    monkeypatch.setattr(cuda.cuda, "from_cuda_array_interface", from_interface, raising=False)
+    monkeypatch.setattr(cuda, "_VIEWS", {})
+    a = FakeCupyArray(4096, (3, 5))
+    first = cuda._nb(a)
+    assert cuda._nb(a) is first and cuda._nb(FakeCupyArray(4096, (3, 5))) is first
+    assert cuda._nb(FakeCupyArray(4096, (5, 3))) is not first  # another layout, a new view
+    assert made == [(4096, (3, 5), None, False), (4096, (5, 3), None, False)]
