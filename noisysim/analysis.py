@@ -128,6 +128,7 @@ def _load(
     group, name = split_metric(metric)
     loaded = []
     reasons = []
+    skipped = []
     files = expand_paths(paths)
     for path in files:
         try:
@@ -139,10 +140,13 @@ def _load(
             # damaged files fail in h5py in many ways; none of them stops the analysis
             reason = _one_line(err)
             reasons.append(reason if str(path) in reason else f"{path}: {reason}")
-            _skip(path, reason)
+            skipped.append((path, reason))
             continue
         loaded.append((traj, table))
-    if not loaded:
+    if loaded:  # when nothing can be used, the error alone says why (one line)
+        for path, reason in skipped:
+            _skip(path, reason)
+    else:
         if not files:
             raise NoisysimError("no trajectory files given")
         raise NoisysimError(
