@@ -330,12 +330,14 @@ def format_comparison(c: Comparison) -> str:
             row["updates to threshold"] = _reach_cell(g.updates)
             row["samples to threshold"] = _reach_cell(g.samples)
         rows.append(row)
-    out += [f"efficiency: best value; AUC = mean of the metric over updates "
-            f"{c.span[0]:g}..{c.span[1]:g} (trapezoid, divided by the span)"
-            + (f"; threshold {c.threshold:.4g} ({c.threshold_source}), first logged update "
-               "at which a run reached it, mean over the runs that did"
-               if c.threshold is not None else "; no threshold (--threshold or "
-               "--threshold-fraction)"), format_table(rows), ""]
+    out += ["efficiency, mean and interval over runs:",
+            f"  best: the best logged value; AUC: mean of the metric over updates "
+            f"{c.span[0]:g}..{c.span[1]:g} (trapezoid, divided by the span)",
+            (f"  to threshold {c.threshold:.4g} ({c.threshold_source}): first logged update "
+             "at which a run reached it (samples = updates x batch size), over the runs that "
+             "reached it" if c.threshold is not None else
+             "  no threshold given (--threshold or --threshold-fraction)"),
+            format_table(rows), ""]
 
     if not c.pairs:
         return "\n".join(out).rstrip()
@@ -351,6 +353,12 @@ def format_comparison(c: Comparison) -> str:
             "signed-rank) when both groups ran the same seeds, Welch's t test otherwise; "
             f"p Holm: adjusted over the {len(c.pairs)} comparisons shown",
             format_table(rows)]
+    few = min((p.difference.n_a for p in c.pairs if p.difference.wilcoxon_p is not None),
+              default=None)
+    if few is not None and few < 6:
+        # exact two-sided signed-rank test: the most extreme of 2^n sign patterns has p = 2/2^n
+        out.append(f"note: with {few} pairs the Wilcoxon signed-rank p-value cannot go below "
+                   f"{2.0 ** (1 - few):.3g}; it needs at least 6 seeds to reach 0.05")
     return "\n".join(out)
 
 

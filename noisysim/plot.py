@@ -122,8 +122,13 @@ def plot_curves(
         lines.append(line)
     ax.set_xlabel(x)
     if entries:
-        shown = "thin lines: single runs" if seeds else f"band: {LEVEL:.0%} CI of the mean (t)"
-        ax.text(0.01, 0.01, f"mean over runs; {shown}", transform=ax.transAxes,
+        if seeds:
+            shown = "mean over runs; thin lines: single runs"
+        elif any(e["n"] > 1 for e in entries):
+            shown = f"mean over runs; band: {LEVEL:.0%} CI of the mean (t)"
+        else:
+            shown = "one run per group (no interval)"
+        ax.text(0.01, 0.01, shown, transform=ax.transAxes,
                 fontsize="x-small", color="0.35", va="bottom")
     if x in INDEX_KEYS:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -186,17 +186,23 @@ def paired_difference(a: Sequence[float], b: Sequence[float], level: float = LEV
                       bootstrap: bool = False, seed: int = 0) -> Difference:
     """a - b for runs matched one to one (a[i] and b[i] ran the same seed).
 
-    Paired t test (scipy.stats.ttest_rel) with its t interval of mean(a - b) (or a BCa
-    bootstrap interval), the Wilcoxon signed-rank p-value and d_z = mean(d) / std(d).
+    Paired t test (scipy.stats.ttest_rel, computed as ttest_1samp of d = a - b) with its t
+    interval of mean(d) (or a BCa bootstrap interval), the Wilcoxon signed-rank p-value and
+    d_z = mean(d) / std(d). Differences that are all equal give t = +-inf and p = 0 (or NaN
+    when all are 0) and a zero-width interval.
     """
     a, b = _as_values(a, "paired group a"), _as_values(b, "paired group b")
     if a.shape != b.shape:
         raise NoisysimError(f"a paired comparison needs one b per a, got {a.size} and {b.size}")
     d = a - b
+    if np.ptp(d) <= 8 * np.finfo(np.float64).eps * np.max(np.abs(d)):
+        # Differences equal up to rounding (accuracies k/n on a small test set): a spread of
+        # a few ulp would give a huge, meaningless t. It is the zero spread it stands for.
+        d = np.full_like(d, np.mean(d))
     with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
-        # identical or constant differences: scipy warns and answers NaN or inf, which we report
+        # constant differences: scipy warns and answers inf (p 0) or NaN, which we report
         warnings.simplefilter("ignore", RuntimeWarning)
-        res = _st.ttest_rel(a, b)
+        res = _st.ttest_1samp(d, 0.0)  # = ttest_rel(a, b), on the d above
         ci = res.confidence_interval(level)
         wil = _st.wilcoxon(d).pvalue if np.any(d != 0) else math.nan
         effect = float(np.mean(d) / np.std(d, ddof=1))

@@ -81,6 +81,15 @@ def test_paired_difference_equals_the_plain_formulas():
     assert res.wilcoxon_p == pytest.approx(extreme / 2 ** n, rel=REL)
 
 
+def test_paired_differences_equal_up_to_rounding_have_zero_spread():
+    # 0.31 - 0.30 and 0.52 - 0.51 differ in the last bits; both are the difference 0.01
+    res = stats.paired_difference([0.31, 0.52, 0.73], [0.30, 0.51, 0.72])
+    assert (res.statistic, res.p, res.effect) == (math.inf, 0.0, math.inf)
+    assert res.ci.low == res.ci.high == res.estimate == pytest.approx(0.01, rel=1e-12)
+    same = stats.paired_difference([0.5, 0.6], [0.5, 0.6])
+    assert math.isnan(same.p) and math.isnan(same.wilcoxon_p) and same.estimate == 0.0
+
+
 def test_welch_difference_equals_the_plain_formulas():
     na, nb = len(A), len(C)
     va, vb = np.var(A, ddof=1), np.var(C, ddof=1)
