@@ -74,6 +74,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"noisysim {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    runs = argparse.ArgumentParser(add_help=False)  # the analysis commands' shared arguments
+    runs.add_argument("paths", nargs="+", help="trajectory files or folders")
+    runs.add_argument("--by", action="append", default=None,
+                      help="config key to group by (default rule.name; repeatable)")
+    runs.add_argument("--metric", default="eval/test_accuracy",
+                      help="group/series (default eval/test_accuracy)")
+    runs.add_argument("--pool", action="store_true",
+                      help="pool runs whose configs differ in keys other than --by and the "
+                           "replicate keys (refused otherwise, naming the keys)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     r = sub.add_parser("run", parents=[common], help="train one configured run (or the main job)",
@@ -100,40 +109,27 @@ def _parser() -> argparse.ArgumentParser:
                    help="compute backend (same as --set backend.name=...)")
     r.set_defaults(func=_cmd_run)
 
-    s = sub.add_parser("summary", parents=[common], help="final metrics grouped by config keys",
+    s = sub.add_parser("summary", parents=[common, runs], help="final metrics grouped by config keys",
                        description="Final value of a metric per run, as mean +- std (ddof 1) and "
                        "n over the runs of each group (usually seeds). Unreadable files are "
                        "skipped with a warning.")
-    s.add_argument("paths", nargs="+", help="trajectory files or folders")
-    s.add_argument("--by", action="append", default=None,
-                   help="config key to group by (default rule.name; repeatable)")
-    s.add_argument("--metric", default="eval/test_accuracy", help="group/series (default eval/test_accuracy)")
     s.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
-    s.add_argument("--pool", action="store_true",
-                   help="pool runs whose configs differ in keys other than --by (refused "
-                        "otherwise, naming the keys)")
     s.set_defaults(func=_cmd_summary)
 
-    pl = sub.add_parser("plot", parents=[common], help="mean curves with a band over seeds",
+    pl = sub.add_parser("plot", parents=[common, runs], help="mean curves with a band over seeds",
                         description="Mean of a metric against step or epoch per group of runs "
-                        "with a 95%% confidence band (t over the runs, drawn when n > 1); "
+                        "with a 95% confidence band (t over the runs, drawn when n > 1); "
                         "writes the figure and the plotted numbers as CSV beside it.")
-    pl.add_argument("paths", nargs="+", help="trajectory files or folders")
     pl.add_argument("-o", "--output", required=True, help="figure file (.png, .pdf, .svg)")
-    pl.add_argument("--metric", default="eval/test_accuracy", help="group/series (default eval/test_accuracy)")
-    pl.add_argument("--by", action="append", default=None,
-                    help="config key to group by (default rule.name; repeatable)")
     pl.add_argument("--x", default="epoch", choices=["step", "epoch"])
     pl.add_argument("--seeds", action="store_true",
                     help="draw every run's curve instead of the confidence band")
-    pl.add_argument("--pool", action="store_true",
-                    help="pool runs whose configs differ in keys other than --by")
     pl.set_defaults(func=_cmd_plot)
 
-    c = sub.add_parser("compare", parents=[common],
+    c = sub.add_parser("compare", parents=[common, runs],
                        help="statistics between groups: intervals, tests, efficiency",
                        description="Per group of runs (usually seeds): n, mean, std, median "
-                       "and a 95%% confidence interval of the final value, the best value and "
+                       "and a 95% confidence interval of the final value, the best value and "
                        "the area under the learning curve (and, with a threshold, the updates "
                        "and samples to reach it). Between groups: the difference with its "
                        "interval, a paired t test and Wilcoxon signed-rank test when both "
@@ -143,11 +139,6 @@ def _parser() -> argparse.ArgumentParser:
                        epilog="Exit codes: 0 done, 2 bad input (a metric that does not exist, "
                        "a group with one run, runs that differ in unnamed config keys, no "
                        "usable file).")
-    c.add_argument("paths", nargs="+", help="trajectory files or folders")
-    c.add_argument("--by", action="append", default=None,
-                   help="config key to group by (default rule.name; repeatable)")
-    c.add_argument("--metric", default="eval/test_accuracy",
-                   help="group/series (default eval/test_accuracy)")
     c.add_argument("--baseline", default=None,
                    help="compare every group against this one (default: every pair)")
     c.add_argument("--measure", default="final", choices=["final", "best", "auc"],
@@ -164,8 +155,6 @@ def _parser() -> argparse.ArgumentParser:
                    help="higher values are better (the default for other metrics)")
     c.add_argument("--bootstrap", action="store_true",
                    help="BCa bootstrap intervals instead of t intervals (seeded)")
-    c.add_argument("--pool", action="store_true",
-                   help="pool runs whose configs differ in keys other than --by")
     c.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
     c.add_argument("--plot", default=None, metavar="FILE",
                    help="also draw the differences as a forest plot (.png, .pdf, .svg)")

@@ -195,8 +195,12 @@ def compare(
                           "(diverged?); its statistics are NaN", AnalysisWarning, stacklevel=2)
     source = "none"
     if threshold_fraction is not None:
-        means = {label: float(np.mean(v)) for label, v in finals.items()}
-        best = (max if higher else min)(means, key=lambda k: (means[k]))
+        means = {label: float(np.mean(v)) for label, v in finals.items()
+                 if np.all(np.isfinite(v))}
+        if not means:
+            raise NoisysimError(f"no group has a finite mean final {metric} to take a "
+                                "fraction of; give --threshold instead")
+        best = (max if higher else min)(means, key=means.__getitem__)
         threshold = threshold_fraction * means[best]
         source = (f"{threshold_fraction:g} x the best group's mean final value "
                   f"({best}: {means[best]:.4g})")

@@ -106,12 +106,9 @@ class Reach:
     threshold: float
     per_run: tuple[float, ...]
     n_reached: int
+    n_not_reached: int
     stats: GroupStats | None
     median: float
-
-    @property
-    def n_not_reached(self) -> int:
-        return len(self.per_run) - self.n_reached
 
 
 # --------------------------------------------------------------------------------------
@@ -293,5 +290,5 @@ def reach(per_run: Sequence[float], threshold: float, level: float = LEVEL, *,
     done = v[np.isfinite(v)]
     summary = (describe(done, level, bootstrap=bootstrap, seed=seed) if done.size >= 2
                else None)
-    return Reach(float(threshold), tuple(float(t) for t in v), int(done.size), summary,
-                 float(np.median(v)) if v.size else math.nan)
+    return Reach(float(threshold), tuple(float(t) for t in v), int(done.size),
+                 int(v.size - done.size), summary, float(np.median(v)) if v.size else math.nan)
