@@ -172,7 +172,18 @@ def test_compare_command_prints_tables_and_a_forest_plot(two_rules, tmp_path):
     assert code == 0, err
     assert "paired t" in out and "same seeds (0,1,2): paired" in out and "p Holm" in out
     assert "fast - slow" in out and f"wrote {png}" in out
+    # 3 seeds: the exact signed-rank test's smallest p is 2 / 2^3
+    assert "Wilcoxon signed-rank p-value cannot go below 0.25" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bootstrap_intervals_are_seeded_per_group(two_rules):
+    c = compare(two_rules, bootstrap=True, seed=4)
+    for i, g in enumerate(c.groups):
+        assert g.final == stats.describe(g.per_run["final"], bootstrap=True, seed=4 + i)
+        assert g.final.ci.method == "bootstrap BCa"
+    assert c.pairs[0].difference.ci.method == "bootstrap BCa"
+    assert compare(two_rules, bootstrap=True, seed=4) == c  # rerun: the same numbers
 
 
 @pytest.mark.parametrize("command", ["compare", "summary"])
@@ -215,12 +226,15 @@ def test_an_unreadable_file_is_skipped_with_one_warning(two_rules):
         assert compare(two_rules).groups[0].final.n == 3
 
 
-def test_summarize_refuses_mixed_configs_in_python_too(two_rules):
+def test_summarize_and_plot_refuse_mixed_configs_in_python_too(two_rules):
     write_run(two_rules / "fast-lr.h5", "fast", 3, STEPS, FAST[0][1], lr=1e-2)
     with pytest.raises(NoisysimError, match="optimizer.lr"):
         summarize(two_rules)
     with pytest.warns(AnalysisWarning, match="pooling"):
         assert summarize(two_rules, pool=True)[0]["n"] == 4
+    with pytest.raises(NoisysimError, match="optimizer.lr"):  # plot groups the same way
+        plot_curves(two_rules, two_rules / "mixed.png", x="step")
+    assert not (two_rules / "mixed.png").exists()
 
 
 def test_plot_band_is_the_t_interval_and_seeds_draws_every_run(two_rules, tmp_path):
