@@ -8,8 +8,9 @@ Group of n runs with values v_i (``describe``):
     mean m, sample std s (ddof 1), median, and a confidence interval for the mean:
     t interval  m +- t_{(1+level)/2, n-1} s / sqrt(n)  (exact for normal v_i), or
     bootstrap   scipy.stats.bootstrap, BCa, 9,999 resamples (seeded: reruns give the same
-                interval). With the few seeds usual here (n < ~10) a bootstrap interval is
-                too narrow; prefer the t interval.
+                interval). With the few seeds usual here a bootstrap interval is too
+                narrow (it cannot reach beyond the resampled values; with 3 values the t
+                quantile is 4.30, not 1.96); prefer the t interval.
     n = 1 has no interval: NoisysimError.
 
 Difference of group a against group b (``paired_difference``, ``welch_difference``):
