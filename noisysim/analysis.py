@@ -35,11 +35,6 @@ from noisysim.errors import NoisysimError
 from noisysim.record import INDEX_KEYS, INT_FILL, Trajectory, _one_line, split_metric
 
 STAT_KEYS = ("mean", "std", "n", "files", "values", "x")
-#: Config keys in which the runs of one group may differ: what makes runs replicates (the
-#: run's name and seed; any other key ending in ".seed" too) and what cannot change their
-#: numbers (backend, where data lives, evaluation batch size, checkpoint interval).
-REPLICATE_KEYS = ("name", "seed", "backend.name", "data.data_dir", "data.mirror",
-                  "data.download", "train.eval_batch_size", "train.checkpoint_every")
 _MISSING = object()
 
 
@@ -342,6 +337,13 @@ def group_label(entry: Mapping[str, Any]) -> str:
 
 # --------------------------------------------------------------------------------------
 # groups without silent pooling
+
+
+#: Config keys in which the runs of one group may differ: what makes runs replicates (the
+#: run's name and seed; any other key ending in ".seed" too) and what cannot change their
+#: numbers (backend, where data lives, evaluation batch size, checkpoint interval).
+REPLICATE_KEYS = ("name", "seed", "backend.name", "data.data_dir", "data.mirror",
+                  "data.download", "train.eval_batch_size", "train.checkpoint_every")
 
 
 def load_groups(
