@@ -30,7 +30,7 @@ import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -155,82 +155,53 @@ def compare(
         threshold_fraction = check_number("threshold fraction", threshold_fraction, 0,
                                           lo_open=True)
     by = _as_list(by)
-    _, name = split_metric(metric)
     higher = _higher_is_better(metric) if higher is None else bool(higher)
+    runs = _read_groups(paths, by, metric, pool)
 
-    groups = load_groups(paths, by, metric, need=("step",), pool=pool)
-    runs = []  # per group: label, values, [(path, seed, batch, x, y)]
-    for values, members in groups:
-        label = group_label(values) if by else "all runs"
-        if len(members) < 2:
-            raise NoisysimError(
-                f"group {label} has 1 run ({members[0][0].path}); confidence intervals need "
-                "at least 2 runs per group: run more seeds or group by fewer keys"
-            )
-        curves = []
-        for traj, table in members:
-            x, y = run_curve(table, name, "step")
-            curves.append((str(traj.path), traj.seed,
-                           get_config_value(traj.config, "train.batch_size", None),
-                           x.astype(np.float64), y.astype(np.float64)))
-        runs.append((label, values, curves))
-
-    every = [c for _, _, curves in runs for c in curves]
-    start, stop = max(c[3][0] for c in every), min(c[3][-1] for c in every)
+    every = [run for _, _, members in runs for run in members]
+    start, stop = max(r.x[0] for r in every), min(r.x[-1] for r in every)
     if not stop > start:
         raise NoisysimError(
             f"the runs share no span of updates to integrate {metric} over (they cover "
             f"[{start:g}, ...] and [..., {stop:g}]); compare runs of the same length"
         )
-    if any(c[3][0] != start or c[3][-1] != stop for c in every):
+    if any(r.x[0] != start or r.x[-1] != stop for r in every):
         warnings.warn(f"runs cover different updates; the area under the curve uses "
                       f"[{start:g}, {stop:g}], which every run covers", AnalysisWarning,
                       stacklevel=2)
-
-    finals = {label: np.array([c[4][-1] for c in curves]) for label, _, curves in runs}
-    for label, _, curves in runs:
-        bad = [c[0] for c in curves if not math.isfinite(c[4][-1])]
+    for label, _, members in runs:
+        bad = [r.path for r in members if not math.isfinite(r.y[-1])]
         if bad:
             warnings.warn(f"group {label}: final {metric} is not finite in {', '.join(bad)} "
                           "(diverged?); its statistics are NaN", AnalysisWarning, stacklevel=2)
-    source = "none"
+    source = "none" if threshold is None else "given"
     if threshold_fraction is not None:
-        means = {label: float(np.mean(v)) for label, v in finals.items()
-                 if np.all(np.isfinite(v))}
-        if not means:
-            raise NoisysimError(f"no group has a finite mean final {metric} to take a "
-                                "fraction of; give --threshold instead")
-        best = (max if higher else min)(means, key=means.__getitem__)
-        threshold = threshold_fraction * means[best]
-        source = (f"{threshold_fraction:g} x the best group's mean final value "
-                  f"({best}: {means[best]:.4g})")
-    elif threshold is not None:
-        source = "given"
+        threshold, source = _fraction_threshold(runs, threshold_fraction, higher, metric)
 
     out_groups = []
-    for gi, (label, values, curves) in enumerate(runs):
+    for gi, (label, values, members) in enumerate(runs):
         def describe(v, what):
             return stats.describe(v, level, bootstrap=bootstrap, seed=seed + gi,
                                   what=f"group {label} ({what})")
 
         per_run = {
-            "final": tuple(float(c[4][-1]) for c in curves),
-            "best": tuple(_best(c[4], higher) for c in curves),
-            "auc": tuple(stats.area_under_curve(c[3], c[4], start, stop) for c in curves),
+            "final": tuple(float(r.y[-1]) for r in members),
+            "best": tuple(_best(r.y, higher) for r in members),
+            "auc": tuple(stats.area_under_curve(r.x, r.y, start, stop) for r in members),
         }
         updates = samples = None
         if threshold is not None:
-            per_run["updates"] = tuple(stats.updates_to_reach(c[3], c[4], threshold, higher)
-                                       for c in curves)
+            per_run["updates"] = tuple(stats.updates_to_reach(r.x, r.y, threshold, higher)
+                                       for r in members)
             updates = stats.reach(per_run["updates"], threshold, level, bootstrap=bootstrap,
                                   seed=seed + gi)
-            if all(c[2] is not None for c in curves):
-                per_sample = [u * c[2] for u, c in zip(per_run["updates"], curves)]
+            if all(r.batch_size is not None for r in members):
+                per_sample = [u * r.batch_size for u, r in zip(per_run["updates"], members)]
                 samples = stats.reach(per_sample, threshold, level, bootstrap=bootstrap,
                                       seed=seed + gi)
         out_groups.append(GroupComparison(
-            values=dict(values), label=label, files=tuple(c[0] for c in curves),
-            seeds=tuple(c[1] for c in curves),
+            values=dict(values), label=label, files=tuple(r.path for r in members),
+            seeds=tuple(r.seed for r in members),
             final=describe(per_run["final"], "final"), best=describe(per_run["best"], "best"),
             auc=describe(per_run["auc"], "auc"), updates=updates, samples=samples,
             per_run=per_run))
@@ -255,6 +226,50 @@ def compare(
         span=(float(start), float(stop)), groups=out_groups,
         pairs=[PairComparison(a, b, measure, d, reason, float(p))
                for (a, b, d, reason), p in zip(pairs, adjusted)])
+
+
+class _Run(NamedTuple):
+    """One run's curve of the metric against the updates done, and what identifies it."""
+
+    path: str
+    seed: int
+    batch_size: int | None
+    x: np.ndarray  # updates (the "step" series), ascending
+    y: np.ndarray  # the metric
+
+
+def _read_groups(paths, by: list[str], metric: str,
+                 pool: bool) -> list[tuple[str, dict[str, Any], list[_Run]]]:
+    """(label, by values, runs) per group; a group of one run has no interval: refused."""
+    _, name = split_metric(metric)
+    out = []
+    for values, members in load_groups(paths, by, metric, need=("step",), pool=pool):
+        label = group_label(values) if by else "all runs"
+        if len(members) < 2:
+            raise NoisysimError(
+                f"group {label} has 1 run ({members[0][0].path}); confidence intervals need "
+                "at least 2 runs per group: run more seeds or group by fewer keys"
+            )
+        runs = []
+        for traj, table in members:
+            x, y = run_curve(table, name, "step")
+            runs.append(_Run(str(traj.path), traj.seed,
+                             get_config_value(traj.config, "train.batch_size", None),
+                             x.astype(np.float64), y.astype(np.float64)))
+        out.append((label, values, runs))
+    return out
+
+
+def _fraction_threshold(runs, fraction: float, higher: bool, metric: str) -> tuple[float, str]:
+    """fraction x the best group's mean final value, and a sentence saying so."""
+    means = {label: float(np.mean([r.y[-1] for r in members])) for label, _, members in runs}
+    means = {label: m for label, m in means.items() if math.isfinite(m)}
+    if not means:
+        raise NoisysimError(f"no group has a finite mean final {metric} to take a fraction "
+                            "of; give --threshold instead")
+    best = (max if higher else min)(means, key=means.__getitem__)
+    return (fraction * means[best],
+            f"{fraction:g} x the best group's mean final value ({best}: {means[best]:.4g})")
 
 
 def _best(y: np.ndarray, higher: bool) -> float:

@@ -149,7 +149,7 @@ def test_calibration_end_to_end_on_recorded_files(tmp_path):
 # -- command line and bad input -------------------------------------------------------
 
 
-def run_cli(*argv, capsys=None):
+def run_cli(*argv):
     import contextlib
     import io
 
