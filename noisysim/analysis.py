@@ -10,6 +10,13 @@ names the file and the reason; when no file at all can be used a ``NoisysimError
     summarize(paths, by=["rule.name"], metric="eval/test_accuracy") -> rows
     format_table(rows) -> str
     curves(paths, by=["rule.name"], metric="eval/test_accuracy", x="step") -> per group curves
+    load_groups(paths, by, metric) -> [(by values, [(Trajectory, table), ...]), ...]
+
+Runs are pooled into one group only when they differ in nothing but what makes them
+replicates of one setting (``REPLICATE_KEYS``: the run's name, its seeds, where data lives,
+the backend and memory-only settings). Any other config key that varies inside a group is
+named and the analysis refuses (NoisysimError) unless it is grouped by (``by``) or the caller
+pools on purpose (``pool=True``, the commands' ``--pool``).
 """
 
 from __future__ import annotations
@@ -96,6 +103,7 @@ def _load(
     group, name = split_metric(metric)
     loaded = []
     reasons = []
+    skipped = []
     files = expand_paths(paths)
     for path in files:
         try:
@@ -107,10 +115,13 @@ def _load(
             # damaged files fail in h5py in many ways; none of them stops the analysis
             reason = one_line(err)
             reasons.append(reason if str(path) in reason else f"{path}: {reason}")
-            _skip(path, reason)
+            skipped.append((path, reason))
             continue
         loaded.append((traj, table))
-    if not loaded:
+    if loaded:  # when nothing can be used, the error alone says why (one line)
+        for path, reason in skipped:
+            _skip(path, reason)
+    else:
         if not files:
             raise NoisysimError("no trajectory files given")
         raise NoisysimError(
@@ -168,18 +179,20 @@ def summarize(
     paths,
     by: str | Sequence[str] | None = ("rule.name",),
     metric: str = "eval/test_accuracy",
+    *,
+    pool: bool = False,
 ) -> list[dict[str, Any]]:
     """Final value of ``metric`` per run, aggregated per group of ``by`` config values.
 
     Each row: the ``by`` values (None where a run's config lacks the key), ``mean``,
     ``std`` (ddof=1, 0 when n == 1), ``n``, ``files`` and the per-file ``values``. A run's
     final value is its last recorded row, NaN included (a diverged run makes the mean NaN).
+    Runs that differ in other keys are refused unless ``pool`` (see ``load_groups``).
     """
     by = _as_list(by)
     _, name = split_metric(metric)
-    loaded = _load(paths, metric)
     rows = []
-    for values, runs in _group_runs(loaded, by):
+    for values, runs in load_groups(paths, by, metric, pool=pool):
         finals = np.array([float(table[name][-1]) for _, table in runs])
         mean, std = _mean_std(finals)
         rows.append(
@@ -241,27 +254,22 @@ def curves(
     by: str | Sequence[str] | None = ("rule.name",),
     metric: str = "eval/test_accuracy",
     x: str = "step",
+    *,
+    pool: bool = False,
 ) -> list[dict[str, Any]]:
     """Mean and std over runs of ``metric`` against ``x`` (a series of the same group).
 
     Runs are aligned by x value. A group's curve covers the x values that all its runs
     have (the common values; a shorter or still running run shortens the curve, with a
     warning). A run that logged the same x twice contributes its last row. Each entry: the
-    ``by`` values, ``x``, ``mean``, ``std`` (ddof=1, 0 for one run), ``n``, ``files``.
+    ``by`` values, ``x``, ``mean``, ``std`` (ddof=1, 0 for one run), ``n``, ``files`` and
+    ``values`` (runs x points). Runs that differ in other keys are refused unless ``pool``.
     """
     by = _as_list(by)
     _, name = split_metric(metric)
-    loaded = _load(paths, metric, need=(x,))
     out = []
-    for values, runs in _group_runs(loaded, by):
-        per_run = []
-        for _, table in runs:
-            xs, ys = table[x], table[name]
-            keep = xs != INT_FILL if x in INDEX_KEYS else np.isfinite(xs)
-            xs, ys = xs[keep], ys[keep]
-            # last occurrence of each x value
-            rev_x, rev_idx = np.unique(xs[::-1], return_index=True)
-            per_run.append((rev_x, ys[::-1][rev_idx]))
+    for values, runs in load_groups(paths, by, metric, need=(x,), pool=pool):
+        per_run = [run_curve(table, name, x) for _, table in runs]
         common = per_run[0][0]
         for xs, _ in per_run[1:]:
             common = np.intersect1d(common, xs)
@@ -283,9 +291,20 @@ def curves(
                 "std": std,
                 "n": len(runs),
                 "files": [str(traj.path) for traj, _ in runs],
+                "values": stacked,
             }
         )
     return out
+
+
+def run_curve(table: Mapping[str, np.ndarray], name: str, x: str = "step"):
+    """(x values ascending, ``name`` values) of one run's table; rows without an x value
+    are dropped and an x logged twice keeps its last row (e.g. after a resume)."""
+    xs, ys = table[x], table[name]
+    keep = xs != INT_FILL if x in INDEX_KEYS else np.isfinite(xs)
+    xs, ys = xs[keep], ys[keep]
+    rev_x, rev_idx = np.unique(xs[::-1], return_index=True)
+    return rev_x, ys[::-1][rev_idx]
 
 
 def group_label(entry: Mapping[str, Any]) -> str:
@@ -294,3 +313,78 @@ def group_label(entry: Mapping[str, Any]) -> str:
     if len(keys) == 1:
         return _cell(entry[keys[0]], 6)
     return ", ".join(f"{k}={_cell(entry[k], 6)}" for k in keys) or "all runs"
+
+
+# --------------------------------------------------------------------------------------
+# groups without silent pooling
+
+
+#: Config keys in which the runs of one group may differ: what makes runs replicates (the
+#: run's name and seed; any other key ending in ".seed" too) and what cannot change their
+#: numbers (backend, where data lives, evaluation batch size, checkpoint interval).
+REPLICATE_KEYS = ("name", "seed", "backend.name", "data.data_dir", "data.mirror",
+                  "data.download", "train.eval_batch_size", "train.checkpoint_every")
+
+
+def load_groups(
+    paths,
+    by: str | Sequence[str] | None,
+    metric: str,
+    need: Sequence[str] = (),
+    *,
+    pool: bool = False,
+) -> list[tuple[dict[str, Any], list[tuple[Trajectory, dict[str, np.ndarray]]]]]:
+    """Readable runs with ``metric`` (and the series in ``need``), grouped by ``by``.
+
+    Each group: (the ``by`` values, [(Trajectory, its table), ...]), sorted by those values;
+    unreadable files are skipped with a ``SkippedFileWarning``. Runs of one group that differ
+    in a config key other than the ``by`` keys and ``REPLICATE_KEYS`` raise NoisysimError
+    naming the key and its values, unless ``pool`` (then an ``AnalysisWarning`` says what was
+    pooled).
+    """
+    by = _as_list(by)
+    groups = _group_runs(_load(paths, metric, need), by)
+    mixed = [(values, varying_keys([t.config for t, _ in runs], by)) for values, runs in groups]
+    mixed = [(values, keys) for values, keys in mixed if keys]
+    if mixed:
+        values, keys = mixed[0]
+        label = group_label(values) if values else "all runs"
+        what = "; ".join(f"{k} ({', '.join(map(_cell_short, vals))})" for k, vals in keys[:3])
+        more = f" and {len(keys) - 3} more keys" if len(keys) > 3 else ""
+        others = f" (and {len(mixed) - 1} more groups)" if len(mixed) > 1 else ""
+        text = f"runs in group {label}{others} differ in {what}{more}"
+        if not pool:
+            flags = " ".join(f"--by {k}" for k, _ in keys[:3])
+            raise NoisysimError(f"{text}; group by them ({flags}) or pool them on purpose "
+                                "(--pool)")
+        warnings.warn(f"pooling {text}", AnalysisWarning, stacklevel=2)
+    return groups
+
+
+def _is_replicate_key(key: str) -> bool:
+    return key in REPLICATE_KEYS or key.endswith(".seed")
+
+
+def varying_keys(configs: Sequence[Mapping], by: Sequence[str] = ()) -> list[tuple[str, list]]:
+    """Config keys (dotted) whose values differ among ``configs``, with their distinct values.
+
+    A key missing from some configs varies (its value there is None). Keys under a ``by``
+    key (``rule`` covers ``rule.name``) and ``REPLICATE_KEYS`` are left out.
+    """
+    flat = [flatten_config(c) for c in configs]
+    keys = sorted({k for f in flat for k in f})
+    out = []
+    for key in keys:
+        if _is_replicate_key(key) or any(key == b or key.startswith(b + ".") for b in by):
+            continue
+        seen: dict[str, Any] = {}
+        for f in flat:
+            value = f.get(key)
+            seen.setdefault(json.dumps(value, sort_keys=True, default=str), value)
+        if len(seen) > 1:
+            out.append((key, sorted(seen.values(), key=_sort_key)))
+    return out
+
+
+def _cell_short(value: Any) -> str:
+    return "absent" if value is None else _cell(value, 6)

@@ -70,6 +70,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"noisysim {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    runs = argparse.ArgumentParser(add_help=False)  # the analysis commands' shared arguments
+    runs.add_argument("paths", nargs="+", help="trajectory files or folders")
+    runs.add_argument("--by", action="append", default=None,
+                      help="config key to group by (default rule.name; repeatable)")
+    runs.add_argument("--metric", default="eval/test_accuracy",
+                      help="group/series (default eval/test_accuracy)")
+    runs.add_argument("--pool", action="store_true",
+                      help="pool runs whose configs differ in keys other than --by and the "
+                           "replicate keys (refused otherwise, naming the keys)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     r = sub.add_parser("run", parents=[common], help="train one configured run (or the main job)",
@@ -96,27 +105,56 @@ def _parser() -> argparse.ArgumentParser:
                    help="compute backend (same as --set backend.name=...)")
     r.set_defaults(func=_cmd_run)
 
-    s = sub.add_parser("summary", parents=[common], help="final metrics grouped by config keys",
+    s = sub.add_parser("summary", parents=[common, runs], help="final metrics grouped by config keys",
                        description="Final value of a metric per run, as mean +- std (ddof 1) and "
                        "n over the runs of each group (usually seeds). Unreadable files are "
                        "skipped with a warning.")
-    s.add_argument("paths", nargs="+", help="trajectory files or folders")
-    s.add_argument("--by", action="append", default=None,
-                   help="config key to group by (default rule.name; repeatable)")
-    s.add_argument("--metric", default="eval/test_accuracy", help="group/series (default eval/test_accuracy)")
     s.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     s.set_defaults(func=_cmd_summary)
 
-    pl = sub.add_parser("plot", parents=[common], help="mean curves with a band over seeds",
-                        description="Mean +- std of a metric against step or epoch per group of "
-                        "runs; writes the figure and the plotted numbers as CSV beside it.")
-    pl.add_argument("paths", nargs="+", help="trajectory files or folders")
+    pl = sub.add_parser("plot", parents=[common, runs], help="mean curves with a band over seeds",
+                        description="Mean of a metric against step or epoch per group of runs "
+                        "with a 95% confidence band (t over the runs, drawn when n > 1); "
+                        "writes the figure and the plotted numbers as CSV beside it.")
     pl.add_argument("-o", "--output", required=True, help="figure file (.png, .pdf, .svg)")
-    pl.add_argument("--metric", default="eval/test_accuracy", help="group/series (default eval/test_accuracy)")
-    pl.add_argument("--by", action="append", default=None,
-                    help="config key to group by (default rule.name; repeatable)")
     pl.add_argument("--x", default="epoch", choices=["step", "epoch"])
+    pl.add_argument("--seeds", action="store_true",
+                    help="draw every run's curve instead of the confidence band")
     pl.set_defaults(func=_cmd_plot)
+
+    c = sub.add_parser("compare", parents=[common, runs],
+                       help="statistics between groups: intervals, tests, efficiency",
+                       description="Per group of runs (usually seeds): n, mean, std, median "
+                       "and a 95% confidence interval of the final value, the best value and "
+                       "the area under the learning curve (and, with a threshold, the updates "
+                       "and samples to reach it). Between groups: the difference with its "
+                       "interval, a paired t test and Wilcoxon signed-rank test when both "
+                       "groups ran the same seeds, Welch's t test otherwise, an effect size "
+                       "and Holm-adjusted p-values. Unreadable files are skipped with a "
+                       "warning.",
+                       epilog="Exit codes: 0 done, 2 bad input (a metric that does not exist, "
+                       "a group with one run, runs that differ in unnamed config keys, no "
+                       "usable file).")
+    c.add_argument("--baseline", default=None,
+                   help="compare every group against this one (default: every pair)")
+    c.add_argument("--measure", default="final", choices=["final", "best", "auc"],
+                   help="what the tests between groups compare (default final)")
+    thr = c.add_mutually_exclusive_group()
+    thr.add_argument("--threshold", type=float, default=None,
+                     help="report updates and samples until the metric reaches this value")
+    thr.add_argument("--threshold-fraction", type=float, default=None, metavar="F",
+                     help="threshold = F x the best group's mean final value")
+    c.add_argument("--lower-is-better", dest="higher", action="store_false", default=None,
+                   help="lower values are better (default: so for metrics named *loss* or "
+                        "*error*)")
+    c.add_argument("--higher-is-better", dest="higher", action="store_true",
+                   help="higher values are better (the default for other metrics)")
+    c.add_argument("--bootstrap", action="store_true",
+                   help="BCa bootstrap intervals instead of t intervals (seeded)")
+    c.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
+    c.add_argument("--plot", default=None, metavar="FILE",
+                   help="also draw the differences as a forest plot (.png, .pdf, .svg)")
+    c.set_defaults(func=_cmd_compare)
 
     i = sub.add_parser("inspect", parents=[common], help="status, config and datasets of a trajectory")
     i.add_argument("file")
@@ -211,7 +249,8 @@ def _main_job(args) -> int:
 def _cmd_summary(args) -> int:
     from .analysis import format_table, summarize
 
-    rows = summarize(args.paths, by=args.by or ["rule.name"], metric=args.metric)
+    rows = summarize(args.paths, by=args.by or ["rule.name"], metric=args.metric,
+                     pool=args.pool)
     if args.json:
         for row in rows:
             print(json.dumps(row, default=str))
@@ -224,10 +263,30 @@ def _cmd_plot(args) -> int:
     from .plot import plot_curves
 
     res = plot_curves(args.paths, args.output, metric=args.metric, by=args.by or ["rule.name"],
-                      x=args.x)
+                      x=args.x, seeds=args.seeds, pool=args.pool)
     n = sum(len(c["files"]) for c in res.curves)
     print(f"wrote {res.path} ({len(res.curves)} curves from {n} runs) and the plotted data "
           f"{res.data_path}")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from .compare import compare, format_comparison
+
+    result = compare(args.paths, by=args.by or ["rule.name"], metric=args.metric,
+                     baseline=args.baseline, measure=args.measure, threshold=args.threshold,
+                     threshold_fraction=args.threshold_fraction, higher=args.higher,
+                     bootstrap=args.bootstrap, pool=args.pool)
+    if args.plot:
+        from .plot import plot_forest
+
+        plot_forest(result, args.plot)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(format_comparison(result))
+    if args.plot:
+        print(f"wrote {args.plot}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

@@ -1,4 +1,8 @@
-"""Figures from trajectory files: mean curve with a +-std band per group of runs.
+"""Figures from trajectory files: mean curves with confidence bands, and forest plots.
+
+    plot_curves(paths, out_png, ...)   mean curve per group of runs with its 95% t interval
+                                       band (n > 1), or every run's curve (``seeds``)
+    plot_forest(comparison, out_png)   differences between groups with their intervals
 
 Uses matplotlib's Agg canvas directly (no pyplot, no global backend switch), so it works
 headless and inside other programs' matplotlib sessions.
@@ -27,6 +31,7 @@ from noisysim.analysis import (
 )
 from noisysim.errors import NoisysimError
 from noisysim.record import INDEX_KEYS, Trajectory
+from noisysim.stats import LEVEL, t_halfwidth
 
 # config keys named in the title when all plotted runs share them (first match wins)
 _DATASET_KEYS = ("data.name", "data.dataset", "dataset.name", "dataset", "data")
@@ -80,21 +85,21 @@ def plot_curves(
     title: str | None = None,
     save_data: bool = True,
     dpi: int = 120,
+    seeds: bool = False,
+    pool: bool = False,
 ) -> PlotResult:
-    """Plot mean +- std of ``metric`` against ``x`` for each group of runs; save to ``out_png``.
+    """Plot the mean of ``metric`` against ``x`` for each group of runs; save to ``out_png``.
 
-    The figure format follows the file suffix (.png, .pdf, .svg). With ``save_data`` the
-    plotted numbers are also written as CSV beside it (same name, suffix .csv).
+    Around each mean curve of n > 1 runs a band shows the 95% t confidence interval of the
+    mean at each x (mean +- t_{0.975, n-1} std / sqrt(n)); with ``seeds`` every run's own
+    curve is drawn thin instead. The figure format follows the file suffix (.png, .pdf,
+    .svg). With ``save_data`` the plotted numbers (mean, std, n and the interval) are also
+    written as CSV beside it (same name, suffix .csv). ``pool``: see analysis.load_groups.
     """
     by_keys = _as_list(by)
     files = expand_paths(paths)
-    entries = curves(files, by_keys, metric, x=x)
-    out = Path(out_png)
-    if out.is_dir():
-        raise NoisysimError(
-            f"{out} is a directory; give a file name for the figure (e.g. curves.png)"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
+    entries = curves(files, by_keys, metric, x=x, pool=pool)
+    out = _output(out_png)
 
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     FigureCanvasAgg(fig)
@@ -105,12 +110,26 @@ def plot_curves(
             entry["x"], entry["mean"], label=f"{group_label(entry)} (n={entry['n']})",
             marker="o" if len(entry["x"]) <= 30 else None, markersize=3,
         )
-        ax.fill_between(
-            entry["x"], entry["mean"] - entry["std"], entry["mean"] + entry["std"],
-            color=line.get_color(), alpha=0.2, linewidth=0,
-        )
+        if seeds:
+            for run in entry["values"]:
+                ax.plot(entry["x"], run, color=line.get_color(), alpha=0.45, linewidth=0.8)
+        elif entry["n"] > 1:
+            half = t_halfwidth(entry["std"], entry["n"], LEVEL)
+            ax.fill_between(
+                entry["x"], entry["mean"] - half, entry["mean"] + half,
+                color=line.get_color(), alpha=0.2, linewidth=0,
+            )
         lines.append(line)
     ax.set_xlabel(x)
+    if entries:
+        if seeds:
+            shown = "mean over runs; thin lines: single runs"
+        elif any(e["n"] > 1 for e in entries):
+            shown = f"mean over runs; band: {LEVEL:.0%} CI of the mean (t)"
+        else:
+            shown = "one run per group (no interval)"
+        ax.text(0.01, 0.01, shown, transform=ax.transAxes,
+                fontsize="x-small", color="0.35", va="bottom")
     if x in INDEX_KEYS:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(metric)
@@ -129,9 +148,55 @@ def plot_curves(
         with open(data_path, "w", newline="") as fh:
             writer = csv.writer(fh)
             keys = [k for k in (entries[0] if entries else {}) if k not in STAT_KEYS]
-            writer.writerow(keys + [x, f"{metric} mean", f"{metric} std", "n"])
+            ci = f"{LEVEL:.0%} CI"
+            writer.writerow(keys + [x, f"{metric} mean", f"{metric} std", "n",
+                                    f"{ci} low", f"{ci} high"])
             for entry in entries:
-                for xv, mv, sv in zip(entry["x"], entry["mean"], entry["std"]):
-                    values = [xv, repr(float(mv)), repr(float(sv)), entry["n"]]
+                half = t_halfwidth(entry["std"], entry["n"], LEVEL)
+                for xv, mv, sv, hv in zip(entry["x"], entry["mean"], entry["std"], half):
+                    values = [xv, repr(float(mv)), repr(float(sv)), entry["n"],
+                              repr(float(mv - hv)), repr(float(mv + hv))]
                     writer.writerow([entry[k] for k in keys] + values)
     return PlotResult(curves=entries, figure=fig, path=out, data_path=data_path, lines=lines)
+
+
+def _output(out_png: str | os.PathLike) -> Path:
+    out = Path(out_png)
+    if out.is_dir():
+        raise NoisysimError(
+            f"{out} is a directory; give a file name for the figure (e.g. curves.png)"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def plot_forest(comparison, out_png: str | os.PathLike, *, dpi: int = 120) -> Figure:
+    """Forest plot of a noisysim.compare.Comparison: one row per pair, the difference of
+    means as a dot with its confidence interval as a bar, a line at zero, and the test with
+    its Holm-adjusted p-value beside each row. Returns the figure (saved to ``out_png``)."""
+    c = comparison
+    if not c.pairs:
+        raise NoisysimError("a forest plot needs at least two groups to compare")
+    out = _output(out_png)
+    fig = Figure(figsize=(7, 1.2 + 0.45 * len(c.pairs)), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ys = list(range(len(c.pairs)))[::-1]  # first pair on top
+    for y, p in zip(ys, c.pairs):
+        d = p.difference
+        ax.plot([d.ci.low, d.ci.high], [y, y], color="C0", linewidth=2)
+        ax.plot([d.estimate], [y], "o", color="C0")
+        ax.annotate(f"{d.test}, p Holm {p.p_holm:.2g}", (1.01, y),
+                    xycoords=("axes fraction", "data"), va="center", fontsize="small")
+    ax.axvline(0.0, color="0.3", linewidth=0.8, linestyle="--")
+    ax.set_yticks(ys, [f"{p.a} - {p.b}" for p in c.pairs])
+    ax.set_ylim(-0.6, len(c.pairs) - 0.4)
+    method = "BCa bootstrap" if c.bootstrap else "t"
+    ax.set_xlabel(f"difference in {c.measure} {c.metric} ({c.level:.0%} CI, {method})")
+    against = f"against {c.baseline}" if c.baseline else "between groups"
+    ax.set_title(f"{c.metric} by {', '.join(c.by) or 'group'}: differences {against}",
+                 fontsize="medium")
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.savefig(out, dpi=dpi)
+    return fig

@@ -566,9 +566,9 @@ def test_plot_writes_png_and_csv_equal_to_the_aggregated_curves(runs):
     with open(png.with_suffix(".csv"), newline="") as fh:
         rows = list(csv.reader(fh))
     assert rows[0] == ["rule.name", "epoch", "eval/test_accuracy mean",
-                       "eval/test_accuracy std", "n"]
+                       "eval/test_accuracy std", "n", "95% CI low", "95% CI high"]
     got = {}
-    for rule, x, mean, std, n in rows[1:]:
+    for rule, x, mean, std, n, _, _ in rows[1:]:  # the interval: tests/test_compare.py
         got.setdefault(rule, []).append((int(x), float(mean), float(std), int(n)))
     for entry in agg:
         want = [(int(x), float(m), float(s), 2)
