@@ -93,8 +93,9 @@ def test_machine_code_has_no_contracted_fma():
     assert controls["default"]["fma"], controls
     bug = controls["no_fma_but_lto"]  # issue 10's H200 failure
     assert bug["fma"] and not bug["reference_fma"] and not bug["identical"], bug
-    exact = controls["exact_kernel"]
-    assert exact["identical"] and not exact["fma"] and not exact["lto"], exact
+    for name in ("exact_kernel", "exact_specialized"):
+        exact = controls[name]
+        assert exact["identical"] and not exact["fma"] and not exact["lto"], exact
     bad = [r for r in kernels if not r["ok"]]
     assert not bad, bad
     assert len(kernels) >= 25, [r["kernel"] for r in kernels]
@@ -216,6 +217,10 @@ def _controls() -> None:
     with exact_fp():
         _emit(control=True, kernel="no_fma_but_lto", **_compiled(cuda.jit(_axpy), sig, True))
     _emit(control=True, kernel="exact_kernel", **_compiled(exact_kernel(_axpy), sig, True))
+    # specialize() compiles a new plain dispatcher: it must come out exact too
+    x = np.zeros(4)
+    special = exact_kernel(_axpy).specialize(x, 2.0, x, x)
+    _emit(control=True, kernel="exact_specialized", **_compiled(special, sig, True))
 
 
 def _launched_kernels() -> dict:
