@@ -9,9 +9,9 @@ a compilation asks the driver need an answer without one: the device's compute c
 script) so that the stand-ins never reach the pytest process, whose numba may be in
 simulator mode.
 
-- ``test_machine_code_has_no_contracted_fma``: every kernel the cuda wrappers launch is
-  compiled through its dispatcher's ``compile`` (what a first launch calls) and linked as a
-  launch links it. Its PTX holds no ``fma`` (libm kernels excepted: libdevice's own code
+- ``test_machine_code_has_no_contracted_fma``: every kernel the cuda wrappers launch (and
+  every ``exact_kernel`` of noisysim.kernels.cuda must be among them) is compiled through
+  its dispatcher's ``compile`` (what a first launch calls) and linked as a launch links it. Its PTX holds no ``fma`` (libm kernels excepted: libdevice's own code
   uses FMA), it is not linked through LTO, and its cubin is byte for byte the reference:
   the same PTX linked with contraction switched off in ptxas (``-fmad=false``). (Where the
   bytes differ, the SASS of both must hold the same FMA instructions.) The FMA that the
@@ -280,7 +280,15 @@ def _run_machine_code() -> int:
         return 0
     _device_stand_in()
     _controls()
-    for (name, sig), dispatcher in _launched_kernels().items():
+    from noisysim.kernels import cuda as K
+    from noisysim.kernels.cuda_compile import ExactDispatcher
+
+    launched = _launched_kernels()
+    kernels = {name for name, v in vars(K).items() if isinstance(v, ExactDispatcher)}
+    missing = sorted(kernels - {name for name, _ in launched})
+    _emit(kernel="(every exact kernel of noisysim.kernels.cuda)", ok=not missing,
+          detail=f"no wrapper call in _launched_kernels launches {missing}")
+    for (name, sig), dispatcher in launched.items():
         try:
             row = _compiled(dispatcher, sig)
             libm = name in LIBM_KERNELS
