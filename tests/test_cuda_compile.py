@@ -11,12 +11,14 @@ simulator mode.
 
 - ``test_machine_code_has_no_contracted_fma``: every kernel the cuda wrappers launch (and
   every ``exact_kernel`` of noisysim.kernels.cuda must be among them) is compiled through
-  its dispatcher's ``compile`` (what a first launch calls) and linked as a launch links it. Its PTX holds no ``fma`` (libm kernels excepted: libdevice's own code
-  uses FMA), it is not linked through LTO, and its cubin is byte for byte the reference:
+  its dispatcher's ``compile`` (what a first launch calls) and linked as a launch links it.
+  Its PTX holds no ``fma`` (libm kernels excepted: libdevice's own code uses FMA), it is
+  not linked through LTO, and its cubin is byte for byte the reference:
   the same PTX linked with contraction switched off in ptxas (``-fmad=false``). (Where the
   bytes differ, the SASS of both must hold the same FMA instructions.) The FMA that the
   SASS does hold come from correctly rounded division and square root (Newton steps after
-  ``MUFU.RCP64H``), and integer division, never from a contracted a * b + c. Controls on
+  ``MUFU.RCP64H``), integer division and libdevice's own code, never from a contracted
+  a * b + c. Controls on
   a test kernel ``a * x + y`` show the check can fail: compiled the default way (NVVM
   -fma=1, LTO), and compiled with NVVM -fma=0 but linked through LTO (the H200 failure of
   issue 10: nvJitLink contracts again), its SASS holds FMA, where ``exact_kernel``'s holds
@@ -125,7 +127,7 @@ def _toolchain() -> list[tuple[bool, str]]:
         md.version("numba-cuda")
         out.append((True, "numba-cuda"))
     except Exception:
-        out.append((False, "the numba-cuda package (numba's built-in cuda target is deprecated)"))
+        out.append((False, "numba-cuda (numba's built-in cuda target is deprecated)"))
     out.append((_nvdisasm() is not None, "nvdisasm (wheel nvidia-cuda-nvdisasm)"))
     return out
 

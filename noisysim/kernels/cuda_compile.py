@@ -16,8 +16,9 @@ on the way from Python to machine code, and ``exact_kernel`` switches both off:
    With LTO, NVVM writes LTO-IR (no PTX), and nvJitLink generates the code itself with its
    own default ``-fma=1``: the -fma=0 of step 1 is lost, and on an H200 (numba-cuda 0.30.4)
    ``_scaled_normal_rows`` held 52 DFMA. ``exact_kernel`` compiles with ``lto=False``: the
-   PTX of step 1 is what the linker assembles. A kernel is one NVVM module (device functions
-   are linked into it as IR before NVVM), so LTO had nothing else to optimise across.
+   PTX of step 1 is what the linker assembles. NVVM compiles a kernel together with its
+   device functions (one call, all their IR), and noisysim's kernels link no other code, so
+   LTO had nothing left to optimise across.
    (nvJitLink's own ``-fma=0`` also works, but numba-cuda does not pass linker options, and
    cuda.core 1.2's ``LinkerOptions(fma=False)`` writes ``-fma=false``, which nvJitLink
    rejects.)
