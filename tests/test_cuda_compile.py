@@ -18,11 +18,10 @@ simulator mode.
   bytes differ, the SASS of both must hold the same FMA instructions.) The FMA that the
   SASS does hold come from correctly rounded division and square root (Newton steps after
   ``MUFU.RCP64H``), integer division and libdevice's own code, never from a contracted
-  a * b + c. Controls on
-  a test kernel ``a * x + y`` show the check can fail: compiled the default way (NVVM
-  -fma=1, LTO), and compiled with NVVM -fma=0 but linked through LTO (the H200 failure of
-  issue 10: nvJitLink contracts again), its SASS holds FMA, where ``exact_kernel``'s holds
-  none.
+  a * b + c. Controls on a test kernel ``a * x + y`` show the check can fail: compiled the
+  default way (NVVM -fma=1, LTO), and compiled with NVVM -fma=0 but linked through LTO (the
+  H200 failure of issue 10: nvJitLink contracts again), its SASS holds FMA, where
+  ``exact_kernel``'s holds none (also through ``specialize``).
 - ``test_numba_cuda_compiles_without_numpy_row_stack``: numpy >= 2.5 has no
   ``np.row_stack``, which numba-cuda 0.30.4 registers at its first compile. numpy 2.5
   needs Python >= 3.12, so the test removes the name (from the module and its ``__all__``,
