@@ -16,8 +16,8 @@ What is checked, per kernel family:
 - to float tolerance: libm activations and losses, derivatives, perturbation statistics and
   the np / inp / anp / bp estimates, Adam and SGD, decorrelation, Device.measure, and full
   training steps (bp, np, inp, anp, danp, dbp, dnp, dinp) against the CPU Trainer.
-Separately (no simulator, needs libNVVM, not a GPU): every kernel compiles to sm_90 PTX, and
-the exact ones contain no FMA.
+How the kernels compile (sm_90a machine code without FMA contraction, no GPU needed) is
+checked in tests/test_cuda_compile.py.
 """
 
 from __future__ import annotations
@@ -82,19 +82,6 @@ def test_cuda_twin_matches_cpu(results, name):
     row = results.get(name)
     assert row is not None, f"check {name} did not run (the script stopped early?)"
     assert row["ok"], row["detail"]
-
-
-def test_kernels_compile_to_ptx_without_fma():
-    """Every kernel compiles for sm_90 with the real CUDA target (typing and lowering as on
-    a GPU); the exact ones hold no FMA and call no libdevice function."""
-    proc = _subprocess("--ptx", simulate=False, timeout=300)
-    lines = [json.loads(x[4:]) for x in proc.stdout.splitlines() if x.startswith("PTX ")]
-    if lines and lines[0].get("skip"):
-        pytest.skip(lines[0]["skip"])
-    assert lines, f"no PTX results (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
-    bad = [x for x in lines if not x["ok"]]
-    assert not bad, bad
-    assert len(lines) >= 25
 
 
 def test_resolve_backend_without_gpu():
@@ -717,90 +704,5 @@ def _run_checks() -> int:
     return 0
 
 
-def _run_ptx() -> int:
-    """Compile every kernel the wrappers launch (recorded with numpy stand-ins) to PTX."""
-    try:
-        import numba
-        from numba import cuda
-        import numba.cuda.dispatcher as dispatcher
-        from numba.cuda.cudadrv import nvvm
-
-        nvvm.NVVM()
-    except Exception as exc:
-        print("PTX " + json.dumps({"skip": f"no libNVVM / numba.cuda: {exc!r}"[:300]}))
-        return 0
-
-    class _Device:  # device functions ask for the current device's compute capability
-        compute_capability = (9, 0)
-
-    dispatcher.get_current_device = lambda: _Device()
-    from noisysim.kernels import cuda as K
-
-    def trivial(out):
-        out[0] = 1.0
-
-    try:  # the toolchain itself (numba-cuda also wants NVRTC, for example)
-        cuda.compile_ptx(trivial, (numba.float64[::1],), cc=(9, 0))
-    except Exception as exc:
-        print("PTX " + json.dumps({"skip": f"CUDA toolchain incomplete: "
-                                           f"{type(exc).__name__}: {str(exc)[:200]}"}))
-        return 0
-
-    launched = {}
-
-    def record(kernel, n, *args, blocks=None):
-        sig = tuple(numba.typeof(K._nb(a)) for a in args)
-        launched.setdefault((kernel.py_func.__name__, sig), (kernel, sig))
-
-    K.launch = record
-    f32, i64 = np.float32, np.int64
-    a = np.zeros((2, 3, 5), f32)
-    t = np.array([0, 1])
-    flag = np.zeros(1, np.int32)
-    K.fill_uniform(np.zeros(5), 7)
-    K.fill_normal_rows(np.zeros((2, 5), f32), 1, 2, t, 0, 0.5)
-    K.gaussian_apply(a, t, 1, 0, 0.0, 1.0, False)
-    K.bernoulli_apply(a, t, 1, 0, 0.5, 1.0, 0.0, 2, False)
-    K.telegraph_apply(a, t, np.zeros(3, i64), np.zeros((3, 5, 1), np.int8), 1, 0, 0.1, 1.0,
-                      0.0, 0.0, 1.0, False)
-    K.ou_apply(a, t, np.zeros(3, i64), np.zeros((3, 5, 1)), 1, 0, np.ones(1), np.ones(1),
-               np.ones(1), 0.0)
-    K.trace_apply(a, t, np.ones(4), True, 1, 0.0, 1.0)
-    K.activation_forward(a, a.copy(), 9, 0.0, 0.0, 0.0, 1, 0, t)
-    K.activation_derivative(a[0], a[0].copy(), 2, 0.01, 0, 0, 0, upstream=a[0].copy())
-    K.add_bias_and_perturbation(a, np.zeros(5, f32), a.copy(), True, True)
-    K.cross_entropy(a[0], np.zeros(3, i64), np.zeros(3))
-    K.cross_entropy_grad(a[0], np.zeros(3, i64), a[0].copy())
-    K.squared_error(a[0], np.zeros((3, 5)), np.zeros(3))
-    K.squared_error_grad(a[0], np.zeros((3, 5)), a[0].copy())
-    K.diff_squared_norm(a, 1, np.zeros((1, 3)))
-    K.loss_scale(np.zeros((2, 3)), 1, np.zeros((1, 3), f32), sq=np.zeros((1, 3)), factor=3.0)
-    K.node_coefficients(a, 1, True, np.zeros((1, 3), f32), f32(0.5), a[0].copy())
-    stats, failure = np.zeros(11), np.zeros(3, i64)
-    K.sum_squares(a[0], stats, 1, 2)
-    K.step_stats(np.zeros((2, 3)), a[0], np.zeros(3, i64), stats, True)
-    K.update_gate(stats, failure, 1, 1.0, np.ones(1, f32), flag)
-    K.adam_update(a[0], a[0], a[0], a[0], np.ones(1, f32), flag, *(f32(1),) * 7, stats, 0, 1)
-    K.sgd_update(a[0], a[0], a[0], np.ones(1, f32), flag, 0.0, 0.9, True, 0.1, stats, 0, 1)
-    K.decorrelation_delta(np.zeros((5, 5), f32), np.zeros(5, f32), np.zeros((5, 5), f32),
-                          0.1, 0.1, 0.1, 0.1, stats, failure, 1, 0)
-    K.apply_delta(np.zeros((5, 5), f32), np.zeros((5, 5), f32), stats, failure, 1, 0)
-    K.record(stats, failure, 1, 3)
-    # libm-based kernels may hold FMAs inside libdevice's own code
-    may_fma = {"_activation", "_derivative", "_cross_entropy", "_cross_entropy_grad"}
-    for (name, sig), (kernel, _) in launched.items():
-        try:
-            with K.exact_fp():
-                ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0), fastmath=False)
-            ok = name in may_fma or ("fma" not in ptx and "call" not in ptx.split("{", 1)[1])
-            detail = "" if ok else "fma or a call in the PTX"
-        except Exception as exc:
-            ok, detail = False, f"{type(exc).__name__}: {str(exc)[-500:]}"
-        print("PTX " + json.dumps({"kernel": name, "ok": ok, "detail": detail}), flush=True)
-    return 0
-
-
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--ptx"]:
-        sys.exit(_run_ptx())
     sys.exit(_run_checks())

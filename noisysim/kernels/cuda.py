@@ -13,11 +13,9 @@ Bit-exactness. Draws and everything computed from them with + - * / sqrt (noise 
 scaled perturbations, Adam/SGD/decorrelation updates given the same inputs) equal the CPU's
 bit for bit, because
 
-* every kernel is compiled with ``fastmath=False`` AND with NVVM's ``-fma=0``: NVVM contracts
-  a * b + c into an FMA by default, which the CPU twin (``fastmath=False``) never does.
-  numba's ``cuda.jit`` has no switch for it, so ``_exact_fp`` wraps
-  ``numba.cuda.cudadrv.nvvm.compile_ir`` while our kernels compile (both numba's built-in
-  cuda target and the numba-cuda package compile through that function);
+* every kernel is compiled by ``cuda_compile.exact_kernel``: ``fastmath=False``, NVVM's
+  ``-fma=0`` and no link-time optimisation, so neither NVVM nor nvJitLink contracts
+  a * b + c into an FMA, which the CPU twin (``fastmath=False``) never does;
 * values are promoted exactly as the CPU kernels promote them: the CPU reads a float32
   element and combines it with float64 scalars, so the twins read ``float(a[i])``. (This
   also keeps the simulator honest: under NEP 50 a numpy float32 scalar plus a Python float
@@ -36,21 +34,17 @@ loops, so their results do not depend on the launch configuration.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
 import types
 import warnings
 
 import numpy as np
 from numba import cuda
-from numba.core import config as _numba_config
 
 from . import cpu, rng
 from . import noise as _noise
 from . import step as _stepmod
-
-SIMULATED = bool(_numba_config.ENABLE_CUDASIM)
+from .cuda_compile import SIMULATED, exact_kernel
 
 # Threads per block (a power of two: the block reductions halve it) and a cap on blocks. The
 # simulator runs every GPU thread as a Python thread: small blocks, few of them.
@@ -61,47 +55,6 @@ _SHARED = 256  # shared-memory slots of the block reductions (>= THREADS)
 if SIMULATED:
     # Plain-Python uint64 arithmetic wraps as intended but numpy warns about it.
     warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
-
-
-# ------------------------------------------------------------------------- exact floating point
-
-_compile_state = threading.local()
-
-
-def _install_no_fma() -> None:
-    """Make NVVM compile without FMA contraction while ``_exact_fp`` is active."""
-    if SIMULATED:
-        return
-    from numba.cuda.cudadrv import nvvm
-
-    if getattr(nvvm.compile_ir, "_noisysim_no_fma", False):
-        return
-    original = nvvm.compile_ir
-
-    def compile_ir(llvmir, **options):
-        if getattr(_compile_state, "depth", 0):
-            options["fastmath"] = False
-            options["fma"] = False
-        return original(llvmir, **options)
-
-    compile_ir._noisysim_no_fma = True
-    compile_ir.__wrapped__ = original
-    nvvm.compile_ir = compile_ir
-
-
-@contextlib.contextmanager
-def _exact_fp():
-    """Compilations started inside (lazily, at a kernel's first launch with new types, or by
-    ``compile_ptx``) use -fma=0."""
-    _install_no_fma()
-    _compile_state.depth = getattr(_compile_state, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _compile_state.depth -= 1
-
-
-exact_fp = _exact_fp  # public: tests compile PTX under it
 
 
 # ---------------------------------------------------------------------------- device twins
@@ -183,13 +136,13 @@ def _block_sum(buf, value):
 # ------------------------------------------------------------------------------- generator
 
 
-@cuda.jit
+@exact_kernel
 def _fill_uniform(out, key, offset):
     for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
         out[i] = d_uniform(key, offset + i)
 
 
-@cuda.jit
+@exact_kernel
 def _scaled_normal_rows(out, seed, stream, t0, layer, scale, offset):
     """out[r, i] = scale * normal(key(seed, stream, t0 + r, layer), offset + i): one
     Box-Muller pair per thread."""
@@ -217,7 +170,7 @@ def _gauss_add(a, p, i, z, mean, sigma, multiplicative):
     a[p, i] = x + (mean + w * sigma * z)
 
 
-@cuda.jit
+@exact_kernel
 def _gaussian(a, seed, t0, layer, mean, sigma, multiplicative):
     n_pass, m = a.shape
     n_pairs = (m + 1) >> 1
@@ -231,7 +184,7 @@ def _gaussian(a, seed, t0, layer, mean, sigma, multiplicative):
             _gauss_add(a, p, i + 1, z1, mean, sigma, multiplicative)
 
 
-@cuda.jit
+@exact_kernel
 def _bernoulli(a, seed, t0, layer, prob, amplitude, offset, n_sources, centred):
     n_pass, m = a.shape
     shift = -n_sources * prob if centred else 0.0
@@ -246,7 +199,7 @@ def _bernoulli(a, seed, t0, layer, prob, amplitude, offset, n_sources, centred):
         a[p, i] = float(a[p, i]) + (base + amplitude * (count + shift))
 
 
-@cuda.jit
+@exact_kernel
 def _telegraph(a, seed, t0, layer, last_time, spin, width, n_src, p_flip, amplitude, offset,
                sigma, scale, thermal):
     """One thread per (slot, node) carries its n_src states through the P passes."""
@@ -274,7 +227,7 @@ def _telegraph(a, seed, t0, layer, last_time, spin, width, n_src, p_flip, amplit
             a[p, i] = float(a[p, i]) + scale * (offset + amplitude * tot + sigma * zs)
 
 
-@cuda.jit
+@exact_kernel
 def _ou(a, seed, t0, layer, last_time, x, width, n_poles, decay, c1, std, mean):
     """One thread per (slot, node) advances its n_poles OU processes through the P passes."""
     n_pass, m = a.shape
@@ -298,13 +251,13 @@ def _ou(a, seed, t0, layer, last_time, x, width, n_poles, decay, c1, std, mean):
             a[p, i] = float(a[p, i]) + (mean + v)
 
 
-@cuda.jit
+@exact_kernel
 def _set_last_time(last_time, n_slots, t):
     for b in range(cuda.grid(1), n_slots, cuda.gridsize(1)):
         last_time[b] = t
 
 
-@cuda.jit
+@exact_kernel
 def _trace(a, trace, t0, per_node, segment, offset, scale):
     n_pass, m = a.shape
     length = trace.shape[0]
@@ -319,7 +272,7 @@ def _trace(a, trace, t0, per_node, segment, offset, scale):
 # ------------------------------------------------------------------- network elementwise
 
 
-@cuda.jit
+@exact_kernel
 def _activation(a, out, code, p0, p1, p2, seed, t0, layer, n_batch):
     rows, width = a.shape
     for t in range(cuda.grid(1), rows * width, cuda.gridsize(1)):
@@ -332,7 +285,7 @@ def _activation(a, out, code, p0, p1, p2, seed, t0, layer, n_batch):
         out[r, j] = d_activation(code, float(a[r, j]), p0, p1, p2, u)
 
 
-@cuda.jit
+@exact_kernel
 def _derivative(upstream, a, out, code, p0, p1, p2, mode, multiply):
     """out = f'(a), or upstream * f'(a) with f'(a) rounded to out's dtype first (as the CPU
     multiplies two arrays)."""
@@ -345,7 +298,7 @@ def _derivative(upstream, a, out, code, p0, p1, p2, mode, multiply):
             out[r, j] = upstream[r, j] * out[r, j]
 
 
-@cuda.jit
+@exact_kernel
 def _add_bias_eps(a, bias, eps, has_bias, has_eps):
     rows, width = a.shape
     for t in range(cuda.grid(1), rows * width, cuda.gridsize(1)):
@@ -359,7 +312,7 @@ def _add_bias_eps(a, bias, eps, has_bias, has_eps):
         a[r, j] = v
 
 
-@cuda.jit
+@exact_kernel
 def _cross_entropy(logits, labels, out):
     n_rows, n_classes = logits.shape
     n_labels = labels.shape[0]
@@ -373,7 +326,7 @@ def _cross_entropy(logits, labels, out):
         out[r] = float(m) + math.log(s) - float(logits[r, labels[r % n_labels]])
 
 
-@cuda.jit
+@exact_kernel
 def _cross_entropy_grad(logits, labels, out):
     n_rows, n_classes = logits.shape
     n_labels = labels.shape[0]
@@ -391,7 +344,7 @@ def _cross_entropy_grad(logits, labels, out):
         out[r, y] = float(out[r, y]) - 1.0
 
 
-@cuda.jit
+@exact_kernel
 def _squared_error(outputs, targets, out):
     n_rows, width = outputs.shape
     n_t = targets.shape[0]
@@ -404,7 +357,7 @@ def _squared_error(outputs, targets, out):
         out[r] = 0.5 * s
 
 
-@cuda.jit
+@exact_kernel
 def _squared_error_grad(outputs, targets, out):
     n_rows, width = outputs.shape
     n_t = targets.shape[0]
@@ -417,7 +370,7 @@ def _squared_error_grad(outputs, targets, out):
 # --------------------------------------------------------------- perturbation statistics
 
 
-@cuda.jit
+@exact_kernel
 def _diff_sq_norm(pre, first, sq):
     """sq[j, b] += sum_n float64(pre[first + j, b, n] - pre[0, b, n])^2 (one block per row)."""
     buf = cuda.shared.array(_SHARED, np.float64)
@@ -436,7 +389,7 @@ def _diff_sq_norm(pre, first, sq):
             sq[j, b] += total
 
 
-@cuda.jit
+@exact_kernel
 def _loss_scale(losses, first, sq, use_sq, factor, divisor, out):
     """out[j, b] (rule dtype) = dell * factor / sq (0 where sq == 0) when use_sq (INP, ANP),
     else dell / divisor (NP); dell = losses[first + j, b] - losses[0, b]."""
@@ -453,7 +406,7 @@ def _loss_scale(losses, first, sq, use_sq, factor, divisor, out):
         out[j, b] = v
 
 
-@cuda.jit
+@exact_kernel
 def _node_coefficients(vec, first, diff, scale, inv, out):
     """out[b, n] = (sum_j scale[j, b] * v_j) * inv with v_j = vec[first+j] - vec[0] (diff)
     or vec[first+j], inv = 1 / (K B) in the dtype; products and sum in the dtype, as the
@@ -472,7 +425,7 @@ def _node_coefficients(vec, first, diff, scale, inv, out):
         out[b, n] = acc * inv
 
 
-@cuda.jit
+@exact_kernel
 def _sum_squares(x, out, idx, bad_idx):
     """out[idx] += sum float64(x)^2 over a 1-D array, out[bad_idx] += its non-finite
     elements (atomic per block)."""
@@ -492,7 +445,7 @@ def _sum_squares(x, out, idx, bad_idx):
             cuda.atomic.add(out, bad_idx, n_bad)
 
 
-@cuda.jit
+@exact_kernel
 def _step_stats(losses, outputs, labels, has_labels, out):
     """One block, in the layout of ``noisysim.kernels.step``: out[LOSS] = mean losses[0];
     out[DL_MEAN], out[DL_STD] = mean and std of dl = losses[1:] - losses[0];
@@ -545,7 +498,7 @@ def _step_stats(losses, outputs, labels, has_labels, out):
 # --------------------------------------------------------------- optimisers, decorrelation
 
 
-@cuda.jit
+@exact_kernel
 def _update_gate(stats, failure, n_layers, clip, scale, gate):
     """One thread: gate[0] = 1 when the optimiser may update (``step.blocked`` before the
     update is False), scale[0] = min(1, clip / ||g||) rounded to the parameters' dtype
@@ -557,7 +510,7 @@ def _update_gate(stats, failure, n_layers, clip, scale, gate):
     scale[0] = clip / norm if clip > 0.0 and norm > clip else 1.0
 
 
-@cuda.jit
+@exact_kernel
 def _adam(p, g, m, v, scale, gate, b1, omb1, b2, omb2, inv_c2, eps, lr_c1, stats, sq_idx,
           bad_idx):
     """Adam in the parameters' dtype, in numpy's operation order (noisysim.optim.Adam),
@@ -593,7 +546,7 @@ def _adam(p, g, m, v, scale, gate, b1, omb1, b2, omb2, inv_c2, eps, lr_c1, stats
         cuda.atomic.add(stats, sq_idx, total)
 
 
-@cuda.jit
+@exact_kernel
 def _sgd(p, g, vel, has_vel, scale, gate, wd, has_wd, mu, nesterov, lr, stats, sq_idx,
          bad_idx):
     """SGD (momentum, Nesterov, coupled weight decay) as noisysim.optim.SGD, when gate[0]."""
@@ -626,7 +579,7 @@ def _sgd(p, g, vel, has_vel, scale, gate, wd, has_wd, mu, nesterov, lr, stats, s
         cuda.atomic.add(stats, sq_idx, total)
 
 
-@cuda.jit
+@exact_kernel
 def _decorrelation_delta(delta, second, R, c1, c2, kappa, has_kappa, lr, stats, failure,
                          n_layers, layer):
     """delta <- lr * (c1 * delta + c2 * (second[:, None] * R) - kappa * R) in R's dtype, as
@@ -657,7 +610,7 @@ def _decorrelation_delta(delta, second, R, c1, c2, kappa, has_kappa, lr, stats, 
         cuda.atomic.add(stats, idx, total)
 
 
-@cuda.jit
+@exact_kernel
 def _apply_delta(R, delta, stats, failure, n_layers, layer):
     """R -= delta unless the step is blocked before layer ``layer``'s R or its own step
     was flagged non-finite (flat arrays)."""
@@ -669,7 +622,7 @@ def _apply_delta(R, delta, stats, failure, n_layers, layer):
         R[i] = R[i] - delta[i]
 
 
-@cuda.jit
+@exact_kernel
 def _record(stats, failure, n_layers, step):
     if cuda.grid(1) == 0:
         d_record(stats, failure, n_layers, step)
@@ -725,14 +678,12 @@ LAUNCHES = {"count": 0}
 
 
 def launch(kernel, n: int, *args, blocks: int | None = None) -> None:
-    """kernel[blocks, THREADS](*args) for a grid-stride loop over n items, compiled (on its
-    first launch with these types) without FMA contraction."""
+    """kernel[blocks, THREADS](*args) for a grid-stride loop over n items."""
     if n <= 0:
         return
     args = tuple(_nb(a) for a in args)
     LAUNCHES["count"] += 1
-    with _exact_fp():
-        kernel[blocks if blocks is not None else _blocks(n), THREADS](*args)
+    kernel[blocks if blocks is not None else _blocks(n), THREADS](*args)
 
 
 def _to_device(a, like):

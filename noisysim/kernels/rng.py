@@ -72,13 +72,14 @@ Portability contract
 The scalar functions use only integer/float arithmetic, ``math.sqrt``, comparisons and
 ternaries on scalars, with explicit ``np.uint64`` casts of every counter, constant and shift
 (numba types uint64 op int64 as float64). On the CPU, ``fastmath=False`` keeps LLVM from
-contracting a*b+c into an FMA. NVVM contracts by default, so a CUDA twin must compile the
-same ``.py_func`` with ``fastmath=False`` AND the NVVM option ``fma=False`` (e.g.
-``numba.cuda.compiler.compile_cuda(..., nvvm_options={"fastmath": False, "opt": 3,
-"fma": False})``): the PTX then holds only ``mul.rn``/``add.rn``/``div.rn``/``sqrt.rn`` and
-no libdevice calls (a test checks this where libNVVM is installed). The compiled results
-are also identical to running the same source as plain Python (``NUMBA_DISABLE_JIT=1``),
-which the tests check bit for bit.
+contracting a*b+c into an FMA. NVVM contracts by default, and so does nvJitLink when a
+kernel is linked through LTO, so a CUDA twin must compile the same ``.py_func`` with
+``fastmath=False``, the NVVM option ``fma=False`` and no LTO
+(``noisysim.kernels.cuda_compile.exact_kernel``): the PTX then holds only
+``mul.rn``/``add.rn``/``div.rn``/``sqrt.rn`` and no libdevice calls, and ptxas assembles it
+without contraction (tests/test_cuda_compile.py checks the sm_90a machine code). The
+compiled results are also identical to running the same source as plain Python
+(``NUMBA_DISABLE_JIT=1``), which the tests check bit for bit.
 
 This is a statistical generator for simulation, NOT a cryptographic one: keys and outputs
 are trivially predictable and invertible.
