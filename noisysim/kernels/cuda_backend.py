@@ -55,9 +55,13 @@ class CudaKernels:
         if cls._instance is None:
             import warnings
 
+            from numba.core import config
             from numba.core.errors import NumbaPerformanceWarning
 
-            # Small grids are the price of small layers, not something a user can change.
+            # Small grids are the price of small layers, not something a user can change:
+            # numba-cuda checks occupancy on every new launch configuration unless told not
+            # to (the warning filter covers numba's older built-in CUDA target).
+            config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
             warnings.filterwarnings("ignore", category=NumbaPerformanceWarning)
             cls._instance = cls()
         return cls._instance
