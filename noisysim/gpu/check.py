@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 
 ROWS = [
     ("3072,1024,1024,1024,10", 1000, "bp"),
@@ -32,17 +30,6 @@ ROWS = [
     ("3072,4096,4096,4096,10", 4096, "anp"),
     ("3072,4096,4096,4096,10", 4096, "danp"),
 ]
-
-
-def _median_step(step, n: int) -> float:
-    for _ in range(2):
-        step()
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def _profile(step, n: int) -> tuple[float, float]:
@@ -64,12 +51,12 @@ def _profile(step, n: int) -> tuple[float, float]:
 
 
 def check_row(layers: str, batch: int, rule: str, steps: int) -> dict:
-    from ..bench import random_data_trainer, timed_step
+    from ..bench import median_time, random_data_trainer, timed_step
     from .torch_step import bench_torch
 
     trainer, widths = random_data_trainer(rule, layers, batch, "gaussian", "float32", "cuda")
     step = timed_step(trainer)
-    t_ns = _median_step(step, steps)
+    t_ns = median_time(step, steps)
     busy, launches = _profile(step, steps)
     t_torch = bench_torch(rule, layers, batch, steps)["step_s"]
     return {"layers": layers, "batch": batch, "rule": rule,
