@@ -144,7 +144,8 @@ def test_changing_a_component_drops_options_of_the_old_one():
     assert cfg.rule.sigma == 1e-3 and cfg.rule.decorrelated is False
     cfg = load_config(None, ["noise.model=telegraph", "noise.p_flip=0.1",
                              "noise.amplitude=0.05"])
-    assert cfg.noise.to_dict() == {"model": "telegraph", "layers": "all", "p_flip": 0.1,
+    assert cfg.noise.to_dict() == {"model": "telegraph", "layers": "all",
+                                   "hold_upstream": False, "p_flip": 0.1,
                                    "amplitude": 0.05, "offset": 0.0, "n_sources": 1}
     cfg = load_config(None, ["optimizer.name=sgd", "optimizer.momentum=0.9"])
     assert cfg.optimizer.to_dict() == {"name": "sgd", "lr": 3e-3, "momentum": 0.9,

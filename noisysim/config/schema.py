@@ -142,6 +142,10 @@ SCHEMA: tuple[Key, ...] = (
         "intrinsic device noise added to pre-activations", lambda: tuple(NOISE_MODELS)),
     Key("noise.layers", '"all" or list of integers', "all",
         "layers (0-based, output layer included) that carry the noise"),
+    Key("noise.hold_upstream", "boolean", False,
+        "the hardware latches (samples and holds) the activity of the layers below a "
+        "perturbed one between passes, so INP's passes reuse the reference pass there and "
+        "draw no fresh noise; false: every pass is a new run through the whole device"),
     Key("noise.<param>", "per model", _NO_DEFAULT,
         "parameters of the noise model (" + _param_list(
             (n, _noise_params(n)) for n in NOISE_MODELS if _noise_params(n)) + ")",
@@ -178,7 +182,7 @@ _INCLUDE_KEYS = ("model", "model.file")
 # Component groups: the options of a component depend on its name.
 #   prefix -> (name key, fixed keys of the section that are not component options)
 _GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "noise": ("noise.model", ("model", "layers")),
+    "noise": ("noise.model", ("model", "layers", "hold_upstream")),
     "rule": ("rule.name", ("name",)),
     "optimizer": ("optimizer.name", ("name",)),
     "data": ("data.name", ("name",)),

@@ -229,6 +229,7 @@ class _Resolver:
                 params[k] = _plain(e.value)
         layers = self.typed("noise.layers")
         self.out["noise"] = {"model": name, "layers": layers,
+                             "hold_upstream": self.typed("noise.hold_upstream"),
                              **{k: v for k, v in params.items() if v is not None}}
 
     def decorrelation(self) -> None:
