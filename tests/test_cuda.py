@@ -326,7 +326,13 @@ def check_losses(env):
         K.squared_error_grad(env.dev(logits), env.dev(targets), grad)
         _require(_close(env.host(grad), losses.loss_grad("squared_error", logits, targets),
                         tol, tol), f"squared_error_grad {dtype.__name__}")
-    return "cross_entropy, squared_error and their gradients"
+        K.softmax_mse(env.dev(logits), env.dev(labels), out)
+        _require(_close(env.host(out), losses.loss("softmax_mse", logits, labels), tol, tol),
+                 f"softmax_mse {dtype.__name__}")
+        K.softmax_mse_grad(env.dev(logits), env.dev(labels), grad)
+        _require(_close(env.host(grad), losses.loss_grad("softmax_mse", logits, labels),
+                        tol, tol), f"softmax_mse_grad {dtype.__name__}")
+    return "cross_entropy, softmax_mse, squared_error and their gradients"
 
 
 def _noise_model(name, width):
@@ -753,6 +759,8 @@ def _run_ptx() -> int:
     K.add_bias_and_perturbation(a, np.zeros(5, f32), a.copy(), True, True)
     K.cross_entropy(a[0], np.zeros(3, i64), np.zeros(3))
     K.cross_entropy_grad(a[0], np.zeros(3, i64), a[0].copy())
+    K.softmax_mse(a[0], np.zeros(3, i64), np.zeros(3))
+    K.softmax_mse_grad(a[0], np.zeros(3, i64), a[0].copy())
     K.squared_error(a[0], np.zeros((3, 5)), np.zeros(3))
     K.squared_error_grad(a[0], np.zeros((3, 5)), a[0].copy())
     K.diff_squared_norm(a, 1, np.zeros((1, 3)))
@@ -769,7 +777,8 @@ def _run_ptx() -> int:
     K.apply_delta(np.zeros((5, 5), f32), np.zeros((5, 5), f32), stats, failure, 1, 0)
     K.record(stats, failure, 1, 3)
     # libm-based kernels may hold FMAs inside libdevice's own code
-    may_fma = {"_activation", "_derivative", "_cross_entropy", "_cross_entropy_grad"}
+    may_fma = {"_activation", "_derivative", "_cross_entropy", "_cross_entropy_grad",
+               "_softmax_mse", "_softmax_mse_grad"}
     for (name, sig), (kernel, _) in launched.items():
         try:
             with K.exact_fp():

@@ -132,8 +132,9 @@ SCHEMA: tuple[Key, ...] = (
     Key("model.output_activation", "string", "identity",
         "applied to the last layer before the loss", lambda: ACTIVATIONS),
     Key("model.loss", "string", "cross_entropy",
-        "per-sample loss on the outputs (classification needs cross_entropy, regression "
-        "squared_error)", lambda: LOSSES),
+        "per-sample loss on the outputs (classification: cross_entropy, or softmax_mse = "
+        "mean over classes of (softmax - one-hot)^2, the DANP authors' squared error; "
+        "regression: squared_error)", lambda: LOSSES),
     Key("model.bias", "boolean", True, "layers have biases (initialised to zero)"),
     Key("model.init", "string", "he_normal", "weight initialisation", lambda: INITIALISERS),
     Key("model.dtype", "string", "float32", "precision of parameters and activities "

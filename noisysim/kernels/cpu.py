@@ -317,6 +317,57 @@ def cross_entropy_grad(logits, labels, out):
 
 
 @njit(**_OPTS)
+def softmax_mse(logits, labels, out):
+    """out[r] = (1/C) sum_c (softmax(logits[r])_c - t_c)^2, t = onehot(labels[r % len(labels)]).
+
+    The DANP authors' squared error (their TF code: the mean over classes of (softmax(z) -
+    t)^2). softmax_c = exp(z_c - m) / s with m = max_c z_c, s = sum_c exp(z_c - m); the
+    exponentials are recomputed instead of stored (the output layer is narrow, and the CUDA
+    twin has no per-row scratch).
+    """
+    n_rows, n_classes = logits.shape
+    n_labels = labels.shape[0]
+    for r in range(n_rows):
+        m = logits[r, 0]
+        for c in range(1, n_classes):
+            m = max(m, logits[r, c])
+        s = 0.0
+        for c in range(n_classes):
+            s += math.exp(logits[r, c] - m)
+        y = labels[r % n_labels]
+        acc = 0.0
+        for c in range(n_classes):
+            d = math.exp(logits[r, c] - m) / s - (1.0 if c == y else 0.0)
+            acc += d * d
+        out[r] = acc / n_classes
+
+
+@njit(**_OPTS)
+def softmax_mse_grad(logits, labels, out):
+    """out[r] = d ell_r / d logits[r] of ``softmax_mse``: with p = softmax(z), t the one-hot
+    target and q_c = (p_c - t_c) p_c,  d ell / d z_j = (2 / C) (q_j - p_j sum_c q_c)
+    (from d p_c / d z_j = p_c (delta_cj - p_j)). Computed in float64, rounded once to out."""
+    n_rows, n_classes = logits.shape
+    n_labels = labels.shape[0]
+    for r in range(n_rows):
+        m = logits[r, 0]
+        for c in range(1, n_classes):
+            m = max(m, logits[r, c])
+        s = 0.0
+        for c in range(n_classes):
+            s += math.exp(logits[r, c] - m)
+        y = labels[r % n_labels]
+        total = 0.0
+        for c in range(n_classes):
+            p = math.exp(logits[r, c] - m) / s
+            total += (p - (1.0 if c == y else 0.0)) * p
+        scale = 2.0 / n_classes
+        for c in range(n_classes):
+            p = math.exp(logits[r, c] - m) / s
+            out[r, c] = scale * ((p - (1.0 if c == y else 0.0)) * p - p * total)
+
+
+@njit(**_OPTS)
 def squared_error(outputs, targets, out):
     """out[r] = 0.5 * ||outputs[r] - targets[r % len(targets)]||^2 (targets broadcast)."""
     n_rows, width = outputs.shape

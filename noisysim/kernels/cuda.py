@@ -392,6 +392,47 @@ def _cross_entropy_grad(logits, labels, out):
 
 
 @cuda.jit
+def _softmax_mse(logits, labels, out):
+    n_rows, n_classes = logits.shape
+    n_labels = labels.shape[0]
+    for r in range(cuda.grid(1), n_rows, cuda.gridsize(1)):
+        m = logits[r, 0]
+        for c in range(1, n_classes):
+            m = _d_max2(m, logits[r, c])
+        s = 0.0
+        for c in range(n_classes):
+            s += math.exp(float(logits[r, c] - m))
+        y = labels[r % n_labels]
+        acc = 0.0
+        for c in range(n_classes):
+            d = math.exp(float(logits[r, c] - m)) / s - (1.0 if c == y else 0.0)
+            acc += d * d
+        out[r] = acc / n_classes
+
+
+@cuda.jit
+def _softmax_mse_grad(logits, labels, out):
+    n_rows, n_classes = logits.shape
+    n_labels = labels.shape[0]
+    for r in range(cuda.grid(1), n_rows, cuda.gridsize(1)):
+        m = logits[r, 0]
+        for c in range(1, n_classes):
+            m = _d_max2(m, logits[r, c])
+        s = 0.0
+        for c in range(n_classes):
+            s += math.exp(float(logits[r, c] - m))
+        y = labels[r % n_labels]
+        total = 0.0
+        for c in range(n_classes):
+            p = math.exp(float(logits[r, c] - m)) / s
+            total += (p - (1.0 if c == y else 0.0)) * p
+        scale = 2.0 / n_classes
+        for c in range(n_classes):
+            p = math.exp(float(logits[r, c] - m)) / s
+            out[r, c] = scale * ((p - (1.0 if c == y else 0.0)) * p - p * total)
+
+
+@cuda.jit
 def _squared_error(outputs, targets, out):
     n_rows, width = outputs.shape
     n_t = targets.shape[0]
@@ -885,6 +926,14 @@ def cross_entropy(logits, labels, out) -> None:
 
 def cross_entropy_grad(logits, labels, out) -> None:
     launch(_cross_entropy_grad, logits.shape[0], logits, labels, out)
+
+
+def softmax_mse(logits, labels, out) -> None:
+    launch(_softmax_mse, logits.shape[0], logits, labels, out)
+
+
+def softmax_mse_grad(logits, labels, out) -> None:
+    launch(_softmax_mse_grad, logits.shape[0], logits, labels, out)
 
 
 def squared_error(outputs, targets, out) -> None:
