@@ -178,13 +178,18 @@ def test_inp_matches_naive(backend):
     np.testing.assert_allclose(dev.losses, hand.losses, rtol=1e-12)
     np.testing.assert_array_equal(dev.perturbed_layer, hand.perturbed_layer)
     for m in (hand, dev):
-        dell = m.losses - m.losses[0]
-        by_layer = [list(range(1 + l * K, 1 + (l + 1) * K)) for l in range(L)]
-        want = naive.inp_rule(
-            [[dell[p] for p in passes] for passes in by_layer],
-            [[m.pre[l][p] - m.pre[l][0] for p in passes] for l, passes in enumerate(by_layer)],
-            [m.inputs[l][0] for l in range(L)])
-        assert_grads_close(estimate_on(rule, m, net, backend), want)
+        assert_grads_close(estimate_on(rule, m, net, backend), naive_inp(m, K, L))
+
+
+def naive_inp(m, K, L):
+    """naive.inp_rule on what the measurement ``m`` recorded (K passes per layer, in layer
+    order after the reference pass)."""
+    dell = m.losses - m.losses[0]
+    by_layer = [list(range(1 + l * K, 1 + (l + 1) * K)) for l in range(L)]
+    return naive.inp_rule(
+        [[dell[p] for p in passes] for passes in by_layer],
+        [[m.pre[l][p] - m.pre[l][0] for p in passes] for l, passes in enumerate(by_layer)],
+        [m.inputs[l][0] for l in range(L)])
 
 
 def test_inp_zero_activity_change_contributes_nothing():
@@ -524,12 +529,7 @@ def test_inp_never_reads_the_injection_on_a_noisy_device(backend):
     m = Device(net, noise=make_noise("gaussian", sigma=0.02), seed=4).measure(
         x, y, **rule.request())
     assert np.abs(m.pre[0][1 + L * K - 1] - m.pre[0][0]).max() > 1e-3  # fresh noise below
-    dell = m.losses - m.losses[0]
-    by_layer = [list(range(1 + l * K, 1 + (l + 1) * K)) for l in range(L)]
-    want = naive.inp_rule(
-        [[dell[p] for p in passes] for passes in by_layer],
-        [[m.pre[l][p] - m.pre[l][0] for p in passes] for l, passes in enumerate(by_layer)],
-        [m.inputs[l][0] for l in range(L)])
+    want = naive_inp(m, K, L)
     assert_grads_close(estimate_on(rule, m, net, backend), want)
     assert_grads_close(estimate_on(rule, dataclasses.replace(m, injected=None), net, backend),
                        want)

@@ -278,6 +278,20 @@ def draw_and_add_perturbation(a, eps, bias, has_bias, sigma, seed, layer, times,
         _perturb_rows(*args, 0, n_pass * n_batch)
 
 
+@njit(**_OPTS, inline="always")
+def _softmax_shift_and_norm(logits, r):
+    """(m, s) of row r: m = max_c z_c and s = sum_c exp(z_c - m), so that softmax_c =
+    exp(z_c - m) / s and log-sum-exp = m + log s without overflow."""
+    n_classes = logits.shape[1]
+    m = logits[r, 0]
+    for c in range(1, n_classes):
+        m = max(m, logits[r, c])
+    s = 0.0
+    for c in range(n_classes):
+        s += math.exp(logits[r, c] - m)
+    return m, s
+
+
 @njit(**_OPTS)
 def cross_entropy(logits, labels, out):
     """out[r] = -log softmax(logits[r])[y], y = labels[r % len(labels)]; logits: (R, C).
@@ -285,15 +299,10 @@ def cross_entropy(logits, labels, out):
     Labels broadcast over stacked passes (R = P * B rows, B labels). Serial: the output
     layer is narrow, so this is a small fraction of a step.
     """
-    n_rows, n_classes = logits.shape
+    n_rows = logits.shape[0]
     n_labels = labels.shape[0]
     for r in range(n_rows):
-        m = logits[r, 0]
-        for c in range(1, n_classes):
-            m = max(m, logits[r, c])
-        s = 0.0
-        for c in range(n_classes):
-            s += math.exp(logits[r, c] - m)
+        m, s = _softmax_shift_and_norm(logits, r)
         out[r] = m + math.log(s) - logits[r, labels[r % n_labels]]
 
 
@@ -328,12 +337,7 @@ def softmax_mse(logits, labels, out):
     n_rows, n_classes = logits.shape
     n_labels = labels.shape[0]
     for r in range(n_rows):
-        m = logits[r, 0]
-        for c in range(1, n_classes):
-            m = max(m, logits[r, c])
-        s = 0.0
-        for c in range(n_classes):
-            s += math.exp(logits[r, c] - m)
+        m, s = _softmax_shift_and_norm(logits, r)
         y = labels[r % n_labels]
         acc = 0.0
         for c in range(n_classes):
@@ -350,12 +354,7 @@ def softmax_mse_grad(logits, labels, out):
     n_rows, n_classes = logits.shape
     n_labels = labels.shape[0]
     for r in range(n_rows):
-        m = logits[r, 0]
-        for c in range(1, n_classes):
-            m = max(m, logits[r, c])
-        s = 0.0
-        for c in range(n_classes):
-            s += math.exp(logits[r, c] - m)
+        m, s = _softmax_shift_and_norm(logits, r)
         y = labels[r % n_labels]
         total = 0.0
         for c in range(n_classes):

@@ -359,17 +359,25 @@ def _add_bias_eps(a, bias, eps, has_bias, has_eps):
         a[r, j] = v
 
 
+@cuda.jit(device=True)
+def _softmax_shift_and_norm(logits, r):
+    """Twin of cpu._softmax_shift_and_norm: (m, s) of row r, exp taken in float64."""
+    n_classes = logits.shape[1]
+    m = logits[r, 0]
+    for c in range(1, n_classes):
+        m = _d_max2(m, logits[r, c])
+    s = 0.0
+    for c in range(n_classes):
+        s += math.exp(float(logits[r, c] - m))
+    return m, s
+
+
 @cuda.jit
 def _cross_entropy(logits, labels, out):
-    n_rows, n_classes = logits.shape
+    n_rows = logits.shape[0]
     n_labels = labels.shape[0]
     for r in range(cuda.grid(1), n_rows, cuda.gridsize(1)):
-        m = logits[r, 0]
-        for c in range(1, n_classes):
-            m = _d_max2(m, logits[r, c])
-        s = 0.0
-        for c in range(n_classes):
-            s += math.exp(float(logits[r, c] - m))
+        m, s = _softmax_shift_and_norm(logits, r)
         out[r] = float(m) + math.log(s) - float(logits[r, labels[r % n_labels]])
 
 
@@ -396,12 +404,7 @@ def _softmax_mse(logits, labels, out):
     n_rows, n_classes = logits.shape
     n_labels = labels.shape[0]
     for r in range(cuda.grid(1), n_rows, cuda.gridsize(1)):
-        m = logits[r, 0]
-        for c in range(1, n_classes):
-            m = _d_max2(m, logits[r, c])
-        s = 0.0
-        for c in range(n_classes):
-            s += math.exp(float(logits[r, c] - m))
+        m, s = _softmax_shift_and_norm(logits, r)
         y = labels[r % n_labels]
         acc = 0.0
         for c in range(n_classes):
@@ -415,12 +418,7 @@ def _softmax_mse_grad(logits, labels, out):
     n_rows, n_classes = logits.shape
     n_labels = labels.shape[0]
     for r in range(cuda.grid(1), n_rows, cuda.gridsize(1)):
-        m = logits[r, 0]
-        for c in range(1, n_classes):
-            m = _d_max2(m, logits[r, c])
-        s = 0.0
-        for c in range(n_classes):
-            s += math.exp(float(logits[r, c] - m))
+        m, s = _softmax_shift_and_norm(logits, r)
         y = labels[r % n_labels]
         total = 0.0
         for c in range(n_classes):
