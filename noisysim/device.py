@@ -438,19 +438,20 @@ def pass_layout(perturb: str, samples: int, layer: int | None, n_layers: int,
     first_random = min(random_layers, default=L)
     P = 1 + (L if perturb == "each_layer" else 1) * samples
     perturbed_layer = np.full(P, -1, dtype=np.int64)
+    # moved[l]: passes [0, moved[l]) perturb a layer <= l, so their activity at layer l
+    # differs from the reference pass's (a prefix: passes are in layer order)
     if perturb == "layer":
         perturbed_layer[1:] = layer
+        moved = [P if l >= layer else 1 for l in range(L)]
     elif perturb == "each_layer":
         perturbed_layer[1:] = np.repeat(np.arange(L), samples)
-    if perturb in ("layer", "each_layer"):
-        # passes [0, stop(l)) perturb a layer <= l: their activity at layer l differs
-        stop = (lambda l: P if l >= layer else 1) if perturb == "layer" else (
-            lambda l: 1 + (l + 1) * samples)
-        n_rows = [P if l >= first_random else stop(l) for l in range(L)]
-        n_products = [1] + [P if l - 1 >= first_random else stop(l - 1) for l in range(1, L)]
+        moved = [1 + (l + 1) * samples for l in range(L)]
     else:  # every perturbed pass perturbs (or is noisy in) every layer
-        n_rows = [P] * L
-        n_products = [1] + [P] * (L - 1)
+        moved = [P] * L
+    # from the first layer that draws intrinsic randomness up, every pass differs
+    n_rows = [P if l >= first_random else m for l, m in enumerate(moved)]
+    # layer l's input is layer l - 1's activity; layer 0's is the same in every pass
+    n_products = [1] + n_rows[:-1]
     return P, perturbed_layer, n_rows, n_products
 
 

@@ -52,14 +52,16 @@ def test_pass_layout_recomputes_from_the_first_random_layer_up():
 
 def test_step_products_count_the_recomputed_layers():
     """INP, 3 layers, K = 1 (P = 4 passes): forward products over 1, 2, 3 passes on a
-    deterministic device, 1, 4, 4 when layer 0 is noisy."""
+    deterministic device, 1, 4, 4 when layer 0 is noisy, 1, 2, 4 when layer 1 is."""
     rule = make_rule("inp")
-    widths = [5, 4, 4, 3]
-    forward = lambda prods: [m // B for m, k, n in prods  # noqa: E731
-                             if (k, n) in zip(widths[:-1], widths[1:]) and m % B == 0
-                             and m != n]
-    assert forward(step_products(rule, widths, B))[:3] == [1, 2, 3]
-    assert forward(step_products(rule, widths, B, (0,)))[:3] == [1, 4, 4]
+
+    def forward_passes(prods):  # per layer: the forward product (P_l B, N_in, N_out) first,
+        return [prods[2 * l][0] // B for l in range(3)]  # then the gradient's
+
+    for random, passes in (((), [1, 2, 3]), ((0,), [1, 4, 4]), ((1,), [1, 2, 4])):
+        prods = step_products(rule, WIDTHS, B, random)
+        assert [p[1:] for p in prods[::2]] == list(zip(WIDTHS[:-1], WIDTHS[1:]))
+        assert forward_passes(prods) == passes
 
 
 @pytest.mark.parametrize("case", ["no_model", "none_model", "noise_on_output_only"])
