@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from common import (
-    PAPER_CIFAR, PAPER_DBP, RULE_ORDER, TINY_DIGITS, Context, Plan, by_rule, figure, md_table,
-    rule_key, style, write_report,
+    PAPER_CIFAR, PAPER_DBP, PAPER_SLOPE, RULE_ORDER, TINY_DIGITS, Context, Plan, by_rule, figure,
+    md_table, rule_key, style, write_report,
 )
 from noisysim.analysis import curves
 from noisysim.record import Trajectory
@@ -28,7 +28,7 @@ def plan(size: str) -> Plan:
         return Plan(TINY_DIGITS + ["model.layers=[64,32,32,10]", "train.alignment_every=2"],
                     [0], by_rule(rules), "tiny: digits 64-32-32-10, 12 updates")
     if size == "full":
-        return Plan(PAPER_CIFAR + ["train.alignment_every=25"], [0, 1, 2],
+        return Plan(PAPER_CIFAR + PAPER_SLOPE + ["train.alignment_every=25"], [0, 1, 2],
                     by_rule(rules, PAPER_DBP),
                     "full: CIFAR-10 3072-1024-1024-1024-10, the authors' settings, 50 epochs")
     return Plan([], [0, 1, 2], by_rule(rules),

@@ -5,7 +5,8 @@
                                          [--repeats 5] [--rounds 2] [--threads N]
                                          [--torch-adam default|foreach|fused] [--check]
 
-The network is the paper's CIFAR-10 MLP: leaky ReLU (slope 0.01) hidden units, identity
+The network is the paper's CIFAR-10 MLP: leaky ReLU (slope 0.01, the MTJ study's; the DANP
+authors' TF code uses 0.2 at the same cost) hidden units, identity
 output, softmax cross-entropy, float32, Adam (lr 1e-4, betas 0.9/0.999, eps 1e-8). Perturbed
 passes carry intrinsic Gaussian node noise (sigma 0.01, all layers' pre-activations:
 noisysim's default benchmark noise) plus, for np/inp/anp, an injected node perturbation
@@ -18,8 +19,8 @@ noisysim's step is ``noisysim.bench.bench`` (``Trainer._train_rows``: device pas
 rule's estimate, Adam, R update, the engine's finiteness checks). The PyTorch step is what a
 competent PyTorch user writes: bp with autograd (``loss.backward()`` + ``torch.optim.Adam``);
 perturbation rules under ``torch.no_grad()`` with the passes stacked (layer 0 computed once,
-its input being the same in every pass; inp reuses the reference activations below the
-perturbed layer), the estimates as batched matmuls ``(scale[:, None] * da).T @ x_star / B``
+its input being the same in every pass; inp's passes recompute every layer with fresh
+noise, as noisysim's do), the estimates as batched matmuls ``(scale[:, None] * da).T @ x_star / B``
 written into ``p.grad`` and applied by ``torch.optim.Adam``. Both use the same number of
 threads (``torch.set_num_threads``; numba and the BLAS use all cores by default).
 
@@ -174,18 +175,20 @@ class TorchStep:
         B = x.shape[0]
         with torch.no_grad():
             xs, das = [], []
-            h = x[None]  # passes so far: the reference, then one per perturbed layer
+            P = self.L + 1  # the reference, then pass l + 1 perturbs layer l only
+            h = x[None]     # layer 0's input: the same in every pass, one product
             for l in range(self.L):
                 if self.R is not None:
                     h = h @ self.R[l].T
                 xs.append(h[0])
-                a = torch.nn.functional.linear(h, self.W[l], self.b[l])  # (l + 1, B, N)
-                if l > 0:
-                    a[1:] += self._noise(l, B, a.shape[2])  # passes perturbed below: noisy
-                # pass l + 1 perturbs layer l only; below it, it is the reference pass
-                da = self._noise(B, a.shape[2]) + self.sigma * torch.randn(B, a.shape[2])
-                a = torch.cat([a, (a[0] + da)[None]])
-                das.append(da)                   # measured: (a[0] + da) - a[0]
+                a = torch.nn.functional.linear(h, self.W[l], self.b[l])
+                if a.shape[0] == 1:  # layer 0: the one product, copied to every pass
+                    a = a.expand(P, -1, -1).clone()
+                # every pass is a new run through the noisy device: fresh noise in every
+                # layer, also below the perturbed one (noisysim's pass layout)
+                a[1:] += self._noise(P - 1, B, a.shape[2])
+                a[l + 1] += self.sigma * torch.randn(B, a.shape[2])
+                das.append(a[l + 1] - a[0])      # measured activity change
                 h = self._act(l, a)
             loss = self._losses(h, y)            # (L + 1, B)
             grads = []

@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from common import (
-    PAPER_CIFAR, PAPER_DBP, TINY_DIGITS, Context, Plan, accuracy_table, by_rule, write_report,
+    PAPER_CIFAR, PAPER_DBP, PAPER_SLOPE, TINY_DIGITS, Context, Plan, accuracy_table, by_rule,
+    write_report,
 )
 from noisysim.plot import plot_curves
 
@@ -23,7 +24,7 @@ def plan(size: str) -> Plan:
         return Plan(TINY_DIGITS + ["model.layers=[64,32,32,10]"], [0], by_rule(rules),
                     "tiny: digits 64-32-32-10, 12 updates")
     if size == "full":
-        return Plan(PAPER_CIFAR, [0, 1, 2], by_rule(rules, PAPER_DBP),
+        return Plan(PAPER_CIFAR + PAPER_SLOPE, [0, 1, 2], by_rule(rules, PAPER_DBP),
                     "full: CIFAR-10 3072-1024-1024-1024-10, batch 1000, Adam 1e-4 (DBP 1e-3), "
                     "decorrelation lr 1e-3, sigma 1e-3, K = 1, 50 epochs, 3 seeds")
     return Plan([], [0, 1, 2], by_rule(rules),

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from common import (
-    PAPER_CIFAR, TINY_DIGITS, Context, Plan, Variant, accuracy_per_value, figure, md_table, pm,
-    rule_key, style, write_report,
+    PAPER_CIFAR, PAPER_SLOPE, TINY_DIGITS, Context, Plan, Variant, accuracy_per_value, figure,
+    md_table, pm, rule_key, style, write_report,
 )
 from noisysim.analysis import summarize
 
@@ -26,7 +26,7 @@ def plan(size: str) -> Plan:
                     "tiny: digits 64-32-32-10")
     if size == "full":
         sig = ["0", "1e-3", "3e-3", "1e-2", "3e-2", "1e-1", "3e-1"]
-        return Plan(PAPER_CIFAR, [0, 1, 2],
+        return Plan(PAPER_CIFAR + PAPER_SLOPE, [0, 1, 2],
                     [Variant({"rule.name": rules, "noise.sigma": sig})],
                     "full: CIFAR-10 3072-1024-1024-1024-10, the authors' settings, 3 seeds")
     sig = ["0", "1e-3", "3e-3", "1e-2", "3e-2", "1e-1"]

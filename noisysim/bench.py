@@ -19,7 +19,9 @@ from .errors import NoisysimError, check_number
 FLOP_COUNTING = (
     "FLOPs are counted as 2*m*n*k for every matrix product the step needs as noisysim "
     "schedules it: forward products per layer over the rows of the passes whose input differs "
-    "from the reference pass (layer 0 once, its input being noise-free), the x R^T products of decorrelated layers, "
+    "from the reference pass (layer 0 once, its input being noise-free; INP's passes "
+    "recompute the layers below the one they perturb when intrinsic noise reaches them), "
+    "the x R^T products of decorrelated layers, "
     "the rule's gradient products (outer products of per-sample scales and inputs, or BP's "
     "backward products) and the two products of each R update; elementwise work (noise, "
     "activations, losses, optimiser) is not counted. gemm_gflop_per_s is numpy's matmul on "
@@ -28,14 +30,17 @@ FLOP_COUNTING = (
 )
 
 
-def step_products(rule, widths, batch) -> list[tuple[int, int, int]]:
-    """The (m, k, n) shapes of the matrix products of one step (see FLOP_COUNTING)."""
+def step_products(rule, widths, batch, random_layers=()) -> list[tuple[int, int, int]]:
+    """The (m, k, n) shapes of the matrix products of one step (see FLOP_COUNTING) on a
+    device whose layers ``random_layers`` draw intrinsic randomness in every pass
+    (``Device.random_layers``: then INP's passes recompute every layer from there up)."""
     from .device import pass_layout
 
     L = len(widths) - 1
     req = rule.request()
     # passes whose input differs from the reference pass's need their own product per layer
-    _, _, _, rows = pass_layout(req["perturb"], req.get("samples", 1), None, L)
+    _, _, _, rows = pass_layout(req["perturb"], req.get("samples", 1), None, L,
+                                random_layers)
     prods = []
     for l in range(L):
         n_in, n_out = widths[l], widths[l + 1]
@@ -130,7 +135,7 @@ def bench(rule="danp", layers="3072,1024,1024,1024,10", batch=1000, steps=5, bac
         print(f"timing {rule} on {widths}, batch {batch} ({backend}): warm-up, then {steps} "
               "steps", flush=True)
     t_step = median_time(timed_step(trainer), steps)
-    prods = step_products(r, widths, batch)
+    prods = step_products(r, widths, batch, trainer.device.random_layers())
     mats = [(K.asarray(gen.random((m, k), dtype=np.float32).astype(dtype)),
              K.asarray(gen.random((k, n), dtype=np.float32).astype(dtype)))
             for m, k, n in prods]

@@ -10,9 +10,16 @@ all passes that need it:
 - pass 0 is the reference pass (clean, or noisy when ``clean_pass=False``);
 - passes 1..P-1 carry intrinsic noise plus any injected perturbation;
 - layer 0 sees the same (noise-free) input in every pass, so its product is computed once;
-- passes that perturb only layer k reuse the reference pass for layers before k (the
-  hardware holds its upstream activity), so those layers are not recomputed, and their
-  layer-k product equals the reference's (only noise and perturbation are added).
+- a pass that perturbs only layer k (INP) is, like every pass, a new run through the whole
+  device: each layer is recomputed with the intrinsic noise of the pass's own time step.
+  Where that changes nothing it is skipped: layers below k that neither carry intrinsic
+  noise nor draw stochastic activations, and lie above no layer that does, equal the
+  reference pass's and are copied from it (exact, and cheaper).
+
+A device with ``hold_upstream=True`` models hardware that can latch (sample and hold) the
+activity of the layers below the perturbed one between passes: then a pass that perturbs
+only layer k reuses the reference pass's activity below k, noise included, and draws no
+fresh noise there. That is a capability to model explicitly, not the default.
 
 One forward pass is one time step of the noise processes: pass p of a call runs at time
 ``clock + p`` and the clock advances by P. Stateful noise (telegraph, smtj, ou, pink,
@@ -31,6 +38,7 @@ from .errors import NoisysimError, check_choice, check_finite_array, check_numbe
 from .kernels import rng
 from .kernels.backend import CPU
 from .network import LayerParams, Network
+from .noise import NoNoise
 
 PERTURBATIONS = ("none", "nodes", "layer", "each_layer", "weights")
 
@@ -88,6 +96,12 @@ class Device:
         ones (fresh multi-megabyte arrays cost page faults on every call). A Measurement is
         then valid only until the next ``measure`` call: the training engine, which consumes
         each one at once, turns this on; copy what you keep.
+    hold_upstream : bool
+        The hardware latches the activity of the layers below a perturbed layer between
+        passes (a sample-and-hold): a pass that perturbs only layer k reuses the reference
+        pass's activity below k and draws no fresh intrinsic noise there. False (the
+        default): every pass recomputes every layer that draws intrinsic randomness, or
+        lies above one that does, with the noise of its own time step.
 
     The device runs on a backend (``noisysim.kernels.backend``): the CPU by default, where
     ``layers`` are the network's own parameter arrays. ``use_kernels(K)`` moves the
@@ -96,9 +110,10 @@ class Device:
     """
 
     def __init__(self, network: Network, noise=None, noise_layers="all", seed: int = 0,
-                 reuse_buffers: bool = False):
+                 reuse_buffers: bool = False, hold_upstream: bool = False):
         self.network = network
         self.reuse_buffers = bool(reuse_buffers)
+        self.hold_upstream = bool(hold_upstream)
         self._buffers: dict[tuple, np.ndarray] = {}
         self.seed = int(check_number("seed", seed, 0, 2**63 - 1, integer=True))
         self.noise = _noise_by_layer(noise, noise_layers, network.n_layers)
@@ -109,6 +124,17 @@ class Device:
             l: model.init_state(self.seed, l, 0, network.widths[l + 1])
             for l, model in self.noise.items()
         }
+
+    def random_layers(self) -> tuple[int, ...]:
+        """The layers whose activity a perturbed pass must recompute at its own time step
+        although nothing is injected there: those that carry intrinsic noise or draw
+        stochastic activations (``pass_layout`` adds every layer above them). Empty when
+        the hardware holds upstream activity (``hold_upstream``)."""
+        if self.hold_upstream:
+            return ()
+        noisy = {l for l, model in self.noise.items() if not isinstance(model, NoNoise)}
+        return tuple(l for l, act in enumerate(self.network.activations)
+                     if l in noisy or act.stochastic)
 
     # -- the backend -----------------------------------------------------------------------
     def use_kernels(self, kernels) -> None:
@@ -210,7 +236,8 @@ class Device:
                                  hint=f"the network has {L} layers (0..{L - 1})")
         batch = x.shape[0]
 
-        P, perturbed_layer, n_rows, n_products = pass_layout(perturb, samples, layer, L)
+        P, perturbed_layer, n_rows, n_products = pass_layout(perturb, samples, layer, L,
+                                                             self.random_layers())
         times = self.clock + np.arange(P, dtype=np.int64)
         node_eps, draws = self._node_perturbations(perturb, sigma, values, perturbed_layer,
                                                    batch)
@@ -388,7 +415,8 @@ class Device:
         return w_out, (b_out if net.bias else None)
 
 
-def pass_layout(perturb: str, samples: int, layer: int | None, n_layers: int):
+def pass_layout(perturb: str, samples: int, layer: int | None, n_layers: int,
+                random_layers=()):
     """How the passes of one ``measure`` call are laid out, for every backend.
 
     Returns (P, perturbed_layer, n_rows, n_products): the number of passes; per pass the
@@ -396,22 +424,34 @@ def pass_layout(perturb: str, samples: int, layer: int | None, n_layers: int):
     (noise, activation), always a prefix of the pass list (pass 0 = reference, then for
     "each_layer" ``samples`` passes per layer in layer order); and, of those, the first
     ``n_products[l]`` whose inputs differ from the reference pass's and need their own
-    matrix product. The others copy the reference's product: every pass at layer 0 (its
-    input is noise-free) and passes that perturb exactly layer l (layers below are reused).
+    matrix product. The others copy the reference's product (every pass at layer 0, whose
+    input is noise-free) or the reference's whole row (a layer below the one a pass
+    perturbs alone, when nothing there differs from the reference).
+
+    random_layers : the layers that draw intrinsic randomness in every pass (noise or
+        stochastic activations; ``Device.random_layers``). Every pass recomputes them and
+        every layer above them at its own time step, whichever layer it perturbs; with none
+        (a deterministic device, or ``hold_upstream``) a pass that perturbs only layer k
+        reuses the reference pass below k.
     """
     L = n_layers
+    first_random = min(random_layers, default=L)
     P = 1 + (L if perturb == "each_layer" else 1) * samples
     perturbed_layer = np.full(P, -1, dtype=np.int64)
-    n_rows = [P] * L
-    n_products = [1] + [P] * (L - 1)
+    # moved[l]: passes [0, moved[l]) perturb a layer <= l, so their activity at layer l
+    # differs from the reference pass's (a prefix: passes are in layer order)
     if perturb == "layer":
         perturbed_layer[1:] = layer
-        n_rows = [1 if l < layer else P for l in range(L)]
-        n_products = [1 if l <= layer else P for l in range(L)]
+        moved = [P if l >= layer else 1 for l in range(L)]
     elif perturb == "each_layer":
         perturbed_layer[1:] = np.repeat(np.arange(L), samples)
-        n_rows = [1 + (l + 1) * samples for l in range(L)]
-        n_products = [1 + l * samples for l in range(L)]
+        moved = [1 + (l + 1) * samples for l in range(L)]
+    else:  # every perturbed pass perturbs (or is noisy in) every layer
+        moved = [P] * L
+    # from the first layer that draws intrinsic randomness up, every pass differs
+    n_rows = [P if l >= first_random else m for l, m in enumerate(moved)]
+    # layer l's input is layer l - 1's activity; layer 0's is the same in every pass
+    n_products = [1] + n_rows[:-1]
     return P, perturbed_layer, n_rows, n_products
 
 

@@ -62,8 +62,10 @@ def build(config: dict, data=None) -> Built:
     noise_opts = dict(config.get("noise") or {"model": "none"})
     noise_name = noise_opts.pop("model")
     noise_layers = noise_opts.pop("layers", "all")
+    hold_upstream = noise_opts.pop("hold_upstream", False)
     noise = make_noise(noise_name, **noise_opts)
-    device = Device(network, noise=noise, noise_layers=noise_layers, seed=seed)
+    device = Device(network, noise=noise, noise_layers=noise_layers, seed=seed,
+                    hold_upstream=hold_upstream)
     opt_opts = dict(config["optimizer"])
     optimizer = make_optimizer(opt_opts.pop("name"), **opt_opts)
     decorrelator = Decorrelator(**config["decorrelation"]) if rule.decorrelated else None
@@ -83,7 +85,8 @@ def _backend(name: str, rule, device, optimizer, batch_size: int) -> str:
     from .bench import step_products
 
     flop = sum(2.0 * m * k * n for m, k, n in
-               step_products(rule, device.network.widths, batch_size))
+               step_products(rule, device.network.widths, batch_size,
+                             device.random_layers()))
     return resolve_backend(name, step_gflop=flop / 1e9)
 
 

@@ -1,6 +1,8 @@
 """Per-sample losses on the network's outputs (the logits) and their gradients.
 
 - ``cross_entropy``: ell_n = -log softmax(z_n)[y_n], targets are int class labels (B,).
+- ``softmax_mse``: ell_n = (1/C) sum_c (softmax(z_n)_c - t_{n,c})^2 with t_n = onehot(y_n),
+  targets are int class labels (B,): the DANP authors' squared error (their TF code).
 - ``squared_error``: ell_n = 1/2 ||z_n - t_n||^2, targets are floats (B, N_L).
 
 Outputs may hold P stacked passes of the same batch, shape (P * B, N_L): the B targets are
@@ -14,17 +16,19 @@ import numpy as np
 from .errors import NoisysimError, check_choice
 from .kernels.backend import CPU
 
-LOSSES = ("cross_entropy", "squared_error")
+LOSSES = ("cross_entropy", "softmax_mse", "squared_error")
+#: losses whose targets are integer class labels
+CLASS_LOSSES = ("cross_entropy", "softmax_mse")
 
 
 def check_targets(name: str, targets: np.ndarray, n_outputs: int) -> np.ndarray:
     """Return targets in the form the loss kernels take, or explain what is wrong."""
     check_choice("loss", name, LOSSES)
     targets = np.asarray(targets)
-    if name == "cross_entropy":
+    if name in CLASS_LOSSES:
         if targets.ndim != 1 or not np.issubdtype(targets.dtype, np.integer):
             raise NoisysimError(
-                f"cross_entropy targets must be a 1-D array of integer class labels, got "
+                f"{name} targets must be a 1-D array of integer class labels, got "
                 f"{targets.dtype} array of shape {targets.shape}"
             )
         if targets.size and (targets.min() < 0 or targets.max() >= n_outputs):

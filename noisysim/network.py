@@ -64,7 +64,7 @@ class Network:
         Give every layer an input decorrelation matrix R_l (identity at start).
     dtype : "float32" | "float64"
     seed : int
-    loss : "cross_entropy" | "squared_error"
+    loss : "cross_entropy" | "softmax_mse" | "squared_error" (``noisysim.losses``)
     """
 
     def __init__(

@@ -86,6 +86,26 @@ def cross_entropy_grad(logits, labels):
     return g
 
 
+def softmax_mse(logits, labels):
+    """mean over classes of (softmax(z) - onehot(y))^2 (the DANP authors' TF loss)."""
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    p = e / e.sum(axis=1, keepdims=True)
+    t = np.eye(z.shape[1])[labels]
+    return ((p - t) ** 2).mean(axis=1)
+
+
+def softmax_mse_grad(logits, labels):
+    """Chain rule through the softmax Jacobian J = diag(p) - p p^T: grad = J (2/C)(p - t)."""
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    p = e / e.sum(axis=1, keepdims=True)
+    t = np.eye(z.shape[1])[labels]
+    C = z.shape[1]
+    return np.stack([(np.diag(pn) - np.outer(pn, pn)) @ (2.0 / C * (pn - tn))
+                     for pn, tn in zip(p, t)])
+
+
 def squared_error(outputs, targets):
     return 0.5 * ((np.asarray(outputs, np.float64) - targets) ** 2).sum(axis=1)
 

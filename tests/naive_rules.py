@@ -31,10 +31,15 @@ def activation(name: str, params: dict, a: np.ndarray) -> np.ndarray:
 
 
 def sample_loss(name: str, z: np.ndarray, t) -> float:
-    """ell = -log softmax(z)[t] or 1/2 ||z - t||^2 for one sample."""
+    """ell = -log softmax(z)[t], mean_c (softmax(z) - onehot(t))^2 or 1/2 ||z - t||^2 for
+    one sample."""
     if name == "cross_entropy":
         m = z.max()
         return float(m + np.log(np.sum(np.exp(z - m))) - z[int(t)])
+    if name == "softmax_mse":
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        return float(np.mean((p - np.eye(z.size)[int(t)]) ** 2))
     return float(0.5 * np.sum((z - t) ** 2))
 
 

@@ -144,7 +144,8 @@ def test_changing_a_component_drops_options_of_the_old_one():
     assert cfg.rule.sigma == 1e-3 and cfg.rule.decorrelated is False
     cfg = load_config(None, ["noise.model=telegraph", "noise.p_flip=0.1",
                              "noise.amplitude=0.05"])
-    assert cfg.noise.to_dict() == {"model": "telegraph", "layers": "all", "p_flip": 0.1,
+    assert cfg.noise.to_dict() == {"model": "telegraph", "layers": "all",
+                                   "hold_upstream": False, "p_flip": 0.1,
                                    "amplitude": 0.05, "offset": 0.0, "n_sources": 1}
     cfg = load_config(None, ["optimizer.name=sgd", "optimizer.momentum=0.9"])
     assert cfg.optimizer.to_dict() == {"name": "sgd", "lr": 3e-3, "momentum": 0.9,
@@ -320,7 +321,7 @@ def test_unknown_keys_suggest(tmp_path):
     ("[optimizer]\nname = 'adamw'\n", r"optimizer.name must be one of 'sgd', 'adam', got 'adamw'"),
     ("[data]\nname = 'mnits'\n", r"data.name must be one of .*'mnist'.* got 'mnits'"),
     ("[model]\nactivation = 'relu6'\n", r"model.activation must be one of .*got 'relu6'"),
-    ("[model]\nloss = 'mse'\n", r"model.loss must be one of 'cross_entropy', 'squared_error'"),
+    ("[model]\nloss = 'mse'\n", r"model.loss must be one of 'cross_entropy', 'softmax_mse', 'squared_error'"),
     ("[backend]\nname = 'gpu'\n", r"backend.name must be one of 'auto', 'cpu', 'cuda'"),
 ])
 def test_unknown_names_list_valid_ones(tmp_path, text, match):
@@ -345,6 +346,12 @@ def test_layer_widths_must_fit_the_data(tmp_path):
     check_error(tmp_path, "[data]\nname = 'teacher'\n",
                 match=r"run.toml:2: model.loss = 'cross_entropy' \(the default\) needs class "
                       r"labels but dataset 'teacher' is a regression set")
+    check_error(tmp_path, "[data]\nname = 'teacher'\n[model]\nloss = 'softmax_mse'\n",
+                match=r"model.loss = 'softmax_mse' needs class labels but dataset 'teacher'")
+    check_error(tmp_path, "[model]\nloss = 'squared_error'\n",
+                match=r"is a classification set \(integer labels\); set \[model\] loss = "
+                      r"\"cross_entropy\" \(or \"softmax_mse\"\)")
+    assert load_config(None, ["model.loss=softmax_mse"]).model.loss == "softmax_mse"
     check_error(tmp_path, "[model]\nlayers = [64]\n", match=r"at least an input and an output")
 
 

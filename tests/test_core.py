@@ -99,6 +99,34 @@ def test_losses_match_naive(dtype):
     # Six targets broadcast over two stacked passes of six rows.
     np.testing.assert_allclose(loss("squared_error", z, targets),
                                naive.squared_error(z, np.tile(targets, (2, 1))), rtol=20 * eps)
+    # softmax_mse: six labels broadcast over two passes; p and the loss are O(1) sums of a
+    # few rounded terms (exp in the logits' dtype), so a few tens of eps
+    six = labels[:6]
+    np.testing.assert_allclose(loss("softmax_mse", z, six),
+                               naive.softmax_mse(z, np.tile(six, 2)), rtol=20 * eps,
+                               atol=20 * eps)
+    np.testing.assert_allclose(loss_grad("softmax_mse", z, six),
+                               naive.softmax_mse_grad(z, np.tile(six, 2)), atol=20 * eps)
+    assert loss_grad("softmax_mse", z, six).dtype == dtype
+
+
+def test_softmax_mse_gradient_matches_central_differences():
+    """d ell / d z by central differences on float64 logits: truncation h^2 / 6 times a
+    third derivative of order 1 (h = 1e-5: ~2e-11) plus rounding ~eps / h ~ 2e-11, so
+    1e-8 leaves a wide margin; a wrong term in the gradient is O(1e-2)."""
+    z = _data((7, 4), 5) * 2
+    y = np.arange(7) % 4
+    grad = loss_grad("softmax_mse", z, y)
+    h = 1e-5
+    fd = np.zeros_like(z)
+    for idx in np.ndindex(z.shape):
+        up, down = z.copy(), z.copy()
+        up[idx] += h
+        down[idx] -= h
+        r = idx[0]
+        fd[idx] = (loss("softmax_mse", up, y)[r] - loss("softmax_mse", down, y)[r]) / (2 * h)
+    np.testing.assert_allclose(grad, fd, atol=1e-8)
+    assert np.abs(grad).max() > 1e-2  # not a trivially zero gradient
 
 
 def _net(dtype, act="tanh", decorrelation=True, loss_name="cross_entropy", widths=(7, 6, 5, 4)):
@@ -203,11 +231,11 @@ def test_no_noise_makes_perturbed_passes_equal_reference(noise):
 
 
 @pytest.mark.parametrize("act", CONTINUOUS)
-@pytest.mark.parametrize("loss_name", ["cross_entropy", "squared_error"])
+@pytest.mark.parametrize("loss_name", ["cross_entropy", "softmax_mse", "squared_error"])
 def test_oracle_matches_central_differences(act, loss_name):
     net = _net("float64", act=act, loss_name=loss_name, widths=(5, 4, 3))
     x = _data((6, 5), 2)
-    y = np.arange(6) % 3 if loss_name == "cross_entropy" else _data((6, 3), 3)
+    y = _data((6, 3), 3) if loss_name == "squared_error" else np.arange(6) % 3
     grads = exact_gradient(net, x, y)
     device = Device(net)
     h = 1e-6

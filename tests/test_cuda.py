@@ -331,7 +331,13 @@ def check_losses(env):
         K.squared_error_grad(env.dev(logits), env.dev(targets), grad)
         _require(_close(env.host(grad), losses.loss_grad("squared_error", logits, targets),
                         tol, tol), f"squared_error_grad {dtype.__name__}")
-    return "cross_entropy, squared_error and their gradients"
+        K.softmax_mse(env.dev(logits), env.dev(labels), out)
+        _require(_close(env.host(out), losses.loss("softmax_mse", logits, labels), tol, tol),
+                 f"softmax_mse {dtype.__name__}")
+        K.softmax_mse_grad(env.dev(logits), env.dev(labels), grad)
+        _require(_close(env.host(grad), losses.loss_grad("softmax_mse", logits, labels),
+                        tol, tol), f"softmax_mse_grad {dtype.__name__}")
+    return "cross_entropy, softmax_mse, squared_error and their gradients"
 
 
 def _noise_model(name, width):

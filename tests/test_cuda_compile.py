@@ -48,7 +48,8 @@ HERE = os.path.abspath(__file__)
 ROOT = os.path.dirname(os.path.dirname(HERE))
 CC = (9, 0)  # H100 / H200: numba-cuda builds for sm_90a
 # Kernels calling libm (tanh, exp, log): libdevice implements those with FMA on purpose.
-LIBM_KERNELS = {"_activation", "_derivative", "_cross_entropy", "_cross_entropy_grad"}
+LIBM_KERNELS = {"_activation", "_derivative", "_cross_entropy", "_cross_entropy_grad",
+                "_softmax_mse", "_softmax_mse_grad"}
 # (HFMA2 is left out: ptxas writes ``HFMA2.MMA R, -RZ, RZ, imm`` to set registers, and no
 # kernel computes in half precision)
 SASS_FMA = re.compile(r"\b(DFMA|FFMA|FFMA32I)\b")
@@ -258,6 +259,8 @@ def _launched_kernels() -> dict:
     K.add_bias_and_perturbation(a, np.zeros(5, f32), a.copy(), True, True)
     K.cross_entropy(a[0], np.zeros(3, i64), np.zeros(3))
     K.cross_entropy_grad(a[0], np.zeros(3, i64), a[0].copy())
+    K.softmax_mse(a[0], np.zeros(3, i64), np.zeros(3))
+    K.softmax_mse_grad(a[0], np.zeros(3, i64), a[0].copy())
     K.squared_error(a[0], np.zeros((3, 5)), np.zeros(3))
     K.squared_error_grad(a[0], np.zeros((3, 5)), a[0].copy())
     K.diff_squared_norm(a, 1, np.zeros((1, 3)))

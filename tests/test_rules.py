@@ -44,7 +44,7 @@ def naive_params(net):
 def batch(net, B, seed=0):
     g = np.random.default_rng(seed)
     x = g.normal(size=(B, net.widths[0]))
-    if net.loss == "cross_entropy":
+    if net.loss != "squared_error":
         return x, np.arange(B) % net.widths[-1]
     return x, g.normal(size=(B, net.widths[-1]))
 
@@ -178,13 +178,18 @@ def test_inp_matches_naive(backend):
     np.testing.assert_allclose(dev.losses, hand.losses, rtol=1e-12)
     np.testing.assert_array_equal(dev.perturbed_layer, hand.perturbed_layer)
     for m in (hand, dev):
-        dell = m.losses - m.losses[0]
-        by_layer = [list(range(1 + l * K, 1 + (l + 1) * K)) for l in range(L)]
-        want = naive.inp_rule(
-            [[dell[p] for p in passes] for passes in by_layer],
-            [[m.pre[l][p] - m.pre[l][0] for p in passes] for l, passes in enumerate(by_layer)],
-            [m.inputs[l][0] for l in range(L)])
-        assert_grads_close(estimate_on(rule, m, net, backend), want)
+        assert_grads_close(estimate_on(rule, m, net, backend), naive_inp(m, K, L))
+
+
+def naive_inp(m, K, L):
+    """naive.inp_rule on what the measurement ``m`` recorded (K passes per layer, in layer
+    order after the reference pass)."""
+    dell = m.losses - m.losses[0]
+    by_layer = [list(range(1 + l * K, 1 + (l + 1) * K)) for l in range(L)]
+    return naive.inp_rule(
+        [[dell[p] for p in passes] for passes in by_layer],
+        [[m.pre[l][p] - m.pre[l][0] for p in passes] for l, passes in enumerate(by_layer)],
+        [m.inputs[l][0] for l in range(L)])
 
 
 def test_inp_zero_activity_change_contributes_nothing():
@@ -242,7 +247,7 @@ def test_wp_matches_naive(bias, backend):
         assert_grads_close(estimate_on(rule, m, net, backend), want)
 
 
-@pytest.mark.parametrize("loss", ["cross_entropy", "squared_error"])
+@pytest.mark.parametrize("loss", ["cross_entropy", "softmax_mse", "squared_error"])
 def test_bp_matches_finite_differences(loss, backend):
     net = tiny_network(loss=loss)
     x, y = batch(net, 5)
@@ -408,6 +413,31 @@ def test_mean_estimate_aligns_with_exact_gradient(name):
     assert min(cos) >= COS_MIN, (name, D, cos)
 
 
+def test_anp_projection_on_the_exact_gradient_is_biased_np_and_inp_are_not():
+    """The mean of 20 x 500 estimates on the generic tanh network, projected per layer on
+    the exact gradient (noisysim.audit.gradient_projection; experiments/anp_bias.py prints
+    it). The group means are near normal (each averages 500 independent estimates), so
+    (rho - 1) / stderr is Student t with 19 degrees of freedom: |t| <= t_{0.9995, 19} = 3.88
+    holds for an unbiased rule with probability 0.999 per layer. The finite-difference bias
+    at sigma = 1e-4 is O(sigma^2) relative, far below the standard errors (~1e-2). ANP's
+    bias (noise from lower layers credited to layer l) must exceed that bound in every layer."""
+    from noisysim.audit import gradient_projection
+
+    net, (x, y) = generic_network()
+    groups = 20
+    t_max = scipy.stats.t.ppf(1 - 0.001 / 2, groups - 1)
+    for name in ("np", "inp", "anp"):
+        p = gradient_projection(make_rule(name, sigma=1e-4), net, x, y, draws=500,
+                                groups=groups)
+        t = (p.mean - 1.0) / p.stderr
+        print(f"{name}: projection {np.round(p.mean, 3).tolist()} +- "
+              f"{np.round(p.stderr, 3).tolist()}")
+        if name == "anp":
+            assert np.all(np.abs(t) > t_max), (p.mean, p.stderr)
+        else:
+            assert np.all(np.abs(t) <= t_max), (name, p.mean, p.stderr)
+
+
 # --------------------------------------------------------------------------- 3. INP limit
 
 def test_inp_single_draw_tends_to_the_directional_derivative():
@@ -461,6 +491,48 @@ def test_anp_same_update_for_intrinsic_and_injected_noise():
     g_injected = make_rule("anp", sigma=0.02, samples=K).estimate(m_injected, net)
     assert_grads_close(g_intrinsic, [(g.W, g.b) for g in g_injected], rtol=1e-8, atol=1e-12)
     assert any(np.abs(g.W).max() > 0 for g in g_intrinsic)
+
+
+def test_np_sees_the_device_noise_only_through_the_loss(backend):
+    """On a noisy device NP is told exactly what it injected (never the intrinsic noise);
+    the noise reaches it only through the measured loss changes."""
+    from noisysim.noise import make_noise
+
+    net = tiny_network(activation="leaky_relu")
+    x, y = batch(net, 6)
+    K, sigma = 2, 0.05
+    values = node_values(net, K, 6, sigma, seed=6)
+    rule = make_rule("np", sigma=sigma, samples=K, clean_pass=False)
+    m = Device(net, noise=make_noise("gaussian", sigma=0.02), seed=4).measure(
+        x, y, perturb="nodes", samples=K, values=values, clean_pass=False)
+    for l in range(3):
+        np.testing.assert_array_equal(m.injected[l][1:], values[l])
+        assert not np.any(m.injected[l][0])
+        # the pre-activation moved by more than the injection: intrinsic noise is there
+        assert np.abs(m.pre[l][1:] - m.pre[l][0] - values[l]).max() > 1e-3
+    dell = m.losses[1:] - m.losses[0]
+    want = naive.np_rule(dell, [per_pass(values, k) for k in range(K)],
+                         [m.inputs[l][0] for l in range(3)], sigma, 3)
+    assert_grads_close(estimate_on(rule, m, net, backend), want)
+
+
+def test_inp_never_reads_the_injection_on_a_noisy_device(backend):
+    """INP learns from measured activity changes only: with intrinsic noise (fresh in every
+    pass, below the perturbed layer too) its estimate is the naive formula on what was
+    measured, with or without the injected values in the measurement."""
+    from noisysim.noise import make_noise
+
+    net = tiny_network(activation="leaky_relu")
+    x, y = batch(net, 6)
+    K, L = 2, 3
+    rule = make_rule("inp", sigma=0.05, samples=K, clean_pass=False)
+    m = Device(net, noise=make_noise("gaussian", sigma=0.02), seed=4).measure(
+        x, y, **rule.request())
+    assert np.abs(m.pre[0][1 + L * K - 1] - m.pre[0][0]).max() > 1e-3  # fresh noise below
+    want = naive_inp(m, K, L)
+    assert_grads_close(estimate_on(rule, m, net, backend), want)
+    assert_grads_close(estimate_on(rule, dataclasses.replace(m, injected=None), net, backend),
+                       want)
 
 
 def test_anp_with_two_noisy_passes_uses_pass_0_as_reference():

@@ -132,8 +132,9 @@ SCHEMA: tuple[Key, ...] = (
     Key("model.output_activation", "string", "identity",
         "applied to the last layer before the loss", lambda: ACTIVATIONS),
     Key("model.loss", "string", "cross_entropy",
-        "per-sample loss on the outputs (classification needs cross_entropy, regression "
-        "squared_error)", lambda: LOSSES),
+        "per-sample loss on the outputs (classification: cross_entropy, or softmax_mse = "
+        "mean over classes of (softmax - one-hot)^2, the DANP authors' squared error; "
+        "regression: squared_error)", lambda: LOSSES),
     Key("model.bias", "boolean", True, "layers have biases (initialised to zero)"),
     Key("model.init", "string", "he_normal", "weight initialisation", lambda: INITIALISERS),
     Key("model.dtype", "string", "float32", "precision of parameters and activities "
@@ -142,6 +143,10 @@ SCHEMA: tuple[Key, ...] = (
         "intrinsic device noise added to pre-activations", lambda: tuple(NOISE_MODELS)),
     Key("noise.layers", '"all" or list of integers', "all",
         "layers (0-based, output layer included) that carry the noise"),
+    Key("noise.hold_upstream", "boolean", False,
+        "the hardware latches (samples and holds) the activity of the layers below a "
+        "perturbed one between passes, so INP's passes reuse the reference pass there and "
+        "draw no fresh noise; false: every pass is a new run through the whole device"),
     Key("noise.<param>", "per model", _NO_DEFAULT,
         "parameters of the noise model (" + _param_list(
             (n, _noise_params(n)) for n in NOISE_MODELS if _noise_params(n)) + ")",
@@ -179,7 +184,7 @@ _INCLUDE_KEYS = ("model", "model.file")
 # Component groups: the options of a component depend on its name.
 #   prefix -> (name key, fixed keys of the section that are not component options)
 _GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "noise": ("noise.model", ("model", "layers")),
+    "noise": ("noise.model", ("model", "layers", "hold_upstream")),
     "rule": ("rule.name", ("name",)),
     "optimizer": ("optimizer.name", ("name",)),
     "data": ("data.name", ("name",)),

@@ -20,6 +20,7 @@ from noisysim import data as _data
 from noisysim.activations import make_activation
 from noisysim.decorrelation import Decorrelator
 from noisysim.errors import NoisysimError, check_bool, check_choice, check_number
+from noisysim.losses import CLASS_LOSSES
 from noisysim.network import DTYPES
 from noisysim.noise import NOISE_MODELS, make_noise
 from noisysim.optim import make_optimizer
@@ -229,6 +230,7 @@ class _Resolver:
                 params[k] = _plain(e.value)
         layers = self.typed("noise.layers")
         self.out["noise"] = {"model": name, "layers": layers,
+                             "hold_upstream": self.typed("noise.hold_upstream"),
                              **{k: v for k, v in params.items() if v is not None}}
 
     def decorrelation(self) -> None:
@@ -323,13 +325,13 @@ class _Resolver:
             inputs, want_out, task = info
             loss = m["loss"]
             cause = "data.task" if "data.task" in self.entries else "data.name"
-            if task == "classification" and loss != "cross_entropy":
+            if task == "classification" and loss not in CLASS_LOSSES:
                 raise NoisysimError(
                     f"{self.blame('model.loss', cause)}: model.loss = {loss!r}"
                     f"{self.defaulted('model.loss')} needs regression targets but dataset "
                     f"{d['name']!r} is a classification set (integer labels); set [model] "
-                    "loss = \"cross_entropy\"")
-            if task == "regression" and loss != "squared_error":
+                    "loss = \"cross_entropy\" (or \"softmax_mse\")")
+            if task == "regression" and loss in CLASS_LOSSES:
                 raise NoisysimError(
                     f"{self.blame('model.loss', cause)}: model.loss = {loss!r}"
                     f"{self.defaulted('model.loss')} needs class labels but dataset "

@@ -37,6 +37,10 @@ from .cpu import adam_update as _adam_update
 from .cpu import decorrelation_delta as _decorrelation_delta
 
 _EMPTY = {c: np.zeros(0, dtype=c) for c in "fd"}
+#: loss name -> (per-row loss kernel, gradient kernel); squared_error's gradient is numpy
+_CPU_LOSSES = {"cross_entropy": (cpu.cross_entropy, cpu.cross_entropy_grad),
+               "softmax_mse": (cpu.softmax_mse, cpu.softmax_mse_grad),
+               "squared_error": (cpu.squared_error, None)}
 _EMPTY3 = {c: np.zeros((0, 0, 0), dtype=c) for c in "fd"}
 
 
@@ -115,20 +119,17 @@ class CpuKernels:
     def loss(self, name, outputs, targets):
         """Per-row loss (R,) float64 of outputs (R, N_L) against B targets (R = P * B)."""
         out = np.empty(outputs.shape[0], dtype=np.float64)
-        if name == "cross_entropy":
-            cpu.cross_entropy(outputs, targets, out)
-        else:
-            cpu.squared_error(outputs, targets, out)
+        _CPU_LOSSES[name][0](outputs, targets, out)
         return out
 
     def loss_grad(self, name, outputs, targets):
         """d ell_r / d outputs_r per row (not divided by the batch size), outputs' dtype."""
-        if name == "cross_entropy":
-            out = np.empty(outputs.shape, dtype=outputs.dtype)
-            cpu.cross_entropy_grad(outputs, targets, out)
-            return out
-        reps = outputs.shape[0] // targets.shape[0]
-        return (outputs - np.tile(targets, (reps, 1))).astype(outputs.dtype)
+        if name == "squared_error":
+            reps = outputs.shape[0] // targets.shape[0]
+            return (outputs - np.tile(targets, (reps, 1))).astype(outputs.dtype)
+        out = np.empty(outputs.shape, dtype=outputs.dtype)
+        _CPU_LOSSES[name][1](outputs, targets, out)
+        return out
 
     # -- backward --------------------------------------------------------------------------
     def backprop(self, act, g, a, surrogate):

@@ -278,6 +278,20 @@ def draw_and_add_perturbation(a, eps, bias, has_bias, sigma, seed, layer, times,
         _perturb_rows(*args, 0, n_pass * n_batch)
 
 
+@njit(**_OPTS, inline="always")
+def _softmax_shift_and_norm(logits, r):
+    """(m, s) of row r: m = max_c z_c and s = sum_c exp(z_c - m), so that softmax_c =
+    exp(z_c - m) / s and log-sum-exp = m + log s without overflow."""
+    n_classes = logits.shape[1]
+    m = logits[r, 0]
+    for c in range(1, n_classes):
+        m = max(m, logits[r, c])
+    s = 0.0
+    for c in range(n_classes):
+        s += math.exp(logits[r, c] - m)
+    return m, s
+
+
 @njit(**_OPTS)
 def cross_entropy(logits, labels, out):
     """out[r] = -log softmax(logits[r])[y], y = labels[r % len(labels)]; logits: (R, C).
@@ -285,15 +299,10 @@ def cross_entropy(logits, labels, out):
     Labels broadcast over stacked passes (R = P * B rows, B labels). Serial: the output
     layer is narrow, so this is a small fraction of a step.
     """
-    n_rows, n_classes = logits.shape
+    n_rows = logits.shape[0]
     n_labels = labels.shape[0]
     for r in range(n_rows):
-        m = logits[r, 0]
-        for c in range(1, n_classes):
-            m = max(m, logits[r, c])
-        s = 0.0
-        for c in range(n_classes):
-            s += math.exp(logits[r, c] - m)
+        m, s = _softmax_shift_and_norm(logits, r)
         out[r] = m + math.log(s) - logits[r, labels[r % n_labels]]
 
 
@@ -314,6 +323,47 @@ def cross_entropy_grad(logits, labels, out):
         for c in range(n_classes):
             out[r, c] /= s
         out[r, labels[r % n_labels]] -= 1.0
+
+
+@njit(**_OPTS)
+def softmax_mse(logits, labels, out):
+    """out[r] = (1/C) sum_c (softmax(logits[r])_c - t_c)^2, t = onehot(labels[r % len(labels)]).
+
+    The DANP authors' squared error (their TF code: the mean over classes of (softmax(z) -
+    t)^2). softmax_c = exp(z_c - m) / s with m = max_c z_c, s = sum_c exp(z_c - m); the
+    exponentials are recomputed instead of stored (the output layer is narrow, and the CUDA
+    twin has no per-row scratch).
+    """
+    n_rows, n_classes = logits.shape
+    n_labels = labels.shape[0]
+    for r in range(n_rows):
+        m, s = _softmax_shift_and_norm(logits, r)
+        y = labels[r % n_labels]
+        acc = 0.0
+        for c in range(n_classes):
+            d = math.exp(logits[r, c] - m) / s - (1.0 if c == y else 0.0)
+            acc += d * d
+        out[r] = acc / n_classes
+
+
+@njit(**_OPTS)
+def softmax_mse_grad(logits, labels, out):
+    """out[r] = d ell_r / d logits[r] of ``softmax_mse``: with p = softmax(z), t the one-hot
+    target and q_c = (p_c - t_c) p_c,  d ell / d z_j = (2 / C) (q_j - p_j sum_c q_c)
+    (from d p_c / d z_j = p_c (delta_cj - p_j)). Computed in float64, rounded once to out."""
+    n_rows, n_classes = logits.shape
+    n_labels = labels.shape[0]
+    for r in range(n_rows):
+        m, s = _softmax_shift_and_norm(logits, r)
+        y = labels[r % n_labels]
+        total = 0.0
+        for c in range(n_classes):
+            p = math.exp(logits[r, c] - m) / s
+            total += (p - (1.0 if c == y else 0.0)) * p
+        scale = 2.0 / n_classes
+        for c in range(n_classes):
+            p = math.exp(logits[r, c] - m) / s
+            out[r, c] = scale * ((p - (1.0 if c == y else 0.0)) * p - p * total)
 
 
 @njit(**_OPTS)

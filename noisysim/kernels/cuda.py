@@ -312,17 +312,25 @@ def _add_bias_eps(a, bias, eps, has_bias, has_eps):
         a[r, j] = v
 
 
+@cuda.jit(device=True)
+def _softmax_shift_and_norm(logits, r):
+    """Twin of cpu._softmax_shift_and_norm: (m, s) of row r, exp taken in float64."""
+    n_classes = logits.shape[1]
+    m = logits[r, 0]
+    for c in range(1, n_classes):
+        m = _d_max2(m, logits[r, c])
+    s = 0.0
+    for c in range(n_classes):
+        s += math.exp(float(logits[r, c] - m))
+    return m, s
+
+
 @exact_kernel
 def _cross_entropy(logits, labels, out):
-    n_rows, n_classes = logits.shape
+    n_rows = logits.shape[0]
     n_labels = labels.shape[0]
     for r in range(cuda.grid(1), n_rows, cuda.gridsize(1)):
-        m = logits[r, 0]
-        for c in range(1, n_classes):
-            m = _d_max2(m, logits[r, c])
-        s = 0.0
-        for c in range(n_classes):
-            s += math.exp(float(logits[r, c] - m))
+        m, s = _softmax_shift_and_norm(logits, r)
         out[r] = float(m) + math.log(s) - float(logits[r, labels[r % n_labels]])
 
 
@@ -342,6 +350,37 @@ def _cross_entropy_grad(logits, labels, out):
             out[r, c] = float(out[r, c]) / s
         y = labels[r % n_labels]
         out[r, y] = float(out[r, y]) - 1.0
+
+
+@exact_kernel
+def _softmax_mse(logits, labels, out):
+    n_rows, n_classes = logits.shape
+    n_labels = labels.shape[0]
+    for r in range(cuda.grid(1), n_rows, cuda.gridsize(1)):
+        m, s = _softmax_shift_and_norm(logits, r)
+        y = labels[r % n_labels]
+        acc = 0.0
+        for c in range(n_classes):
+            d = math.exp(float(logits[r, c] - m)) / s - (1.0 if c == y else 0.0)
+            acc += d * d
+        out[r] = acc / n_classes
+
+
+@exact_kernel
+def _softmax_mse_grad(logits, labels, out):
+    n_rows, n_classes = logits.shape
+    n_labels = labels.shape[0]
+    for r in range(cuda.grid(1), n_rows, cuda.gridsize(1)):
+        m, s = _softmax_shift_and_norm(logits, r)
+        y = labels[r % n_labels]
+        total = 0.0
+        for c in range(n_classes):
+            p = math.exp(float(logits[r, c] - m)) / s
+            total += (p - (1.0 if c == y else 0.0)) * p
+        scale = 2.0 / n_classes
+        for c in range(n_classes):
+            p = math.exp(float(logits[r, c] - m)) / s
+            out[r, c] = scale * ((p - (1.0 if c == y else 0.0)) * p - p * total)
 
 
 @exact_kernel
@@ -836,6 +875,14 @@ def cross_entropy(logits, labels, out) -> None:
 
 def cross_entropy_grad(logits, labels, out) -> None:
     launch(_cross_entropy_grad, logits.shape[0], logits, labels, out)
+
+
+def softmax_mse(logits, labels, out) -> None:
+    launch(_softmax_mse, logits.shape[0], logits, labels, out)
+
+
+def softmax_mse_grad(logits, labels, out) -> None:
+    launch(_softmax_mse_grad, logits.shape[0], logits, labels, out)
 
 
 def squared_error(outputs, targets, out) -> None:

@@ -35,6 +35,11 @@ _NOISE_KINDS = (_noise.NoNoise, _noise.GaussianNoise, _noise.MultiplicativeNoise
                 _noise.BernoulliNoise, _noise.CentredBernoulliNoise, _noise.TelegraphNoise,
                 _noise.SMTJNoise, _noise._OUBase, _noise.TraceNoise)
 
+#: loss name -> (per-row loss kernel, gradient kernel), the twins of the CPU's
+_CUDA_LOSSES = {"cross_entropy": (K.cross_entropy, K.cross_entropy_grad),
+                "softmax_mse": (K.softmax_mse, K.softmax_mse_grad),
+                "squared_error": (K.squared_error, K.squared_error_grad)}
+
 
 class CudaKernels:
     """The cuda backend's kernel set (one per process: ``CudaKernels.instance()``)."""
@@ -189,18 +194,12 @@ class CudaKernels:
 
     def loss(self, name, outputs, targets):
         out = xp.empty(outputs.shape[0], dtype=np.float64)
-        if name == "cross_entropy":
-            K.cross_entropy(outputs, targets, out)
-        else:
-            K.squared_error(outputs, targets, out)
+        _CUDA_LOSSES[name][0](outputs, targets, out)
         return out
 
     def loss_grad(self, name, outputs, targets):
         out = xp.empty(outputs.shape, dtype=outputs.dtype)
-        if name == "cross_entropy":
-            K.cross_entropy_grad(outputs, targets, out)
-        else:
-            K.squared_error_grad(outputs, targets, out)
+        _CUDA_LOSSES[name][1](outputs, targets, out)
         return out
 
     # -- backward --------------------------------------------------------------------------
