@@ -434,7 +434,7 @@ class OUNoise(_OUBase):
 class PinkNoise(_OUBase):
     """1/f (pink) Gaussian noise as a sum of n_poles OU processes per node.
 
-        value = sum_k x_k,   x_k OU with correlation time tau_k = base_tau * 4^k (in passes)
+        value = mean + sum_k x_k,   x_k OU with correlation time tau_k = base_tau * 4^k (passes)
                              and std sigma / sqrt(n_poles)
 
     Each OU term has a Lorentzian spectrum 2 v tau / (1 + (2 pi f tau)^2); equal variances
@@ -447,11 +447,11 @@ class PinkNoise(_OUBase):
     name = "pink"
     RATIO = 4.0  # ratio of consecutive correlation times
 
-    def __init__(self, sigma, n_poles=8, base_tau=1.0):
+    def __init__(self, sigma, n_poles=8, base_tau=1.0, mean=0.0):
         self.sigma = self._check("sigma", sigma, 0.0)
         self.n_poles = self._check("n_poles", n_poles, 1, 24, integer=True)
         self.base_tau = self._check("base_tau", base_tau, 0.0, lo_open=True)
-        self.mean = 0.0
+        self.mean = self._check("mean", mean)
 
     def _poles(self):
         taus = self.base_tau * self.RATIO ** np.arange(self.n_poles)
