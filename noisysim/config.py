@@ -197,6 +197,12 @@ SCHEMA: tuple[Key, ...] = (
         "intrinsic device noise added to pre-activations", lambda: tuple(NOISE_MODELS)),
     Key("noise.layers", '"all" or list of integers', "all",
         "layers (0-based, output layer included) that carry the noise"),
+    Key("noise.file", "path", _NO_DEFAULT,
+        "a noise file to include (holds only `[noise]`, e.g. written by `noisysim noise fit`); "
+        "this table's own keys override it"),
+    Key("noise.provenance", "table", {},
+        "where fitted noise parameters came from (trace, sha256, dt, standard errors); kept "
+        "in every trajectory"),
     Key("noise.<param>", "per model", _NO_DEFAULT,
         "parameters of the noise model (" + _param_list(
             (n, _noise_params(n)) for n in NOISE_MODELS if _noise_params(n)) + ")",
@@ -233,7 +239,7 @@ _INCLUDE_KEYS = ("model", "model.file")
 # Component groups: the options of a component depend on its name.
 #   prefix -> (name key, fixed keys of the section that are not component options)
 _GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "noise": ("noise.model", ("model", "layers")),
+    "noise": ("noise.model", ("model", "layers", "file", "provenance")),
     "rule": ("rule.name", ("name",)),
     "optimizer": ("optimizer.name", ("name",)),
     "data": ("data.name", ("name",)),
@@ -754,6 +760,9 @@ class _Resolver:
         layers = self.typed("noise.layers")
         self.out["noise"] = {"model": name, "layers": layers,
                              **{k: v for k, v in params.items() if v is not None}}
+        prov = self.entries.get("noise.provenance")
+        if prov is not None and self.name_at("noise.model", prov.source.layer) == name:
+            self.out["noise"]["provenance"] = self.typed("noise.provenance")
 
     def decorrelation(self) -> None:
         lr, kappa = self.typed("decorrelation.lr"), self.typed("decorrelation.kappa")
@@ -1240,6 +1249,10 @@ def _resolve(layers: list[dict[str, _Entry]]) -> dict:
     included, _ = _include(merged)  # pops the include keys
     ordered = sorted([included] + layers,
                      key=lambda lay: next(iter(lay.values())).source.layer if lay else 0)
+    noise_file = _include_noise(ordered)  # pops every noise.file
+    if noise_file:
+        ordered = sorted(ordered + [noise_file],
+                         key=lambda lay: next(iter(lay.values())).source.layer if lay else 0)
     final: dict[str, _Entry] = {}
     for layer in ordered:
         final.update({k: e for k, e in layer.items() if k not in _INCLUDE_KEYS})
@@ -1251,6 +1264,34 @@ def _resolve(layers: list[dict[str, _Entry]]) -> dict:
     for k in history:
         history[k].sort(key=lambda lv: lv[0])
     return _Resolver(final, history).resolve()
+
+
+def _include_noise(layers: list[dict[str, _Entry]]) -> dict[str, _Entry]:
+    """Entries of the noise file named by the latest ``noise.file`` (``[noise]`` only),
+    a quarter layer below the layer that names it (so that layer's keys override it)."""
+    found = [lay.pop("noise.file") for lay in layers if "noise.file" in lay]
+    if not found:
+        return {}
+    e = max(found, key=lambda x: x.source.layer)
+    if not isinstance(e.value, str) or not e.value.strip():
+        raise NoisysimError(
+            f"{e.source.where('noise.file')}: noise.file must be the path of a noise file (a "
+            f"string), got {_show(e.value)}; e.g. {e.source.fix('noise.file', repr('noise.toml'))}")
+    path = _locate_path(e.value, e.source)
+    if not path.is_file():
+        looked = " and ".join(dict.fromkeys(str(p) for p in _candidates(e.value, e.source)))
+        raise NoisysimError(
+            f"{e.source.where('noise.file')}: noise.file = {e.value!r}: noise file not found "
+            f"(looked for {looked}); write one with `noisysim noise fit TRACE -o {e.value}`")
+    label = _label(path)
+    doc, text = _read_toml(path, label)
+    noise = doc.get("noise")
+    if set(doc) != {"noise"} or not isinstance(noise, dict) or "file" in noise:
+        raise NoisysimError(
+            f"{label}: a noise file holds only a [noise] table (without file =), found "
+            f"{', '.join(sorted(doc)) or 'nothing'}; include it with noise.file")
+    src = _Source(label, "file", e.source.layer - 0.25, text, path.parent)
+    return _flatten(doc, src, include_file=True)
 
 
 def resolve_value(cfg: Config | Mapping, key: str) -> Any:

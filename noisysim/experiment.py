@@ -62,6 +62,7 @@ def build(config: dict, data=None) -> Built:
     noise_opts = dict(config.get("noise") or {"model": "none"})
     noise_name = noise_opts.pop("model")
     noise_layers = noise_opts.pop("layers", "all")
+    noise_opts.pop("provenance", None)  # where fitted parameters came from: record only
     noise = make_noise(noise_name, **noise_opts)
     device = Device(network, noise=noise, noise_layers=noise_layers, seed=seed)
     opt_opts = dict(config["optimizer"])

@@ -70,6 +70,7 @@ class FitResult:
     step_dt: float | None = None
     candidates: list = field(default_factory=list)
     device: int | None = None
+    data: np.ndarray | None = field(default=None, repr=False)  # the (T, D) samples fitted
 
     @property
     def samples_per_step(self) -> float:
@@ -91,7 +92,8 @@ class FitResult:
             out["dt"] = self.dt
         if self.step_dt is not None:
             out["step_dt"] = self.step_dt
-        out["se"] = {k: v for k, v in self.se.items()}
+        out["params"] = dict(self.params)
+        out["se"] = dict(self.se)
         return out
 
     def to_toml(self) -> str:
@@ -218,7 +220,7 @@ def _result(family, fit, y, source, dt, step_dt, device=None, candidates=()):
         n_devices=y.shape[1], psd_distance=fit["psd"], acf_distance=fit["acf"],
         noise=family.noise(fit["step"]), noise_per_sample=family.noise(fit["theta"]),
         source=dict(source), dt=dt, step_dt=step_dt, candidates=list(candidates),
-        device=device)
+        device=device, data=y)
 
 
 def format_table(rows) -> str:
