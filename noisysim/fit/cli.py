@@ -33,7 +33,7 @@ def add_parser(sub, common) -> None:
     f.add_argument("trace", help="trace.npy, trace.csv (--column NAME) or file.h5:/dataset")
     f.add_argument("--model", default="auto", choices=MODELS, help="model family (default auto)")
     f.add_argument("--levels", type=int, default=2,
-                   help="telegraph levels (2 or more; auto also tries 3)")
+                   help="telegraph levels (2 or more; also the telegraph that auto tries)")
     f.add_argument("--dt", type=float, default=None, help="seconds per sample of the trace")
     f.add_argument("--step-dt", type=float, default=None,
                    help="seconds of device time per forward pass (needs --dt); default: "

@@ -34,7 +34,7 @@ __all__ = ["FitResult", "fit_trace", "simulate", "AUTO_CANDIDATES", "MODELS"]
 
 MODELS = tuple(FAMILIES) + ("auto",)
 # auto compares these (smtj is the two-level telegraph under other names)
-AUTO_CANDIDATES = (("gaussian", 2), ("ou", 2), ("telegraph", 2), ("telegraph", 3), ("pink", 2))
+AUTO_CANDIDATES = ("gaussian", "ou", "telegraph", "pink")  # telegraph with `levels` levels
 ACF_LAGS = 64
 
 
@@ -239,12 +239,9 @@ def format_table(rows) -> str:
 
 def _fit_auto(y, r, source, dt, step_dt, device, levels):
     fits, rows = [], []
-    discrete = len(np.unique(y)) <= max(3, levels)
-    cands = list(AUTO_CANDIDATES)
-    if levels > 3:
-        cands.insert(4, ("telegraph", levels))
-    for name, lv in cands:
-        family = make_family(name, lv)
+    discrete = len(np.unique(y)) <= levels
+    for name in AUTO_CANDIDATES:
+        family = make_family(name, levels)
         if discrete and name != "telegraph":
             rows.append({"model": family.label(), "error": f"the trace takes only "
                          f"{len(np.unique(y))} distinct values (a density model is degenerate)"})
@@ -275,7 +272,7 @@ def fit_trace(trace, model: str = "auto", *, dt=None, step_dt=None, column=None,
     trace: a path (.npy, .csv/.txt, ``file.h5:/dataset``) or an array, (T,) or (T, D) with
     one column per device; the D devices are independent realisations of one model (a
     joint fit) unless ``per_device``. model: gaussian, ou, telegraph, smtj, pink or auto
-    (fit gaussian, ou, telegraph with 2 and 3 levels, pink; pick the smallest BIC).
+    (fit gaussian, ou, telegraph with ``levels`` levels and pink; pick the smallest BIC).
     dt: seconds per sample; step_dt: seconds per forward pass (needs dt). levels: telegraph
     levels (2 or more). Bad input raises NoisysimError (one line).
     """

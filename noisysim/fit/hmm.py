@@ -40,10 +40,13 @@ def hmm_loglik(y, means, sigma, trans, init):
     acc = 1.0
     for t in range(n):
         top = -np.inf
+        arg = 0
         for j in range(k):
             z = (y[t] - means[j]) * inv_s
             logb[j] = -0.5 * z * z
-            top = max(top, logb[j])
+            if logb[j] > top:
+                top = logb[j]
+                arg = j
         c = 0.0
         for j in range(k):
             if t == 0:
@@ -52,7 +55,7 @@ def hmm_loglik(y, means, sigma, trans, init):
                 s = 0.0
                 for i in range(k):
                     s += alpha[i] * trans[i, j]
-            nxt[j] = s * math.exp(logb[j] - top)
+            nxt[j] = s if j == arg else s * math.exp(logb[j] - top)
             c += nxt[j]
         for j in range(k):
             alpha[j] = nxt[j] / c

@@ -150,10 +150,10 @@ def check_samples(data, where: str = "trace") -> np.ndarray:
     bad = np.argwhere(~np.isfinite(arr))
     if bad.size:
         t, d = bad[0]
-        raise NoisysimError(f"trace {where} contains {arr[t, d]!r} at sample {t} (device {d}; "
+        raise NoisysimError(f"trace {where} contains {float(arr[t, d])!r} at sample {t} (device {d}; "
                             f"{len(bad)} non-finite samples); clean the recording first")
     const = np.flatnonzero(np.ptp(arr, axis=0) == 0)
     if const.size:
         raise NoisysimError(f"trace {where}: device {int(const[0])} is constant "
-                            f"({arr[0, const[0]]!r}); there is no noise to fit")
+                            f"({float(arr[0, const[0]])!r}); there is no noise to fit")
     return np.ascontiguousarray(arr)

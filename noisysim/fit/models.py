@@ -80,13 +80,23 @@ _H = 1e-4  # finite-difference step in u: the objective is smooth on this scale,
 # rounding error eps |LL| / h^2 stays far below the curvature (~ number of samples).
 
 
+def _at_boundary(kind, theta, scale0):
+    """A maximum on the edge of the parameter space is no interior maximum: a correlation
+    time under 0.1 sample (lag-1 correlation < 5e-5), a flip probability within 1e-6 of 0 or
+    1, or a scale a millionth of the trace's."""
+    return ((kind == "time" and theta < 0.1) or (kind == "prob" and min(theta, 1 - theta) < 1e-6)
+            or (kind == "scale" and theta < 1e-6 * scale0))
+
+
 def maximise(objective, theta0, kinds, free, loc0, scale0, n, what, newton_only=False):
     """Maximise ``objective(theta)`` over the ``free`` parameters; returns (theta, cov).
 
     BFGS on -objective / n (per-sample scale, so its tolerances mean the same for any
-    length; skipped with ``newton_only``, for a start already close), then Newton steps with the finite-difference Hessian until a step is below
-    0.01 standard errors. A Hessian that is not negative definite, or Newton steps that do
-    not shrink, mean the fit did not converge: NoisysimError naming ``what``.
+    length; skipped with ``newton_only``, for a start already close), then Newton steps
+    with the finite-difference Hessian until a step is below 0.1 standard errors (that
+    step is taken: what remains is ~0.01 SE). A Hessian that is not negative definite,
+    Newton steps that do not shrink, or a maximum on the boundary (``_at_boundary``) mean
+    the fit did not converge: NoisysimError naming ``what``.
     """
     theta0 = np.asarray(theta0, dtype=np.float64)
     idx = [i for i in range(len(theta0)) if free[i]]
@@ -135,13 +145,17 @@ def maximise(objective, theta0, kinds, free, loc0, scale0, n, what, newton_only=
             break
         step = cov_u @ g
         se_u = np.sqrt(np.diag(cov_u))
-        if np.all(np.abs(step) <= 1e-2 * se_u):
+        u = u + step
+        if np.all(np.abs(step) <= 0.1 * se_u):
+            # the last step was within 0.1 SE: after it the error is of second order
+            # (~0.01 SE), and the Hessian barely changes over such a step
             th = theta_of(u)
+            if any(_at_boundary(kinds[i], th[i], scale0) for i in idx):
+                break
             jac = np.array([_dtheta_du(kinds[i], th[i], scale0) for i in idx])
             cov = np.zeros((len(th), len(th)))
             cov[np.ix_(idx, idx)] = cov_u * np.outer(jac, jac)
             return th, cov
-        u = u + step
     raise NoisysimError(
         f"the {what} fit did not converge (the likelihood has no clear maximum: the trace "
         "may not follow this model, or is too short to determine its parameters); try "
@@ -203,17 +217,17 @@ class Family:
     def loglik(self, theta, y) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    WARM_START = 100_000
+    WARM_START = 20_000  # shortest stretch fitted from the moment start
 
     def fit(self, y):
         args = (self.kinds, [k != "int" for k in self.kinds], float(y.mean()),
                 float(y.std()), y.size, self.label())
-        if y.shape[0] > 2 * self.WARM_START:
+        if y.shape[0] > 4 * self.WARM_START:
             # Coarse to fine: the fit of the first stretch starts the full one close to
             # its maximum, so Newton steps alone finish it (a few dozen evaluations of
             # the long likelihood instead of hundreds).
             try:
-                theta0, _ = self.fit(y[:self.WARM_START])
+                theta0, _ = self.fit(y[:max(self.WARM_START, y.shape[0] // 10)])
                 return maximise(lambda th: self.loglik(th, y), theta0, *args,
                                 newton_only=True)
             except NoisysimError:
@@ -234,7 +248,8 @@ class Gaussian(Family):
 
     def loglik(self, theta, y):
         mean, sigma = theta
-        return float(stats.norm.logpdf(y, mean, sigma).sum())
+        z2 = float(np.square((y - mean) / sigma).sum())
+        return -0.5 * z2 - y.size * (math.log(sigma) + 0.5 * math.log(2.0 * math.pi))
 
     def acov(self, theta, nlags):
         out = np.zeros(nlags + 1)
