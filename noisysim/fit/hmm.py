@@ -90,22 +90,35 @@ def ar1_sum_loglik(y, mean, decay, var):
         q[i] = var[i] * (1.0 - decay[i] * decay[i])
     g = np.empty(k)
     total = 0.0
+    log_s = 0.0
+    steady = False
     for t in range(n):
-        s = 0.0
         pred = mean
         for i in range(k):
             pred += x[i]
-            g[i] = 0.0
-            for j in range(k):
-                g[i] += p[i, j]
-            s += g[i]
         e = y[t] - pred
-        total += -0.5 * (math.log(s) + e * e / s) - _LOG_SQRT_2PI
+        if not steady:
+            s = 0.0
+            for i in range(k):
+                g[i] = 0.0
+                for j in range(k):
+                    g[i] += p[i, j]
+                s += g[i]
+            log_s = math.log(s)
+        total += -0.5 * (log_s + e * e / s) - _LOG_SQRT_2PI
         # update: x += P1 e / S, P -= P1 1'P / S; then predict with the diagonal decay
         for i in range(k):
             x[i] = decay[i] * (x[i] + g[i] * e / s)
-        for i in range(k):
-            for j in range(k):
-                p[i, j] = decay[i] * decay[j] * (p[i, j] - g[i] * g[j] / s)
-            p[i, i] += q[i]
+        if not steady:
+            change = 0.0
+            for i in range(k):
+                for j in range(k):
+                    new = decay[i] * decay[j] * (p[i, j] - g[i] * g[j] / s)
+                    if i == j:
+                        new += q[i]
+                    change = max(change, abs(new - p[i, j]))
+                    p[i, j] = new
+            # P converges geometrically to the steady state of the Riccati recursion; once
+            # a step changes it by less than rounding, P, the gain and S stay fixed
+            steady = change <= 1e-15 * s
     return total

@@ -435,7 +435,8 @@ class Pink(Family):
     For each n_poles (1, 2, ...) sigma and base_tau maximise the Whittle likelihood of the
     Bartlett PSD (bins 0 < f < 1/2, each S(f) Gamma(m, 1/m) with S the exact expected
     periodogram, ``expected_bartlett_psd``); n_poles is the one with the largest, stopping
-    where the slowest pole exceeds the segment (no longer resolved). mean is the sample
+    where the slowest pole exceeds the segment (no longer resolved), the likelihood has
+    fallen 10 below the best, or three fits in a row did not converge (a local search). mean is the sample
     mean, with standard error sqrt(S(0) / N) from the fitted spectrum at f = 0.
     """
 
@@ -474,6 +475,7 @@ class Pink(Family):
             return float(-m * (np.log(s) + p[band] / s).sum())
 
         best = None
+        failed = 0
         mean, std = float(y.mean()), float(y.std())
         for n_poles in range(1, self.MAX_POLES + 1):
             theta0 = np.array([mean, std, 1.0, float(n_poles)])
@@ -481,10 +483,16 @@ class Pink(Family):
                 th, cov = maximise(whittle, theta0, self.kinds, [False, True, True, False],
                                    mean, std, m * len(f), self.label())
             except NoisysimError:
+                failed += 1
+                if failed == 3:
+                    break
                 continue
+            failed = 0
             value = whittle(th)
             if best is None or value > best[0]:
                 best = (value, th, cov)
+            elif value < best[0] - 10.0:
+                break  # clearly worse than fewer poles: more poles only fit the noise
             if th[2] * PinkNoise.RATIO ** (n_poles - 1) > L:
                 break
         if best is None:
