@@ -8,6 +8,8 @@ pyplot), like noisysim.plot.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -72,7 +74,7 @@ def plot_fit(res: FitResult, path, seed: int = 0, fmt: str | None = None) -> Non
     for a in (ax[0, 0], ax[0, 1], ax[1, 1]):  # linear x axes: few ticks, 1e-6 as a factor
         a.xaxis.set_major_locator(MaxNLocator(5))
         a.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4), useOffset=False)
-    src = res.source.get("file", "array")
+    src = os.path.basename(res.source["file"]) if "file" in res.source else "an array"
     fig.suptitle(f"{res.model} fit of {src}: loglik {res.loglik:.1f}, BIC {res.bic:.1f}",
                  fontsize=10)
     fig.savefig(path, dpi=110, format=fmt)
