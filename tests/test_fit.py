@@ -151,17 +151,20 @@ def test_step_dt_converts_rates_per_step():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("noise,model,names,n", [
-    (OUNoise(tau=3.0, sigma=1.0, mean=0.5), "ou", ("mean", "sigma", "tau"), 5_000),
-    (SMTJNoise(**MTJ), "smtj", ("mean", "amplitude", "sigma", "p_flip"), 5_000),
+@pytest.mark.parametrize("noise,model,truth,n,seeds", [
+    (OUNoise(tau=3.0, sigma=1.0, mean=0.5), "ou", dict(mean=0.5, sigma=1.0, tau=3.0), 5_000,
+     40),
+    (SMTJNoise(**MTJ), "smtj", {k: MTJ[k] for k in ("mean", "amplitude", "sigma", "p_flip")},
+     5_000, 40),
+    # pink: long enough that n_poles is always chosen right (its SEs are conditional on it)
+    (PinkNoise(sigma=0.5, n_poles=3, base_tau=2.0, mean=0.1), "pink",
+     dict(mean=0.1, sigma=0.5, base_tau=2.0), 50_000, 20),
 ])
-def test_standard_errors_match_spread_over_seeds(noise, model, names, n):
-    seeds = 40
+def test_standard_errors_match_spread_over_seeds(noise, model, truth, n, seeds):
     fits = [fit_trace(simulate(noise, n, seed=s), model) for s in range(seeds)]
-    truth = {k: v for k, v in fits[0].noise.params().items()}
-    truth = {"mean": noise.mean, "sigma": noise.sigma, **(
-        {"tau": noise.tau} if model == "ou" else {"amplitude": noise.amplitude,
-                                                  "p_flip": noise.p_flip})}
+    if model == "pink":
+        assert {f.params["n_poles"] for f in fits} == {noise.n_poles}
+    names = tuple(truth)
     bound = Z / math.sqrt(2 * (seeds - 1))
     for k in names:
         est = np.array([f.params[k] for f in fits])
@@ -278,3 +281,15 @@ def test_bad_traces_end_with_one_line_and_write_nothing(tmp_path, capsys, monkey
     rc, _, err = run(capsys, *args, "-o", "noise.toml", "--plot", "fit.png")
     assert expect in one_line_error(rc, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_cli_per_device_writes_one_file_per_device(tmp_path, capsys):
+    np.save(tmp_path / "two.npy", simulate(OUNoise(tau=4.0, sigma=1.0), 5_000, devices=2))
+    rc, out, err = run(capsys, tmp_path / "two.npy", "--model", "ou", "--per-device",
+                       "-o", tmp_path / "noise.toml")
+    assert rc == 0, err
+    assert "device 0: ou" in out and "device 1: ou" in out
+    for d in (0, 1):
+        text = (tmp_path / f"noise.{d}.toml").read_text()
+        assert 'model = "ou"' in text and f"device = {d}" in text
+    assert not (tmp_path / "noise.toml").exists()

@@ -437,7 +437,8 @@ class Pink(Family):
     periodogram, ``expected_bartlett_psd``); n_poles is the one with the largest, stopping
     where the slowest pole exceeds the segment (no longer resolved), the likelihood has
     fallen 10 below the best, or three fits in a row did not converge (a local search). mean is the sample
-    mean, with standard error sqrt(S(0) / N) from the fitted spectrum at f = 0.
+    mean, with standard error sqrt(S(0) / N) from the fitted spectrum at f = 0. The
+    standard errors are conditional on the chosen n_poles (reported with SE 0).
     """
 
     name = "pink"
