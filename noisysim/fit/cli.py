@@ -57,6 +57,12 @@ def _outputs(path, n, per_device):
     return [p.with_name(f"{p.stem}.{d}{p.suffix or '.toml'}") for d in range(n)]
 
 
+def _refuse_existing(paths, overwrite: bool) -> None:
+    for path in paths:
+        if path is not None and path.exists() and not overwrite:
+            raise NoisysimError(f"{str(path)!r} exists; pass --overwrite to replace it")
+
+
 def _write(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -73,14 +79,15 @@ def cmd_fit(args) -> int:
     for out in (args.output, args.plot):
         if out is not None and not Path(out).parent.is_dir():
             raise NoisysimError(f"output folder {str(Path(out).parent)!r} does not exist")
+    if not args.per_device:  # refuse before fitting (per device: once the count is known)
+        _refuse_existing(_outputs(args.output, 1, False) + _outputs(args.plot, 1, False),
+                         args.overwrite)
     results = fit_trace(args.trace, args.model, dt=args.dt, step_dt=args.step_dt,
                         column=args.column, per_device=args.per_device, levels=args.levels)
     results = results if isinstance(results, list) else [results]
     tomls = _outputs(args.output, len(results), args.per_device)
     plots = _outputs(args.plot, len(results), args.per_device)
-    for path in tomls + plots:
-        if path is not None and path.exists() and not args.overwrite:
-            raise NoisysimError(f"{str(path)!r} exists; pass --overwrite to replace it")
+    _refuse_existing(tomls + plots, args.overwrite)
     for res in results:
         who = "" if res.device is None else f"device {res.device}: "
         if res.candidates:

@@ -16,9 +16,11 @@ Standard errors follow by the delta method. Without ``step_dt`` one sample is on
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,7 +32,7 @@ from .io import check_samples, read_trace
 from .models import (FAMILIES, Family, _acf_lags, bartlett_psd, expected_bartlett_psd,
                      make_family)
 
-__all__ = ["FitResult", "fit_trace", "simulate", "AUTO_CANDIDATES", "MODELS"]
+__all__ = ["FitResult", "fit_trace", "simulate", "PoorFitWarning", "AUTO_CANDIDATES", "MODELS"]
 
 MODELS = tuple(FAMILIES) + ("auto",)
 # auto compares these (smtj is the two-level telegraph under other names)
@@ -71,6 +73,8 @@ class FitResult:
     candidates: list = field(default_factory=list)
     device: int | None = None
     data: np.ndarray | None = field(default=None, repr=False)  # the (T, D) samples fitted
+    date: str = field(default_factory=lambda: datetime.datetime.now(
+        datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
     @property
     def samples_per_step(self) -> float:
@@ -79,8 +83,7 @@ class FitResult:
     def provenance(self) -> dict:
         """Where the parameters came from (written into the TOML and kept in every
         trajectory that uses it as ``noise.provenance``)."""
-        out = {"fitted_by": f"noisysim {__version__} noise fit",
-               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        out = {"fitted_by": f"noisysim {__version__} noise fit", "date": self.date}
         for k in ("file", "dataset", "column", "sha256"):
             if self.source.get(k) is not None:
                 out["trace" if k == "file" else k] = self.source[k]
@@ -173,21 +176,29 @@ def _per_step(family: Family, theta, cov, r):
     return theta, cov * np.outer(jac, jac)
 
 
+class PoorFitWarning(UserWarning):
+    """The fitted model's PSD is further from the data's than estimation noise explains."""
+
+
 def _distances(family: Family, theta, y):
-    """(PSD distance in decades, ACF distance) between the data and the fitted model."""
-    L = _check_segment(y.shape[0])
-    f, p, _ = bartlett_psd(y, L)
+    """(PSD distance in decades, ACF distance, PSD distance that estimation noise alone
+    gives) between the data and the fitted model. A Bartlett bin averages m periodograms,
+    P = S Gamma(m, 1/m), so log10(P / S) has std ~ log10(e) / sqrt(m): the RMS distance of
+    a right model."""
+    L = psd_segment(y.shape[0])
+    f, p, m = bartlett_psd(y, L)
     model = expected_bartlett_psd(family.acov(theta, L - 1), L)
     band = slice(1, len(f) - 1)
     psd = float(np.sqrt(np.mean(np.log10(p[band] / model[band]) ** 2)))
     ac = _acf_lags(y, ACF_LAGS)
     mac = family.acov(theta, ACF_LAGS)
     acf = float(np.max(np.abs(ac[1:] / ac[0] - mac[1:] / mac[0])))
-    return psd, acf
+    return psd, acf, math.log10(math.e) / math.sqrt(m)
 
 
-def _check_segment(n: int) -> int:
-    """Segment length of the model-check PSD: 8 or more segments, 16..1024 samples."""
+def psd_segment(n: int) -> int:
+    """Segment length of the model-check PSD (distances and plot): 8 or more segments of
+    16..1024 samples."""
     return int(min(1024, max(16, 2 ** int(math.log2(max(n // 8, 16))))))
 
 
@@ -199,15 +210,22 @@ def _fit_one(family: Family, y, r):
     theta, cov = family.fit(y)
     loglik = family.loglik(theta, y)
     bic = family.n_free() * math.log(y.size) - 2.0 * loglik
-    psd, acf = _distances(family, theta, y)
+    psd, acf, noise_level = _distances(family, theta, y)
     step, cov_step = _per_step(family, theta, cov, r)
     se = np.sqrt(np.maximum(np.diag(cov), 0.0))
     se_step = np.sqrt(np.maximum(np.diag(cov_step), 0.0))
     return dict(theta=theta, se=se, step=step, se_step=se_step, loglik=loglik, bic=bic,
-                psd=psd, acf=acf)
+                psd=psd, acf=acf, psd_noise=noise_level)
 
 
 def _result(family, fit, y, source, dt, step_dt, device=None, candidates=()):
+    if fit["psd"] > 3 * fit["psd_noise"]:
+        warnings.warn(
+            f"{'' if device is None else f'device {device}: '}the {family.label()} fit is "
+            f"{fit['psd'] / fit['psd_noise']:.1f} times further from the data's PSD "
+            f"({fit['psd']:.3f} decades RMS) than estimation noise explains "
+            f"({fit['psd_noise']:.3f}); the trace may follow none of these models "
+            "(look at --plot)", PoorFitWarning, stacklevel=3)
     names = family.params
     return FitResult(
         model=family.name if getattr(family, "levels", 2) == 2 else family.label(),
@@ -249,7 +267,8 @@ def _fit_auto(y, r, source, dt, step_dt, device, levels):
         try:
             fit = _fit_one(family, y, r)
         except NoisysimError as exc:
-            rows.append({"model": family.label(), "error": " ".join(str(exc).split())})
+            # the table keeps the first clause (e.g. "the ou fit did not converge")
+            rows.append({"model": family.label(), "error": str(exc).split(" (")[0]})
             continue
         fits.append((family, fit))
         rows.append({"model": family.label(), "loglik": fit["loglik"], "bic": fit["bic"],
@@ -291,7 +310,9 @@ def fit_trace(trace, model: str = "auto", *, dt=None, step_dt=None, column=None,
     else:
         if column is not None:
             raise NoisysimError("column applies to a CSV/text trace file, not to an array")
-        y, source = check_samples(trace, "array"), {}
+        y = check_samples(trace, "array")
+        # an array has no file: identify it by its float64 bytes, as TraceNoise does
+        source = {"file": "array", "sha256": hashlib.sha256(y.tobytes()).hexdigest()}
     r = 1.0 if step_dt is None else step_dt / dt
     columns = [(j, y[:, j:j + 1]) for j in range(y.shape[1])] if per_device else [(None, y)]
     out = []

@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .core import ACF_LAGS, FitResult, _check_segment, simulate
+from .core import ACF_LAGS, FitResult, psd_segment, simulate
 from .models import _acf_lags, bartlett_psd, expected_bartlett_psd
 
 __all__ = ["plot_fit"]
@@ -52,7 +52,7 @@ def plot_fit(res: FitResult, path, seed: int = 0, fmt: str | None = None) -> Non
     ax[0, 1].set(title="amplitude distribution", xlabel="value", ylabel="density")
     ax[0, 1].legend(loc="upper right", fontsize=8)
 
-    L = _check_segment(y.shape[0])
+    L = psd_segment(y.shape[0])
     f, p, _ = bartlett_psd(y, L)
     model = expected_bartlett_psd(fam.acov(theta, L - 1), L)
     band = slice(1, len(f) - 1)  # no DC (mean removed), no Nyquist
@@ -74,7 +74,7 @@ def plot_fit(res: FitResult, path, seed: int = 0, fmt: str | None = None) -> Non
     for a in (ax[0, 0], ax[0, 1], ax[1, 1]):  # linear x axes: few ticks, 1e-6 as a factor
         a.xaxis.set_major_locator(MaxNLocator(5))
         a.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4), useOffset=False)
-    src = os.path.basename(res.source["file"]) if "file" in res.source else "an array"
+    src = os.path.basename(res.source.get("file", "array"))
     fig.suptitle(f"{res.model} fit of {src}: loglik {res.loglik:.1f}, BIC {res.bic:.1f}",
                  fontsize=10)
     fig.savefig(path, dpi=110, format=fmt)
