@@ -46,7 +46,8 @@ class FitResult:
 
     params / se: per-step parameters (what ``noise`` uses) and their standard errors;
     params_per_sample / se_per_sample: the same in samples of the trace; loglik: the
-    maximised exact log-likelihood (natural log; for a trace without read-out noise a
+    exact time-domain log-likelihood at the estimate (natural log; the maximum except for
+    pink, whose estimate is spectral; for a trace without read-out noise a
     log-probability); bic = k ln N - 2 loglik over N = samples x devices; psd_distance
     (decades, RMS of log10 data/model Bartlett PSD) and acf_distance (largest absolute
     difference of the autocorrelation over lags 1..64): model checks. candidates: the rows
