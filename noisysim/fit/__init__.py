@@ -11,8 +11,16 @@ maximiser), core (fit_trace, FitResult, simulate), plot (the --plot figure), cli
 command), bench (the speed benchmark).
 """
 
-from .core import AUTO_CANDIDATES, MODELS, FitResult, fit_trace, format_table, simulate
-from .io import read_trace
+import importlib
 
 __all__ = ["fit_trace", "FitResult", "simulate", "read_trace", "format_table", "MODELS",
-           "AUTO_CANDIDATES"]
+           "AUTO_CANDIDATES", "PoorFitWarning"]
+
+
+def __getattr__(name):
+    # Lazy: `noisysim --help` registers the fit command through noisysim.fit.cli without
+    # paying for scipy.optimize/signal/stats and the likelihood kernels.
+    if name in __all__:
+        module = importlib.import_module(".io" if name == "read_trace" else ".core", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

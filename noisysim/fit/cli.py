@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 
 from ..errors import NoisysimError
-from .core import MODELS, format_table
 
 DESCRIPTION = (
     "Fit a noise model to a recorded device trace (.npy, .csv/.txt, or file.h5:/dataset; "
@@ -31,7 +30,8 @@ def add_parser(sub, common) -> None:
     f = nsub.add_parser("fit", parents=[common], help="fit a noise model to a recorded trace",
                         description=DESCRIPTION)
     f.add_argument("trace", help="trace.npy, trace.csv (--column NAME) or file.h5:/dataset")
-    f.add_argument("--model", default="auto", choices=MODELS, help="model family (default auto)")
+    f.add_argument("--model", default="auto",
+                   help="gaussian, ou, telegraph, smtj, pink or auto (the default)")
     f.add_argument("--levels", type=int, default=2,
                    help="telegraph levels (2 or more; also the telegraph that auto tries)")
     f.add_argument("--dt", type=float, default=None, help="seconds per sample of the trace")
@@ -74,7 +74,7 @@ def _write(path: Path, write) -> None:
 
 
 def cmd_fit(args) -> int:
-    from .core import fit_trace
+    from .core import fit_trace, format_table
 
     for out in (args.output, args.plot):
         if out is not None and not Path(out).parent.is_dir():
