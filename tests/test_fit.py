@@ -293,3 +293,18 @@ def test_cli_per_device_writes_one_file_per_device(tmp_path, capsys):
         text = (tmp_path / f"noise.{d}.toml").read_text()
         assert 'model = "ou"' in text and f"device = {d}" in text
     assert not (tmp_path / "noise.toml").exists()
+
+
+def test_config_noise_file_errors_are_one_line(tmp_path):
+    run_toml = tmp_path / "run.toml"
+    run_toml.write_text('[noise]\nfile = "missing.toml"\n')
+    with pytest.raises(NoisysimError, match="noise file not found.*noisysim noise fit"):
+        load_config(run_toml)
+    (tmp_path / "bad.toml").write_text('[model]\nlayers = [64, 10]\n[noise]\nmodel = "none"\n')
+    run_toml.write_text('[noise]\nfile = "bad.toml"\n')
+    with pytest.raises(NoisysimError, match="holds only a \\[noise\\] table"):
+        load_config(run_toml)
+    # the including table's own keys override the file's
+    (tmp_path / "g.toml").write_text('[noise]\nmodel = "gaussian"\nsigma = 0.5\n')
+    run_toml.write_text('[noise]\nfile = "g.toml"\nsigma = 0.25\n')
+    assert load_config(run_toml).to_dict()["noise"]["sigma"] == 0.25
