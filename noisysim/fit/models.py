@@ -111,7 +111,7 @@ def maximise(objective, theta0, kinds, free, loc0, scale0, n, what, newton_only=
         try:
             v = objective(theta_of(u))
         except (OverflowError, ZeroDivisionError, ValueError):
-            return np.inf
+            return -np.inf  # outside the model (e.g. exp overflow): never the maximum
         return v if np.isfinite(v) else -np.inf
 
     u = np.array([_to_u(kinds[i], theta0[i], loc0, scale0) for i in idx])
