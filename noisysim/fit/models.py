@@ -93,8 +93,8 @@ def maximise(objective, theta0, kinds, free, loc0, scale0, n, what, newton_only=
 
     BFGS on -objective / n (per-sample scale, so its tolerances mean the same for any
     length; skipped with ``newton_only``, for a start already close), then Newton steps
-    with the finite-difference Hessian until a step is below 0.1 standard errors (that
-    step is taken: what remains is ~0.01 SE). A Hessian that is not negative definite,
+    with the finite-difference Hessian until a step is below 0.5 standard errors (that
+    step is taken; what remains is O(0.25 / sqrt(N)) SE). A Hessian that is not negative definite,
     Newton steps that do not shrink, or a maximum on the boundary (``_at_boundary``) mean
     the fit did not converge: NoisysimError naming ``what``.
     """
@@ -146,9 +146,10 @@ def maximise(objective, theta0, kinds, free, loc0, scale0, n, what, newton_only=
         step = cov_u @ g
         se_u = np.sqrt(np.diag(cov_u))
         u = u + step
-        if np.all(np.abs(step) <= 0.1 * se_u):
-            # the last step was within 0.1 SE: after it the error is of second order
-            # (~0.01 SE), and the Hessian barely changes over such a step
+        if np.all(np.abs(step) <= 0.5 * se_u):
+            # The last step was within 0.5 SE. In SE units the log-likelihood is quadratic
+            # up to cubic terms of relative size O(1/sqrt(N)), so what remains after a
+            # Newton step of s SE is O(s^2 / sqrt(N)) SE: negligible.
             th = theta_of(u)
             if any(_at_boundary(kinds[i], th[i], scale0) for i in idx):
                 break
@@ -222,17 +223,19 @@ class Family:
     def fit(self, y):
         args = (self.kinds, [k != "int" for k in self.kinds], float(y.mean()),
                 float(y.std()), y.size, self.label())
+        theta0 = None
         if y.shape[0] > 4 * self.WARM_START:
             # Coarse to fine: the fit of the first stretch starts the full one close to
             # its maximum, so Newton steps alone finish it (a few dozen evaluations of
-            # the long likelihood instead of hundreds).
+            # the long likelihood instead of hundreds); BFGS from there if they do not.
             try:
                 theta0, _ = self.fit(y[:max(self.WARM_START, y.shape[0] // 10)])
                 return maximise(lambda th: self.loglik(th, y), theta0, *args,
                                 newton_only=True)
             except NoisysimError:
                 pass
-        return maximise(lambda th: self.loglik(th, y), self.start(y), *args)
+        return maximise(lambda th: self.loglik(th, y),
+                        self.start(y) if theta0 is None else theta0, *args)
 
     def n_free(self) -> int:
         return len(self.params)
