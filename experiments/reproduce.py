@@ -77,6 +77,23 @@ def load_experiment(module: str) -> Experiment:
 
 EXPERIMENTS = {e.key: e for e in map(load_experiment, EXPERIMENT_MODULES)}
 
+#: Experiments that are one script of their own (not a sweep plan): key -> module with
+#: ``main(argv)`` taking --quick / --full, --seeds and --root.
+SCRIPT_EXPERIMENTS = {
+    "g": "g_fitted_noise",
+}
+
+
+def run_script_experiment(key: str, args) -> bool:
+    """Run a script experiment with the driver's size, seeds and root."""
+    argv = {"tiny": ["--quick"], "full": ["--full"]}.get(args.size, [])
+    argv += ["--root", str(args.root)] + (["--seeds", args.seeds] if args.seeds else [])
+    if args.dry_run or args.estimate or args.analyse_only:
+        print(f"== {key}: python experiments/{SCRIPT_EXPERIMENTS[key]}.py {' '.join(argv)}"
+              " (a script: no dry run, estimate or separate analysis)", flush=True)
+        return True
+    return importlib.import_module(SCRIPT_EXPERIMENTS[key]).main(argv) == 0
+
 
 # ======================================================================================
 # Running: one `noisysim sweep` per variant
@@ -245,8 +262,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="reproduce.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(f"  {e.key}  {e.title}" for e in EXPERIMENTS.values()))
-    p.add_argument("experiment", choices=list(EXPERIMENTS) + ["all"])
+        epilog="\n".join([f"  {e.key}  {e.title}" for e in EXPERIMENTS.values()]
+                          + [f"  {k}  experiments/{m}.py" for k, m in SCRIPT_EXPERIMENTS.items()]))
+    p.add_argument("experiment", choices=list(EXPERIMENTS) + list(SCRIPT_EXPERIMENTS) + ["all"])
     size = p.add_mutually_exclusive_group()
     size.add_argument("--tiny", action="store_const", dest="size", const="tiny",
                       help="seconds: tiny networks on shipped/generated data (tests)")
@@ -325,10 +343,14 @@ def run_experiment(exp: Experiment, args) -> bool:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    keys = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
+    keys = (list(EXPERIMENTS) + list(SCRIPT_EXPERIMENTS) if args.experiment == "all"
+            else [args.experiment])
     ok = True
     for k in keys:
-        ok = run_experiment(EXPERIMENTS[k], args) and ok
+        if k in SCRIPT_EXPERIMENTS:
+            ok = run_script_experiment(k, args) and ok
+        else:
+            ok = run_experiment(EXPERIMENTS[k], args) and ok
     return 0 if ok else 1
 
 

@@ -191,6 +191,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--dtype", default="float32")
     b.add_argument("--json", action="store_true", help="print only the JSON line")
     b.set_defaults(func=_cmd_bench)
+
+    from .fit.cli import add_parser as _add_noise_parser  # noisysim noise fit (noisysim/fit)
+    _add_noise_parser(sub, common)
     return p
 
 

@@ -63,6 +63,7 @@ def build(config: dict, data=None) -> Built:
     noise_name = noise_opts.pop("model")
     noise_layers = noise_opts.pop("layers", "all")
     hold_upstream = noise_opts.pop("hold_upstream", False)
+    noise_opts.pop("provenance", None)  # where fitted parameters came from: record only
     noise = make_noise(noise_name, **noise_opts)
     device = Device(network, noise=noise, noise_layers=noise_layers, seed=seed,
                     hold_upstream=hold_upstream)

@@ -32,7 +32,7 @@ centred_bernoulli  amplitude * sum_s (Bernoulli(p) - p)                       no
 telegraph          offset + amplitude * sum_s s_t,  s_t in {-1, +1}            yes
 smtj               scale * sum_s (mean + sigma * z + amplitude * s_t)          yes
 ou                 mean + x_t,  Ornstein-Uhlenbeck with std sigma, time tau    yes
-pink               sum of n_poles OU processes: 1/f spectrum, std sigma        yes
+pink               mean + sum of n_poles OU processes: 1/f spectrum, std sigma yes
 multiplicative     a * sigma * z                                              no
 trace              offset + scale * trace[index(t, slot, node)]               no
 =================  =========================================================  =============
@@ -434,8 +434,8 @@ class OUNoise(_OUBase):
 class PinkNoise(_OUBase):
     """1/f (pink) Gaussian noise as a sum of n_poles OU processes per node.
 
-        value = sum_k x_k,   x_k OU with correlation time tau_k = base_tau * 4^k (in passes)
-                             and std sigma / sqrt(n_poles)
+        value = mean + sum_k x_k,   x_k OU with correlation time tau_k = base_tau * 4^k
+                                    (in passes) and std sigma / sqrt(n_poles)
 
     Each OU term has a Lorentzian spectrum 2 v tau / (1 + (2 pi f tau)^2); equal variances
     on log-spaced tau sum to a spectrum close to 1/f for 1/(2 pi tau_max) << f <<
@@ -447,11 +447,11 @@ class PinkNoise(_OUBase):
     name = "pink"
     RATIO = 4.0  # ratio of consecutive correlation times
 
-    def __init__(self, sigma, n_poles=8, base_tau=1.0):
+    def __init__(self, sigma, n_poles=8, base_tau=1.0, mean=0.0):
         self.sigma = self._check("sigma", sigma, 0.0)
         self.n_poles = self._check("n_poles", n_poles, 1, 24, integer=True)
         self.base_tau = self._check("base_tau", base_tau, 0.0, lo_open=True)
-        self.mean = 0.0
+        self.mean = self._check("mean", mean)
 
     def _poles(self):
         taus = self.base_tau * self.RATIO ** np.arange(self.n_poles)

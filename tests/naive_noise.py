@@ -144,7 +144,7 @@ def _value(name, p, model, k, d, steps, state, b, n, t, a_value, B, N):
             taus, stds, mean = [p["tau"] / p["dt"]], [p["sigma"]], p["mean"]
         else:
             taus, stds = pink_poles(p["sigma"], p["n_poles"], p["base_tau"])
-            mean = 0.0
+            mean = p["mean"]
         x = state["x"]
         K = len(taus)
         total = mean

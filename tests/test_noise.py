@@ -50,7 +50,7 @@ CASES = {
     "telegraph": dict(p_flip=0.3, amplitude=0.25, offset=0.05, n_sources=2),
     "smtj": dict(n_sources=2, scale=10.0),
     "ou": dict(tau=3.0, sigma=0.7, dt=0.5, mean=0.2),
-    "pink": dict(sigma=0.5, n_poles=3, base_tau=0.7),
+    "pink": dict(sigma=0.5, n_poles=3, base_tau=0.7, mean=0.25),
     "multiplicative": dict(sigma=0.2),
     "trace": dict(data=np.linspace(-1.0, 2.0, 11), mode="per_node", scale=0.5, offset=0.1),
 }

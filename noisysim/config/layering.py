@@ -212,6 +212,34 @@ def _string_for_fixed(key: str, value: Any, raw: str) -> Any:
 _NAME_KEYS = tuple(name_key for name_key, _ in _GROUPS.values())
 
 
+def _include_noise(layers: list[dict[str, _Entry]]) -> dict[str, _Entry]:
+    """Entries of the noise file named by the latest ``noise.file`` (``[noise]`` only),
+    a quarter layer below the layer that names it (so that layer's keys override it)."""
+    found = [lay.pop("noise.file") for lay in layers if "noise.file" in lay]
+    if not found:
+        return {}
+    e = max(found, key=lambda x: x.source.layer)
+    if not isinstance(e.value, str) or not e.value.strip():
+        raise NoisysimError(
+            f"{e.source.where('noise.file')}: noise.file must be the path of a noise file (a "
+            f"string), got {_show(e.value)}; e.g. {e.source.fix('noise.file', repr('noise.toml'))}")
+    path = _locate_path(e.value, e.source)
+    if not path.is_file():
+        looked = " and ".join(dict.fromkeys(str(p) for p in _candidates(e.value, e.source)))
+        raise NoisysimError(
+            f"{e.source.where('noise.file')}: noise.file = {e.value!r}: noise file not found "
+            f"(looked for {looked}); write one with `noisysim noise fit TRACE -o {e.value}`")
+    label = _label(path)
+    doc, text = _read_toml(path, label)
+    noise = doc.get("noise")
+    if set(doc) != {"noise"} or not isinstance(noise, dict) or "file" in noise:
+        raise NoisysimError(
+            f"{label}: a noise file holds only a [noise] table (without file =), found "
+            f"{', '.join(sorted(doc)) or 'nothing'}; include it with noise.file")
+    src = _Source(label, "file", e.source.layer - 0.25, text, path.parent)
+    return _flatten(doc, src, include_file=True)
+
+
 def merge(layers: list[dict[str, _Entry]]) -> tuple[dict[str, _Entry], dict[str, list]]:
     """Merge the layers (lowest first) over the included model file.
 
@@ -224,6 +252,10 @@ def merge(layers: list[dict[str, _Entry]]) -> tuple[dict[str, _Entry], dict[str,
     included, _ = _include(merged)  # pops the include keys
     ordered = sorted([included] + layers,
                      key=lambda lay: next(iter(lay.values())).source.layer if lay else 0)
+    noise_file = _include_noise(ordered)  # pops every noise.file
+    if noise_file:
+        ordered = sorted(ordered + [noise_file],
+                         key=lambda lay: next(iter(lay.values())).source.layer if lay else 0)
     final: dict[str, _Entry] = {}
     for layer in ordered:
         final.update({k: e for k, e in layer.items() if k not in _INCLUDE_KEYS})

@@ -147,6 +147,12 @@ SCHEMA: tuple[Key, ...] = (
         "the hardware latches (samples and holds) the activity of the layers below a "
         "perturbed one between passes, so INP's passes reuse the reference pass there and "
         "draw no fresh noise; false: every pass is a new run through the whole device"),
+    Key("noise.file", "path", _NO_DEFAULT,
+        "a noise file to include (holds only `[noise]`, e.g. written by `noisysim noise fit`); "
+        "this table's own keys override it"),
+    Key("noise.provenance", "table", {},
+        "where fitted noise parameters came from (trace, sha256, dt, standard errors); kept "
+        "in every trajectory"),
     Key("noise.<param>", "per model", _NO_DEFAULT,
         "parameters of the noise model (" + _param_list(
             (n, _noise_params(n)) for n in NOISE_MODELS if _noise_params(n)) + ")",
@@ -184,7 +190,7 @@ _INCLUDE_KEYS = ("model", "model.file")
 # Component groups: the options of a component depend on its name.
 #   prefix -> (name key, fixed keys of the section that are not component options)
 _GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "noise": ("noise.model", ("model", "layers", "hold_upstream")),
+    "noise": ("noise.model", ("model", "layers", "hold_upstream", "file", "provenance")),
     "rule": ("rule.name", ("name",)),
     "optimizer": ("optimizer.name", ("name",)),
     "data": ("data.name", ("name",)),

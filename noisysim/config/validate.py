@@ -232,6 +232,9 @@ class _Resolver:
         self.out["noise"] = {"model": name, "layers": layers,
                              "hold_upstream": self.typed("noise.hold_upstream"),
                              **{k: v for k, v in params.items() if v is not None}}
+        prov = self.entries.get("noise.provenance")
+        if prov is not None and self.name_at("noise.model", prov.source.layer) == name:
+            self.out["noise"]["provenance"] = self.typed("noise.provenance")
 
     def decorrelation(self) -> None:
         lr, kappa = self.typed("decorrelation.lr"), self.typed("decorrelation.kappa")
