@@ -175,22 +175,22 @@ def _launch_budget(rule, L):
 
 @pytest.mark.parametrize("rule", ["bp", "anp", "danp"])
 def test_cuda_step_launches_and_copies_within_the_design_budget(rule):
-    from noisysim.kernels import cuda
+    from noisysim.kernels import cuda_launch
 
     trainer = _trainer("cuda", rule, log_every=1000)
     K = trainer.kernels
     trainer._train_rows(0, BATCH)  # first step: data and order copied once
-    launches = cuda.LAUNCHES["count"]
+    launches = cuda_launch.LAUNCHES["count"]
     copies = dict(K.counters)
     assert trainer._train_rows(BATCH, 2 * BATCH) == ""
-    assert cuda.LAUNCHES["count"] - launches == _launch_budget(rule, len(WIDTHS) - 1)
+    assert cuda_launch.LAUNCHES["count"] - launches == _launch_budget(rule, len(WIDTHS) - 1)
     assert K.counters == copies, "a step that logs nothing copied between host and device"
 
 
 def test_numba_views_of_cupy_arrays_are_made_once(monkeypatch):
     """A launch converts a CuPy argument through numba's CUDA-array-interface path, which
     costs more host time than a small kernel: the view of a memory layout is made once."""
-    from noisysim.kernels import cuda
+    from noisysim.kernels import cuda_launch as cuda
 
     made = []
 

@@ -11,7 +11,7 @@ the CPU's bit for bit; libm functions and reductions agree to floating-point tol
 Nothing here reads the device by itself: the step's guards (``noisysim.kernels.step``) run
 in the kernels, so ``eager`` is False and the engine reads the step's statistics only when
 it records them. ``counters`` counts host -> device copies and device -> host reads (with
-``noisysim.kernels.cuda.LAUNCHES``, the tests' budget of a steady-state step).
+``noisysim.kernels.cuda_launch.LAUNCHES``, the tests' budget of a steady-state step).
 """
 
 from __future__ import annotations

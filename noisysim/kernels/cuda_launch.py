@@ -1,0 +1,113 @@
+"""How the CUDA kernels of ``noisysim.kernels.cuda`` are launched.
+
+A launch is ``kernel[blocks, THREADS](*args)`` for a grid-stride loop over n items (so the
+results never depend on the grid). The arguments are device arrays: CuPy arrays on a GPU,
+numpy arrays under numba's CUDA simulator. On a GPU the host cost of a launch, not the
+arithmetic, bounds a small step, so numba views of CuPy arrays are made once per memory
+layout (``_nb``) and ``LAUNCHES`` counts launches (the tests' budget of a step).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda
+
+from .cuda_compile import SIMULATED
+
+# Threads per block (a power of two: the block reductions halve it) and a cap on blocks. The
+# simulator runs every GPU thread as a Python thread: small blocks, few of them.
+THREADS = 8 if SIMULATED else 256
+MAX_BLOCKS = 2 if SIMULATED else 65535
+
+_VIEWS: dict = {}
+_MAX_VIEWS = 4096
+
+
+def _nb(a):
+    """A numba view of a device array (no stream synchronisation: numba and CuPy both use
+    the default stream, so launches stay ordered).
+
+    Views of CuPy arrays are made once per memory layout (pointer, shape, strides, dtype)
+    and kept: numba's conversion through ``__cuda_array_interface__`` costs more host time
+    than a small kernel takes on the GPU. A view does not own its memory (``owner=None``),
+    so keeping it keeps no array alive; a kept view is only reused for an array with the
+    same pointer and layout, which is then that very memory.
+    """
+    if isinstance(a, np.ndarray):
+        # The simulator copies every array argument back after the launch: hand it a
+        # private copy of a read-only (e.g. broadcast) input, which no kernel writes.
+        return a if a.flags.writeable else a.copy()
+    if SIMULATED or isinstance(a, np.generic) or getattr(a, "__cuda_memory__", False):
+        return a
+    data = getattr(a, "data", None)
+    ptr = getattr(data, "ptr", None)
+    if ptr is not None:  # a CuPy array
+        key = (ptr, a.shape, a.strides, a.dtype.str)
+        view = _VIEWS.get(key)
+        if view is None:
+            if len(_VIEWS) >= _MAX_VIEWS:
+                _VIEWS.clear()
+            view = _VIEWS[key] = cuda.from_cuda_array_interface(
+                a.__cuda_array_interface__, owner=None, sync=False)
+        return view
+    if hasattr(a, "__cuda_array_interface__"):
+        return cuda.as_cuda_array(a, sync=False)
+    return a
+
+
+def _blocks(n: int) -> int:
+    return max(1, min(MAX_BLOCKS, -(-int(n) // THREADS)))
+
+
+#: kernel launches by this process (read by the tests that count a step's launches)
+LAUNCHES = {"count": 0}
+
+
+def launch(kernel, n: int, *args, blocks: int | None = None) -> None:
+    """kernel[blocks, THREADS](*args) for a grid-stride loop over n items."""
+    if n <= 0:
+        return
+    args = tuple(_nb(a) for a in args)
+    LAUNCHES["count"] += 1
+    kernel[blocks if blocks is not None else _blocks(n), THREADS](*args)
+
+
+def _to_device(a, like):
+    """A small host array as a device array of the kind ``like`` is."""
+    if SIMULATED or isinstance(like, np.ndarray):
+        return np.ascontiguousarray(a)
+    return cuda.to_device(np.ascontiguousarray(a))
+
+
+_DUMMIES: dict = {}
+
+
+def _dummy(like, ndim: int, dtype=None):
+    """A tiny device array standing in for an unused argument: never an alias of a real
+    argument (the simulator copies every argument back after a launch, and an alias
+    would undo the kernel's writes)."""
+    dt = np.dtype(dtype if dtype is not None else like.dtype)
+    k = (isinstance(like, np.ndarray), dt.str, ndim)
+    if k not in _DUMMIES:
+        _DUMMIES[k] = _to_device(np.zeros((1,) * ndim, dtype=dt), like)
+    return _DUMMIES[k]
+
+
+def runs(times):
+    """(index, t0, count) of the maximal runs of consecutive integers in ``times``: pass p
+    of a run has time t0 + p, so kernels derive their keys on the device (no copies)."""
+    times = np.asarray(times, dtype=np.int64)
+    if times.size == 0:
+        return []
+    cuts = np.flatnonzero(np.diff(times) != 1) + 1
+    starts = np.concatenate([[0], cuts])
+    stops = np.concatenate([cuts, [times.size]])
+    return [(int(i), int(times[i]), int(j - i)) for i, j in zip(starts, stops)]
+
+
+def _u64(v):
+    return np.uint64(int(v))
+
+
+def _flat(a):
+    return a.reshape(-1)
