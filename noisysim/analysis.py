@@ -7,7 +7,8 @@ trajectory, or without the requested metric) are skipped with a ``SkippedFileWar
 names the file and the reason; when no file at all can be used a ``NoisysimError`` is raised.
 
     get_config_value(config, "rule.name")
-    summarize(paths, by=["rule.name"], metric="eval/test_accuracy") -> rows
+    select_runs(paths, where=["rule.name=np"]) -> the files whose config matches
+    summarize(paths, by=["rule.name"], metric="eval/test_accuracy", where=()) -> rows
     format_table(rows) -> str
     curves(paths, by=["rule.name"], metric="eval/test_accuracy", x="step") -> per group curves
 """
@@ -28,7 +29,7 @@ from noisysim.dotted import lookup
 from noisysim.errors import NoisysimError, one_line
 from noisysim.record import INDEX_KEYS, INT_FILL, Trajectory, split_metric
 
-STAT_KEYS = ("mean", "std", "n", "files", "values", "x")
+STAT_KEYS = ("mean", "std", "n", "exploded", "files", "values", "x")
 
 
 class AnalysisWarning(UserWarning):
@@ -94,8 +95,7 @@ def _load(
 ) -> list[tuple[Trajectory, dict[str, np.ndarray]]]:
     """Open every file and read the metric's group; skip (with a warning) what cannot be used."""
     group, name = split_metric(metric)
-    loaded = []
-    reasons = []
+    loaded, reasons, skipped = [], [], []
     files = expand_paths(paths)
     for path in files:
         try:
@@ -107,9 +107,12 @@ def _load(
             # damaged files fail in h5py in many ways; none of them stops the analysis
             reason = one_line(err)
             reasons.append(reason if str(path) in reason else f"{path}: {reason}")
-            _skip(path, reason)
+            skipped.append((path, reason))
             continue
         loaded.append((traj, table))
+    if loaded:  # otherwise the error below says it once
+        for path, reason in skipped:
+            _skip(path, reason)
     if not loaded:
         if not files:
             raise NoisysimError("no trajectory files given")
@@ -117,6 +120,74 @@ def _load(
             f"none of the {len(files)} file(s) could be used for {metric}; first: {reasons[0]}"
         )
     return loaded
+
+
+def select_runs(paths, where: Iterable[str] = ()) -> list[Path]:
+    """The trajectory files under ``paths`` whose config matches every ``KEY=VALUE`` of
+    ``where`` (``--where rule.name=np --where seed=0``): the one filter of ``summary``,
+    ``plot`` and any other command that reads runs. VALUE is read as TOML (``0``, ``1e-3``,
+    ``[64, 10]``, ``true``; other text is a string) and also matches a value whose text is
+    the same (``--where seed=0`` and ``--where model.layers=[64,64,10]``). Files that cannot
+    be read pass through (the caller skips them, saying why). A key no run has is an error
+    with a suggestion; so is a filter that leaves no run."""
+    from noisysim.config.layering import parse_override
+
+    files = expand_paths(paths)
+    conditions = [parse_override(w) for w in where]
+    if not conditions:
+        return files
+    absent = object()
+    kept, configs = [], []
+    for path in files:
+        try:
+            config = Trajectory(path).config
+        except (NoisysimError, OSError, RuntimeError, KeyError, ValueError):
+            kept.append(path)
+            continue
+        configs.append(config)
+        if all(_same(get_config_value(config, k, absent), v) for k, v in conditions):
+            kept.append(path)
+    for key, _ in conditions:
+        if configs and all(get_config_value(c, key, absent) is absent for c in configs):
+            known = sorted({k for c in configs for k in flatten_config(c)})
+            close = difflib.get_close_matches(key, known, n=3)
+            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+            raise NoisysimError(f"--where {key}: no run's config has this key{hint}")
+    if configs and not kept:
+        raise NoisysimError(f"no run matches --where {' --where '.join(where)} (of "
+                            f"{len(configs)} runs); check the values with noisysim inspect")
+    return kept
+
+
+def _same(have: Any, want: Any) -> bool:
+    if have == want and type(have) is not bool and type(want) is not bool or have is want:
+        return True
+    text = lambda v: json.dumps(v, separators=(",", ":")) if not isinstance(v, str) else v
+    return text(have) == text(want)
+
+
+#: A run whose training loss ends above this multiple of its starting value has exploded
+#: (it may still be finite, and then no divergence check catches it).
+EXPLOSION_FACTOR = 10.0
+
+
+def loss_explosion(traj: Trajectory) -> str | None:
+    """'loss exploded: ...' when the run's last ``eval/train_loss`` (else ``train/loss``) is
+    above ``EXPLOSION_FACTOR`` times its first, else None."""
+    for group, name in (("eval", "train_loss"), ("train", "loss")):
+        try:
+            loss = traj.series(group, name)
+        except (NoisysimError, KeyError):
+            continue
+        loss = np.asarray(loss, dtype=np.float64)
+        loss = loss[np.isfinite(loss)]
+        if loss.shape[0] < 2 or loss[0] <= 0:
+            return None
+        if loss[-1] > EXPLOSION_FACTOR * loss[0]:
+            return (f"loss exploded: final {group}/{name} {loss[-1]:.4g} is "
+                    f"{loss[-1] / loss[0]:.0f}x its start {loss[0]:.4g}; lower optimizer.lr")
+        return None
+    return None
 
 
 def _as_list(by: str | Sequence[str] | None) -> list[str]:
@@ -168,26 +239,37 @@ def summarize(
     paths,
     by: str | Sequence[str] | None = ("rule.name",),
     metric: str = "eval/test_accuracy",
+    where: Iterable[str] = (),
 ) -> list[dict[str, Any]]:
-    """Final value of ``metric`` per run, aggregated per group of ``by`` config values.
+    """Final value of ``metric`` per run, aggregated per group of ``by`` config values,
+    over the runs that match ``where`` (see ``select_runs``).
 
     Each row: the ``by`` values (None where a run's config lacks the key), ``mean``,
-    ``std`` (ddof=1, 0 when n == 1), ``n``, ``files`` and the per-file ``values``. A run's
-    final value is its last recorded row, NaN included (a diverged run makes the mean NaN).
+    ``std`` (ddof=1, 0 when n == 1), ``n``, ``exploded`` (runs whose loss exploded, see
+    ``loss_explosion``; each also gets a warning), ``files`` and the per-file ``values``. A
+    run's final value is its last recorded row, NaN included (a diverged run makes the mean
+    NaN).
     """
     by = _as_list(by)
     _, name = split_metric(metric)
-    loaded = _load(paths, metric)
+    loaded = _load(select_runs(paths, where), metric)
     rows = []
     for values, runs in _group_runs(loaded, by):
         finals = np.array([float(table[name][-1]) for _, table in runs])
         mean, std = _mean_std(finals)
+        exploded = 0
+        for traj, _ in runs:
+            flag = loss_explosion(traj)
+            if flag is not None:
+                exploded += 1
+                warnings.warn(f"{traj.path}: {flag}", AnalysisWarning, stacklevel=2)
         rows.append(
             {
                 **values,
                 "mean": float(mean),
                 "std": float(std),
                 "n": len(runs),
+                "exploded": exploded,
                 "files": [str(traj.path) for traj, _ in runs],
                 "values": finals.tolist(),
             }
@@ -211,6 +293,8 @@ def format_table(rows: Sequence[Mapping[str, Any]], digits: int = 4) -> str:
         return "(no runs)"
     columns = [k for k in rows[0] if k not in STAT_KEYS]
     columns += [k for k in ("mean", "std", "n") if k in rows[0]]
+    if any(row.get("exploded") for row in rows):
+        columns.append("exploded")
     cells = [[_cell(row.get(col), digits) for col in columns] for row in rows]
     numeric = [
         all(
@@ -241,8 +325,10 @@ def curves(
     by: str | Sequence[str] | None = ("rule.name",),
     metric: str = "eval/test_accuracy",
     x: str = "step",
+    where: Iterable[str] = (),
 ) -> list[dict[str, Any]]:
-    """Mean and std over runs of ``metric`` against ``x`` (a series of the same group).
+    """Mean and std over runs of ``metric`` against ``x`` (a series of the same group),
+    over the runs that match ``where`` (see ``select_runs``).
 
     Runs are aligned by x value. A group's curve covers the x values that all its runs
     have (the common values; a shorter or still running run shortens the curve, with a
@@ -251,7 +337,7 @@ def curves(
     """
     by = _as_list(by)
     _, name = split_metric(metric)
-    loaded = _load(paths, metric, need=(x,))
+    loaded = _load(select_runs(paths, where), metric, need=(x,))
     out = []
     for values, runs in _group_runs(loaded, by):
         per_run = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -37,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _show_warning
         try:
             return int(args.func(args) or 0)
+        except BrokenPipeError:
+            # the reader went away (noisysim summary ... | head -1): end quietly, as Unix
+            # tools do; point stdout at /dev/null so that the exit flush cannot fail again
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 0
         except NoisysimError as err:
             if args.debug:
                 raise
@@ -104,6 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--by", action="append", default=None,
                    help="config key to group by (default rule.name; repeatable)")
     s.add_argument("--metric", default="eval/test_accuracy", help="group/series (default eval/test_accuracy)")
+    s.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                   help="only runs whose config has this value, e.g. --where seed=0 (repeatable)")
     s.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     s.set_defaults(func=_cmd_summary)
 
@@ -112,13 +121,32 @@ def _parser() -> argparse.ArgumentParser:
                         "runs; writes the figure and the plotted numbers as CSV beside it.")
     pl.add_argument("paths", nargs="+", help="trajectory files or folders")
     pl.add_argument("-o", "--output", required=True, help="figure file (.png, .pdf, .svg)")
-    pl.add_argument("--metric", default="eval/test_accuracy", help="group/series (default eval/test_accuracy)")
+    pl.add_argument("--metric", action="append", default=None,
+                    help="group/series (default eval/test_accuracy); repeat for one panel each")
     pl.add_argument("--by", action="append", default=None,
                     help="config key to group by (default rule.name; repeatable)")
+    pl.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                    help="only runs whose config has this value, e.g. --where seed=0 (repeatable)")
     pl.add_argument("--x", default="epoch", choices=["step", "epoch"])
+    pl.add_argument("--log", action="store_true", help="logarithmic y axis")
+    pl.add_argument("--smooth", type=int, default=1, metavar="N",
+                    help="trailing moving average over N points (default 1: none)")
     pl.set_defaults(func=_cmd_plot)
 
-    i = sub.add_parser("inspect", parents=[common], help="status, config and datasets of a trajectory")
+    c = sub.add_parser("config", parents=[common], help="show a resolved config and where each value came from")
+    csub = c.add_subparsers(dest="config_command", metavar="ACTION")
+    cs = csub.add_parser("show", parents=[common], help="the resolved config, one key a line, with its source",
+                         description="Print every key of the resolved config (the embedded default, "
+                         "an included model file, FILE, then each --set) and where its value came "
+                         "from: default, model file, your file or --set.")
+    cs.add_argument("config", nargs="?", help="TOML experiment file (default: the embedded default)")
+    cs.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key (repeatable)")
+    cs.add_argument("--toml", action="store_true", help="print the resolved config as TOML only")
+    cs.set_defaults(func=_cmd_config_show)
+    c.set_defaults(func=lambda args: (c.print_help(), EXIT_USAGE)[1])
+
+    i = sub.add_parser("inspect", parents=[common], help="status, final metrics, config and datasets of a trajectory")
     i.add_argument("file")
     i.set_defaults(func=_cmd_inspect)
 
@@ -135,6 +163,9 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key for every point (repeatable)")
     sw.add_argument("--out", default="runs/sweep", help="output folder (default runs/sweep)")
+    sw.add_argument("--overwrite", action="store_true",
+                    help="run every point from the start, replacing files of earlier runs (of "
+                    "this or another config)")
     sw.add_argument("--workers", type=int, default=None,
                     help="local processes at a time (default: CPU count)")
     sw.add_argument("--scheduler", default=None,
@@ -211,11 +242,14 @@ def _main_job(args) -> int:
 def _cmd_summary(args) -> int:
     from .analysis import format_table, summarize
 
-    rows = summarize(args.paths, by=args.by or ["rule.name"], metric=args.metric)
+    rows = summarize(args.paths, by=args.by or ["rule.name"], metric=args.metric,
+                     where=args.where)
     if args.json:
         for row in rows:
-            print(json.dumps(row, default=str))
+            print(json.dumps({"metric": args.metric, **row}, default=str))
     else:
+        print(f"{args.metric}: final value per run, mean +- std (ddof 1) over the n runs of "
+              "each group")
         print(format_table(rows))
     return 0
 
@@ -223,8 +257,9 @@ def _cmd_summary(args) -> int:
 def _cmd_plot(args) -> int:
     from .plot import plot_curves
 
-    res = plot_curves(args.paths, args.output, metric=args.metric, by=args.by or ["rule.name"],
-                      x=args.x)
+    res = plot_curves(args.paths, args.output, metric=args.metric or ["eval/test_accuracy"],
+                      by=args.by or ["rule.name"], x=args.x, where=args.where, log=args.log,
+                      smooth=args.smooth)
     n = sum(len(c["files"]) for c in res.curves)
     print(f"wrote {res.path} ({len(res.curves)} curves from {n} runs) and the plotted data "
           f"{res.data_path}")
@@ -237,6 +272,11 @@ def _cmd_inspect(args) -> int:
     t = Trajectory(args.file)
     print(f"file:    {args.file}")
     print(f"status:  {t.status}" + (f" ({t.message})" if t.message else ""))
+    if "eval" in t.groups() and t.length("eval"):
+        last = {k: v[-1] for k, v in t.table("eval").items()}
+        print("final:   " + ", ".join(
+            f"{k} {int(v)}" if k in ("step", "epoch") else f"{k} {float(v):.4g}"
+            for k, v in last.items()))
     if t.status in ("interrupted", "running", "failed"):
         print(f"         continue with: noisysim run --resume {args.file}")
     print(f"format:  noisysim-trajectory v{t.format_version}, seed {t.seed}, noisysim "
@@ -247,9 +287,42 @@ def _cmd_inspect(args) -> int:
     for line in json.dumps(t.config, indent=2, sort_keys=True).splitlines():
         print(f"  {line}")
     print("datasets:")
+    slots: dict[str, int] = {}
     for name, shape, dtype in t.describe():
+        parts = name.split("/")
+        if parts[0] == "checkpoint" and len(parts) > 2:  # one line per slot, not its tree
+            slots[parts[1]] = slots.get(parts[1], 0) + 1
+            continue
         print(f"  {name:40s} {str(shape):18s} {dtype}")
+    for slot, n in slots.items():
+        print(f"  {'checkpoint/' + slot:40s} {n} datasets (optimiser state, generators, "
+              "parameters: read with Trajectory.checkpoint())")
     return 0
+
+
+# -- config ---------------------------------------------------------------------------------
+def _cmd_config_show(args) -> int:
+    from .config.load import explain_config
+
+    cfg, origins = explain_config(args.config, args.overrides)
+    if args.toml:
+        print(cfg.to_toml(), end="")
+        return 0
+    from .config.values import _toml_value
+
+    values = {k: _toml_value(v) for k, v in _leaves(cfg.to_dict())}
+    width = max(len(f"{k} = {v}") for k, v in values.items())
+    for key, text in values.items():
+        print(f"{key + ' = ' + text:{width}s}  # {origins[key]}")
+    return 0
+
+
+def _leaves(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
 
 
 # -- sweep ----------------------------------------------------------------------------------
@@ -263,7 +336,7 @@ def _cmd_sweep(args) -> int:
         raise NoisysimError(f"--workers must be >= 1, got {args.workers}")
     grid = parse_grid(args.grid)
     results = sweep(args.config, grid, overrides=args.overrides, out=args.out,
-                    workers=args.workers, scheduler=args.scheduler)
+                    workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite)
     statuses = {r["status"] for r in results}
     if statuses & {"interrupted", "not finished"}:
         return EXIT_INTERRUPTED
