@@ -145,7 +145,7 @@ def select_runs(paths, where: Iterable[str] = ()) -> list[Path]:
             kept.append(path)
             continue
         configs.append(config)
-        if all(_same(get_config_value(config, k, absent), v) for k, v in conditions):
+        if all(_same(get_config_value(config, k, None), v) for k, v in conditions):
             kept.append(path)
     for key, _ in conditions:
         if configs and all(get_config_value(c, key, absent) is absent for c in configs):
@@ -160,10 +160,15 @@ def select_runs(paths, where: Iterable[str] = ()) -> list[Path]:
 
 
 def _same(have: Any, want: Any) -> bool:
-    if have == want and type(have) is not bool and type(want) is not bool or have is want:
+    """Whether a config value equals a --where value: equal values (a bool only equals a
+    bool), or the same text (``"0.001"`` and 0.001, ``[64,64,10]`` and [64, 64, 10])."""
+    if isinstance(have, bool) or isinstance(want, bool):
+        return have is want
+    if have == want:
         return True
-    text = lambda v: json.dumps(v, separators=(",", ":")) if not isinstance(v, str) else v
-    return text(have) == text(want)
+    text = lambda v: v if isinstance(v, str) else json.dumps(v, separators=(",", ":"),
+                                                             default=str)
+    return have is not None and text(have) == text(want)
 
 
 #: A run whose training loss ends above this multiple of its starting value has exploded

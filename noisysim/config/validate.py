@@ -103,7 +103,8 @@ class _Resolver:
         out: dict[str, _Entry] = {}
         for opt, (dotted, e) in found.items():
             replaced = self.name_at(name_key, e.source.layer) != name
-            if opt in accepted and not (replaced and e.source.layer <= _DEFAULT_LAYER):
+            if opt in accepted and not (replaced and e.source.layer <= _DEFAULT_LAYER
+                                        and dotted not in _FIXED):
                 out[opt] = e   # the embedded default's options belong to its own component
                 continue
             if replaced:
@@ -323,7 +324,8 @@ class _Resolver:
 
     def blame(self, key: str, cause: str) -> str:
         """Where to point for a conflict: ``key`` if the user set it, else ``cause``."""
-        if key in self.entries:
+        e = self.entries.get(key)
+        if e is not None and e.source.layer > _DEFAULT_LAYER:
             return self.where(key)
         return f"{self.where(cause)}"
 
