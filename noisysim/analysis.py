@@ -44,7 +44,7 @@ class SkippedFileWarning(AnalysisWarning):
 # config access
 
 
-#: Value at a dotted path ("rule.name", "network.widths.0"); list items by index. Without a
+#: Value at a dotted path ("rule.name", "model.layers.0"); list items by index. Without a
 #: default a missing key raises NoisysimError naming what is there instead (the one reader
 #: of dotted keys, noisysim.dotted.lookup).
 get_config_value = lookup
@@ -149,14 +149,28 @@ def select_runs(paths, where: Iterable[str] = ()) -> list[Path]:
             kept.append(path)
     for key, _ in conditions:
         if configs and all(get_config_value(c, key, absent) is absent for c in configs):
-            known = sorted({k for c in configs for k in flatten_config(c)})
-            close = difflib.get_close_matches(key, known, n=3)
-            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-            raise NoisysimError(f"--where {key}: no run's config has this key{hint}")
+            raise NoisysimError(f"--where {key}: no run's config has this key"
+                                f"{_key_hint(key, configs)}")
     if configs and not kept:
         raise NoisysimError(f"no run matches --where {' --where '.join(where)} (of "
                             f"{len(configs)} runs); check the values with noisysim inspect")
     return kept
+
+
+#: Words users reach for that the config spells otherwise (the network is ``model``).
+_SYNONYMS = {"network": "model", "widths": "layers", "width": "layers", "net": "model",
+             "optim": "optimizer", "lr": "optimizer.lr", "dataset": "data"}
+
+
+def _key_hint(key: str, configs: Sequence[Mapping]) -> str:
+    """' (did you mean 'model.layers'?)' for a dotted key no config has; '' if nothing fits."""
+    known = sorted({k for c in configs for k in flatten_config(c)})
+    spelled = ".".join(_SYNONYMS.get(part, part) for part in key.split("."))
+    close = [spelled] if spelled in known else []
+    close = close or difflib.get_close_matches(key, known, n=3)
+    close = close or [k for k in known if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]][:3]
+    guess = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+    return f"{guess}; noisysim config show lists every key"
 
 
 def _same(have: Any, want: Any) -> bool:
@@ -209,10 +223,8 @@ def _group_runs(loaded, by: list[str]) -> list[tuple[dict[str, Any], list]]:
     for key in by:
         absent = object()
         if all(get_config_value(c, key, absent) is absent for c in configs):
-            known = sorted({k for c in configs for k in flatten_config(c)})
-            close = difflib.get_close_matches(key, known, n=3)
-            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-            raise NoisysimError(f"no run's config has the key {key!r} to group by{hint}")
+            raise NoisysimError(f"no run's config has the key {key!r} to group by"
+                                f"{_key_hint(key, configs)}")
     groups: dict[str, tuple[dict[str, Any], list]] = {}
     for run in loaded:
         values = {key: get_config_value(run[0].config, key, None) for key in by}

@@ -295,7 +295,8 @@ def test_existing_file_refused_then_overwritten_with_terminal_progress(tiny_run,
     assert p.returncode == 2, explain(p)
     lines = stderr_lines(p)
     assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
-    assert "tiny.h5" in lines[0] and "--overwrite" in lines[0] and "--resume" in lines[0]
+    assert "tiny.h5" in lines[0] and "--overwrite" in lines[0]
+    assert "completed run of this config" in lines[0]  # the same config: nothing to resume
     assert path.read_bytes() == before  # untouched
 
     # --overwrite replaces it; stderr is a terminal this time: a bar redrawn in place
@@ -593,7 +594,8 @@ def test_main_job_at_tiny_size_prints_table_and_writes_runs_and_figure(work):
     proc = cli("run", "--main", *tiny, "--out", str(out), cwd=work)
     assert proc.returncode == 0, explain(proc)
     for rule in ("bp", "np", "anp", "danp"):
-        with h5open(out / f"{rule}-digits.h5") as f:
+        (path,) = out.glob(f"{rule}-digits-*.h5")  # <rule>-<dataset>-<hash of the config>
+        with h5open(path) as f:
             assert text_attr(f, "status") == "completed"
         assert re.search(rf"^{rule}\s+0\.\d+", proc.stdout, re.M), proc.stdout
     png = (out / "comparison.png").read_bytes()

@@ -282,3 +282,8 @@ def test_missing_trace_file_blames_noise_path(tmp_path):
 def test_summary_of_a_missing_path_is_one_error_line(tmp_path):
     line = one_error_line(cli("summary", tmp_path / "nothing.h5", cwd=tmp_path))
     assert "nothing.h5" in line
+
+
+def test_grouping_by_a_key_no_config_has_suggests_the_config_spelling(three_runs):
+    with pytest.raises(NoisysimError, match=r"'network.widths'.*did you mean 'model.layers'"):
+        summarize(three_runs, by="network.widths")
