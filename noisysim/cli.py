@@ -309,20 +309,15 @@ def _cmd_config_show(args) -> int:
         print(cfg.to_toml(), end="")
         return 0
     from .config.values import _toml_value
+    from .dotted import lookup
 
-    values = {k: _toml_value(v) for k, v in _leaves(cfg.to_dict())}
+    plain = cfg.to_dict()
+    values = {k: _toml_value(lookup(plain, k)) for k in origins}  # origins: one per leaf
     width = max(len(f"{k} = {v}") for k, v in values.items())
     for key, text in values.items():
         print(f"{key + ' = ' + text:{width}s}  # {origins[key]}")
     return 0
 
-
-def _leaves(d, prefix=""):
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            yield from _leaves(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}", v
 
 
 # -- sweep ----------------------------------------------------------------------------------
