@@ -89,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
                        "interrupted (SIGINT/SIGTERM: flushed, checkpointed; continue with "
                        "--resume FILE). NOISYSIM_FLUSH_SECONDS (default 5) bounds what a killed "
                        "process loses.")
-    r.add_argument("config", nargs="?", help="TOML experiment file (default: the embedded default)")
+    r.add_argument("config", nargs="?", help="TOML experiment file: what it changes from the "
+                   "embedded default (noisysim config show FILE prints the result)")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set rule.name=anp (repeatable)")
     r.add_argument("--out", default=None, help="output folder (default runs/, main job runs/main/)")
@@ -157,7 +158,8 @@ def _parser() -> argparse.ArgumentParser:
                         "points and resumes interrupted ones.",
                         epilog="Exit codes: 0 all points completed, 1 some diverged or failed, "
                         "2 bad input, 130 interrupted.")
-    sw.add_argument("config", nargs="?", help="TOML experiment file (default: the embedded default)")
+    sw.add_argument("config", nargs="?", help="TOML experiment file: what it changes from the "
+                    "embedded default")
     sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                     help="a config key and its values (repeatable: the grid is the product)")
     sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -289,13 +291,13 @@ def _cmd_inspect(args) -> int:
     print("datasets:")
     slots: dict[str, int] = {}
     for name, shape, dtype in t.describe():
-        parts = name.split("/")
+        parts = name.lstrip("/").split("/")
         if parts[0] == "checkpoint" and len(parts) > 2:  # one line per slot, not its tree
             slots[parts[1]] = slots.get(parts[1], 0) + 1
             continue
         print(f"  {name:40s} {str(shape):18s} {dtype}")
     for slot, n in slots.items():
-        print(f"  {'checkpoint/' + slot:40s} {n} datasets (optimiser state, generators, "
+        print(f"  {'/checkpoint/' + slot:40s} {n} datasets (optimiser state, generators, "
               "parameters: read with Trajectory.checkpoint())")
     return 0
 

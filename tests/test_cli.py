@@ -284,7 +284,9 @@ def test_inspect_shows_status_config_and_datasets(tiny_run):
     assert p.returncode == 0, explain(p)
     assert re.search(r"^status:\s+completed$", p.stdout, re.M)
     assert '"name": "anp"' in p.stdout
-    assert "/eval/test_accuracy" in p.stdout and "/network/W_0" in p.stdout
+    assert "/eval/test_accuracy" in p.stdout and "/checkpoint/a " in p.stdout
+    assert "/network/W_0" not in p.stdout  # the checkpoint tree is folded into its slots
+    assert p.stdout.splitlines()[2].startswith("final:   epoch 2, step 8, ")
     assert "train 8" in p.stdout
 
 
