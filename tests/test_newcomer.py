@@ -289,3 +289,13 @@ def test_summary_of_a_missing_path_is_one_error_line(tmp_path):
 def test_grouping_by_a_key_no_config_has_suggests_the_config_spelling(three_runs):
     with pytest.raises(NoisysimError, match=r"'network.widths'.*did you mean 'model.layers'"):
         summarize(three_runs, by="network.widths")
+
+
+def test_a_period_longer_than_the_run_is_a_warning_saying_why():
+    # 1500 digits at batch 64: 24 updates per epoch, 2 epochs = 48 updates
+    with pytest.warns(ConfigWarning, match=r"train.snapshot_every = 100 exceeds the run's 48 "
+                                           r"updates .* never fires"):
+        load_config(None, ["train.epochs=2", "train.snapshot_every=100"])
+    with warnings.catch_warnings():  # the embedded default's own periods warn about nothing
+        warnings.simplefilter("error")
+        load_config(None, ["train.epochs=1", "data.n_train=100", "train.batch_size=50"])

@@ -390,6 +390,20 @@ class _Resolver:
         frac = d.get("validation", 0.0)
         if frac > 0:  # as data.dataset._validation_indices splits it off
             n -= min(max(int(math.floor(frac * n + 0.5)), 1), n - 1)
+        if batch <= n:
+            updates = math.ceil(n / batch) * self.out["train"]["epochs"]
+            for key in ("log_every", "alignment_every", "snapshot_every", "checkpoint_every"):
+                every = self.out["train"][key]
+                e = self.entries.get(f"train.{key}")
+                if every > updates and e is not None and e.source.layer > _DEFAULT_LAYER:
+                    warnings.warn(
+                        f"{self.where(f'train.{key}')}: train.{key} = {every} exceeds the run's "
+                        f"{updates} updates ({self.out['train']['epochs']} epochs of "
+                        f"{math.ceil(n / batch)}), so it never fires; lower it (or set 0 to "
+                        "turn it off)" if key != "log_every" else
+                        f"{self.where('train.log_every')}: train.log_every = {every} exceeds the "
+                        f"run's {updates} updates, so no per-update rows will be logged; lower "
+                        "it", ConfigWarning, stacklevel=2)
         if batch > n:
             self.fail("train.batch_size",
                       f"train.batch_size = {batch} exceeds the {n} training examples of "
