@@ -15,7 +15,7 @@ def test_main_job_from_python_writes_one_run_per_rule_then_reuses_them(tmp_path)
     lines, reports = [], []
     job = main_job(TINY, tmp_path, echo=lines.append, progress=False,
                    report=lambda result, path, start: reports.append((result.status, path)))
-    assert [p.name for p in job.paths] == [f"{r}-digits.h5" for r in MAIN_RULES]
+    assert [p.name.rsplit("-", 1)[0] for p in job.paths] == [f"{r}-digits" for r in MAIN_RULES]
     assert reports == [("completed", p) for p in job.paths] and not job.interrupted
     assert lines[0].startswith("noisysim main job: bp, np, anp, danp on digits with gaussian")
     # the table rows are the runs' final test accuracies
