@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -118,7 +117,7 @@ def plan(config: dict, path: Path, overwrite: bool = False) -> tuple[str, str]:
     if kind == "unreadable":
         return "run", "replacing an unreadable file"
     if kind == "different":
-        return "conflict", why.replace("(--set name=...) or --out", "or --out")
+        return "conflict", why
     traj = Trajectory(path)
     if traj.status == "completed":
         return "skip", "already completed"

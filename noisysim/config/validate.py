@@ -16,6 +16,7 @@ import json
 import math
 import re
 import warnings
+from collections.abc import Mapping
 from typing import Any, Callable, Sequence
 
 from noisysim import data as _data
