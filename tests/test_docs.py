@@ -21,7 +21,7 @@ How a document is read (conventions for everyone who writes docs):
   SPEC &&``) is checked (the extras SPEC names exist in pyproject.toml) and dropped: the test
   runs in an installed environment and must not use the network. ``python -m pytest`` runs
   as ``--collect-only`` (the suite cannot run inside itself).
-* Markers: an HTML comment on the line right before the fence.
+* Markers: an HTML comment alone on the line right before the fence.
     ``<!-- doc-runner: skip: REASON -->``  not run: a GPU-only, cluster, network or full-size
         command, or one that needs an interrupted run. Say why; at most ``MAX_SKIPS`` in all
         the docs (a test counts them), so prefer commands that run.
@@ -83,7 +83,7 @@ if __name__ == "__main__":                         # sweeps start processes that
 
 RUN_LANGS = {"bash": "bash", "sh": "bash", "shell": "bash", "python": "python", "py": "python",
              "toml": "toml"}
-MARKER = re.compile(r"<!--\s*doc-runner:\s*(skip|needs-gpu)\s*(?::\s*(.*?))?\s*-->")
+MARKER = re.compile(r"^\s*<!--\s*doc-runner:\s*(skip|needs-gpu)\s*(?::\s*(.*?))?\s*-->\s*$")
 INSTALL = re.compile(r"python3 -m venv \.venv && \. \.venv/bin/activate && "
                      r"pip install (\S+) && ")
 
