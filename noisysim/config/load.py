@@ -36,7 +36,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
     valid TOML is a string). Raises ``NoisysimError`` at the first problem.
     """
     layers, source_name = _layers(path, overrides)
-    return Config(_Resolver(*merge(layers)).resolve(), source_name)
+    return Config(_resolve(layers), source_name)
 
 
 def explain_config(path: str | os.PathLike | None = None,

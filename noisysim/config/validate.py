@@ -53,6 +53,7 @@ from .values import (
     _type_name,
 )
 
+
 def default_name(resolved: Mapping[str, Any]) -> str:
     """``<rule>-<dataset>-<hash>``: a readable stem plus the first 6 hex digits of the SHA-256
     of the resolved config (without ``name`` and ``backend``, which do not change the
@@ -364,7 +365,7 @@ class _Resolver:
                     f"{self.blame('model.layers', 'data.name')}: model.layers = "
                     f"{_toml_value(layers)}{self.defaulted('model.layers')} does not fit "
                     f"dataset {d['name']!r}: {bad}; set [model] layers = {_toml_value(good)}")
-        self.check_batch()
+        self.check_sizes()
         self.check_lr()
         n_layers = len(layers) - 1
         nl = self.out["noise"]["layers"]
@@ -379,11 +380,12 @@ class _Resolver:
                 self.fail("noise.layers", f"noise.layers = {_toml_value(nl)} lists a layer "
                                           "twice; list each layer once")
 
-
-    def check_batch(self) -> None:
-        """A batch larger than the training set cannot mean what it says (the trainer would
-        take the whole set once per epoch)."""
-        d, batch = self.out["data"], self.out["train"]["batch_size"]
+    def check_sizes(self) -> None:
+        """Sizes against the training set: a batch larger than it cannot mean what it says
+        (the trainer would take the whole set once per epoch): an error. A period
+        (``log_every``, ``alignment_every``, ...) the user set longer than the whole run
+        never fires: a warning."""
+        d, t = self.out["data"], self.out["train"]
         shape = DATASET_SHAPES.get(d["name"]) or {}
         n = d.get("n_train") or shape.get("n_train")
         if n is None:
@@ -391,27 +393,24 @@ class _Resolver:
         frac = d.get("validation", 0.0)
         if frac > 0:  # as data.dataset._validation_indices splits it off
             n -= min(max(int(math.floor(frac * n + 0.5)), 1), n - 1)
-        if batch <= n:
-            updates = math.ceil(n / batch) * self.out["train"]["epochs"]
-            for key in ("log_every", "alignment_every", "snapshot_every", "checkpoint_every"):
-                every = self.out["train"][key]
-                e = self.entries.get(f"train.{key}")
-                if every > updates and e is not None and e.source.layer > _DEFAULT_LAYER:
-                    warnings.warn(
-                        f"{self.where(f'train.{key}')}: train.{key} = {every} exceeds the run's "
-                        f"{updates} updates ({self.out['train']['epochs']} epochs of "
-                        f"{math.ceil(n / batch)}), so it never fires; lower it (or set 0 to "
-                        "turn it off)" if key != "log_every" else
-                        f"{self.where('train.log_every')}: train.log_every = {every} exceeds the "
-                        f"run's {updates} updates, so no per-update rows will be logged; lower "
-                        "it", ConfigWarning, stacklevel=2)
+        batch = t["batch_size"]
         if batch > n:
+            fix = self.entry("train.batch_size").source.fix("train.batch_size", str(n))
             self.fail("train.batch_size",
                       f"train.batch_size = {batch} exceeds the {n} training examples of "
                       f"{d['name']!r}, so every epoch would be one step on the whole set; "
-                      f"use at most {n} ("
-                      f"{self.entry('train.batch_size').source.fix('train.batch_size', str(n))}"
-                      " for full-batch training)")
+                      f"use at most {n} ({fix} for full-batch training)")
+        per_epoch = math.ceil(n / batch)
+        updates = per_epoch * t["epochs"]
+        for key in ("log_every", "alignment_every", "snapshot_every", "checkpoint_every"):
+            e = self.entries.get(f"train.{key}")
+            if t[key] > updates and e is not None and e.source.layer > _DEFAULT_LAYER:
+                effect = ("no per-update rows are logged" if key == "log_every"
+                          else "it never fires (0 turns it off)")
+                warnings.warn(f"{self.where(f'train.{key}')}: train.{key} = {t[key]} exceeds "
+                              f"the run's {updates} updates ({t['epochs']} epochs of "
+                              f"{per_epoch}), so {effect}; lower it", ConfigWarning,
+                              stacklevel=2)
 
     def check_lr(self) -> None:
         """Legal but almost surely a mistake: Adam moves each weight by about lr per update,
