@@ -163,7 +163,8 @@ _SYNONYMS = {"network": "model", "widths": "layers", "width": "layers", "net": "
 
 
 def _key_hint(key: str, configs: Sequence[Mapping]) -> str:
-    """' (did you mean 'model.layers'?)' for a dotted key no config has; '' if nothing fits."""
+    """What to say about a dotted key no config has: ``" (did you mean 'model.layers'?)"``
+    (a synonym, a close spelling or the same last word) and where to see every key."""
     known = sorted({k for c in configs for k in flatten_config(c)})
     spelled = ".".join(_SYNONYMS.get(part, part) for part in key.split("."))
     close = [spelled] if spelled in known else []
@@ -180,9 +181,11 @@ def _same(have: Any, want: Any) -> bool:
         return have is want
     if have == want:
         return True
-    text = lambda v: v if isinstance(v, str) else json.dumps(v, separators=(",", ":"),
-                                                             default=str)
-    return have is not None and text(have) == text(want)
+    return have is not None and _text(have) == _text(want)
+
+
+def _text(v: Any) -> str:
+    return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"), default=str)
 
 
 #: A run whose training loss ends above this multiple of its starting value has exploded

@@ -69,6 +69,14 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"noisysim: warning: {text}", file=file or sys.stderr, flush=True)
 
 
+def where_option(parser: argparse.ArgumentParser) -> None:
+    """``--where KEY=VALUE`` (repeatable) of every command that reads runs; pass the list to
+    ``noisysim.analysis.select_runs`` (or to summarize/curves/plot_curves as ``where``)."""
+    parser.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                        help="only runs whose config has this value, e.g. --where seed=0 "
+                        "(repeatable: all must hold)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="noisysim",
@@ -112,8 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--by", action="append", default=None,
                    help="config key to group by (default rule.name; repeatable)")
     s.add_argument("--metric", default="eval/test_accuracy", help="group/series (default eval/test_accuracy)")
-    s.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
-                   help="only runs whose config has this value, e.g. --where seed=0 (repeatable)")
+    where_option(s)
     s.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     s.set_defaults(func=_cmd_summary)
 
@@ -126,8 +133,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="group/series (default eval/test_accuracy); repeat for one panel each")
     pl.add_argument("--by", action="append", default=None,
                     help="config key to group by (default rule.name; repeatable)")
-    pl.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
-                    help="only runs whose config has this value, e.g. --where seed=0 (repeatable)")
+    where_option(pl)
     pl.add_argument("--x", default="epoch", choices=["step", "epoch"])
     pl.add_argument("--log", action="store_true", help="logarithmic y axis")
     pl.add_argument("--smooth", type=int, default=1, metavar="N",
