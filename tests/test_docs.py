@@ -317,3 +317,14 @@ def test_inline_commands_parse_and_name_what_exists():
             if not (ROOT / span).exists():
                 problems.append(f"{where}: `{span}` does not exist")
     assert checked > 20 and not problems, "\n".join(problems)
+
+
+def test_shipped_files_point_only_to_files_in_the_repository():
+    """Model files, experiments, the package and the docs cite papers, not files that live
+    outside the repository (a SCIENCE.md or a development machine's absolute path)."""
+    files = [*(ROOT / "noisysim").rglob("*.py"), *(ROOT / "noisysim").rglob("*.toml"),
+             *(ROOT / "experiments").glob("*.*"), *DOCS]
+    bad = [f"{f.relative_to(ROOT)}:{i}" for f in files if f.suffix in (".py", ".toml", ".md", ".sh")
+           for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1)
+           if "SCIENCE.md" in line or re.search(r"(?<![\w.])/(work|home|Users)/", line)]
+    assert not bad, bad

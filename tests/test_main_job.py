@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from noisysim.main_job import MAIN_RULES, main_job
@@ -23,6 +25,10 @@ def test_main_job_from_python_writes_one_run_per_rule_then_reuses_them(tmp_path)
     assert {row["rule.name"]: row["mean"] for row in job.rows} == finals
     assert all(row["n"] == 1 for row in job.rows)
     assert job.figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the plotted numbers beside it, as the README says (runs/main/comparison.csv)
+    header = job.figure.with_suffix(".csv").read_text().splitlines()[0]
+    assert header == "rule.name,epoch,eval/test_accuracy mean,eval/test_accuracy std,n"
+    assert "runs/main/comparison.csv" in (Path(__file__).parents[1] / "README.md").read_text()
 
     again, reports = [], []
     rerun = main_job(TINY, tmp_path, echo=again.append, progress=False,
