@@ -219,7 +219,9 @@ def _include(entries: dict[str, _Entry]) -> tuple[dict[str, _Entry], _Source | N
                 f"{', '.join(shipped_models())}"
             )
         path = shipped
-    label = _label(path)
+        label = f"noisysim/models/{path.name}"  # shipped: where it lives in the package
+    else:
+        label = _label(path)
     doc, text = _read_toml(path, label)
     # Just below the layer that names it: the naming file overrides it, and a --set include
     # overrides the files under it.
