@@ -35,7 +35,7 @@ def plan(size: str) -> Plan:
                     [0], by_rule(rules, grid={"optimizer.lr": ["0.03", "0.1"]}),
                     "tiny: 10 -> 3 teacher, 40 updates, SGD lr 0.03 and 0.1")
     if size == "full":
-        # SCIENCE.md gives no sizes for the teacher problem: twice the inputs, 4x the
+        # the papers give no sizes for the teacher problem: twice the inputs, 4x the
         # updates and 5 seeds; lr grid shifted down for lambda_max = 90.1, decorrelation lr
         # halved (row sums of off-diagonal covariances 89).
         return Plan(["data.n_inputs=100", "data.n_outputs=10", "model.layers=[100,10]",

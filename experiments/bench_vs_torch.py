@@ -13,7 +13,7 @@ noisysim's default benchmark noise) plus, for np/inp/anp, an injected node pertu
 N(0, 1e-3^2). The reference pass is clean. Decorrelated rules (danp) put a matrix R before
 every layer (x* = x R^T) and after the Adam step update it with
 R <- R - lr_R offdiag(mean x* x*^T) R, lr_R = 1e-7, computed as X*^T (X* R) / B minus the
-diagonal part (O(B d^2)); see /work/shared/SCIENCE.md for the rules.
+diagonal part (O(B d^2)); see noisysim/rules/ for the estimators.
 
 noisysim's step is ``noisysim.bench.bench`` (``Trainer._train_rows``: device passes, the
 rule's estimate, Adam, R update, the engine's finiteness checks). The PyTorch step is what a

@@ -71,7 +71,7 @@ def by_rule(rules, per_rule: dict[str, list[str]] | None = None,
     return out
 
 
-# The paper's CIFAR-10 run (SCIENCE.md, the authors' public code).
+# The paper's CIFAR-10 run (Dalm et al., arXiv:2310.00965, the authors' public code).
 PAPER_CIFAR = [
     "data.name=cifar10", "data.n_train=50000", "data.n_test=10000", "data.normalize=unit",
     "model.layers=[3072,1024,1024,1024,10]", "train.batch_size=1000", "train.epochs=50",

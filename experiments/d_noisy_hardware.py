@@ -22,7 +22,7 @@ def plan(size: str) -> Plan:
     np_sets = ["rule.sigma=1e-3"]  # NP needs a known injected perturbation
     if size == "full":
         # MTJ study, CIFAR-10: forward lr 2.4414e-5; decorrelation lr per noise model.
-        # The study's epoch count is not in SCIENCE.md: 50, as the paper's CIFAR-10 runs.
+        # The study's epoch count is not in the paper: 50, as the paper's CIFAR-10 runs.
         common = ["data.name=cifar10", "data.n_train=50000", "data.n_test=10000",
                   "model.layers=[3072,500,500,500,10]", "optimizer.lr=2.4414e-5",
                   "train.epochs=50"]

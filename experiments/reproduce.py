@@ -16,7 +16,7 @@ EXP is one of a..f (or ``all``):
 
 Sizes: the default runs on 2 CPU cores in about an hour per experiment (Fashion-MNIST
 subsets, narrower networks, fewer epochs); ``--full`` is the paper's size (CIFAR-10,
-3072-1024-1024-1024-10, the authors' settings in shared/SCIENCE.md); ``--tiny`` takes
+3072-1024-1024-1024-10, the authors' settings); ``--tiny`` takes
 seconds (the shipped digits or a small teacher; used by tests/test_experiments.py).
 
 Every training run is one point of ``noisysim sweep`` (run as a subprocess: ``python -m

@@ -7,10 +7,11 @@ trajectory, or without the requested metric) are skipped with a ``SkippedFileWar
 names the file and the reason; when no file at all can be used a ``NoisysimError`` is raised.
 
     get_config_value(config, "rule.name")
-    summarize(paths, by=["rule.name"], metric="eval/test_accuracy") -> rows
+    select_runs(paths, where=["rule.name=np"]) -> the files whose config matches
+    summarize(paths, by=["rule.name"], metric="eval/test_accuracy", where=()) -> rows
     format_table(rows) -> str
     curves(paths, by=["rule.name"], metric="eval/test_accuracy", x="step") -> per group curves
-    load_groups(paths, by, metric) -> [(by values, [(Trajectory, table), ...]), ...]
+    load_groups(paths, by, metric, where=()) -> [(by values, [(Trajectory, table), ...]), ...]
 
 Runs are pooled into one group only when they differ in nothing but what makes them
 replicates of one setting (``REPLICATE_KEYS``: the run's name, its seeds, where data lives,
@@ -35,7 +36,7 @@ from noisysim.dotted import lookup
 from noisysim.errors import NoisysimError, one_line
 from noisysim.record import INDEX_KEYS, INT_FILL, Trajectory, split_metric
 
-STAT_KEYS = ("mean", "std", "n", "files", "values", "x")
+STAT_KEYS = ("mean", "std", "n", "exploded", "files", "values", "x")
 
 
 class AnalysisWarning(UserWarning):
@@ -50,7 +51,7 @@ class SkippedFileWarning(AnalysisWarning):
 # config access
 
 
-#: Value at a dotted path ("rule.name", "network.widths.0"); list items by index. Without a
+#: Value at a dotted path ("rule.name", "model.layers.0"); list items by index. Without a
 #: default a missing key raises NoisysimError naming what is there instead (the one reader
 #: of dotted keys, noisysim.dotted.lookup).
 get_config_value = lookup
@@ -101,9 +102,7 @@ def _load(
 ) -> list[tuple[Trajectory, dict[str, np.ndarray]]]:
     """Open every file and read the metric's group; skip (with a warning) what cannot be used."""
     group, name = split_metric(metric)
-    loaded = []
-    reasons = []
-    skipped = []
+    loaded, reasons, skipped = [], [], []
     files = expand_paths(paths)
     for path in files:
         try:
@@ -130,6 +129,96 @@ def _load(
     return loaded
 
 
+def select_runs(paths, where: Iterable[str] = ()) -> list[Path]:
+    """The trajectory files under ``paths`` whose config matches every ``KEY=VALUE`` of
+    ``where`` (``--where rule.name=np --where seed=0``): the one filter of ``summary``,
+    ``plot`` and any other command that reads runs. VALUE is read as TOML (``0``, ``1e-3``,
+    ``[64, 10]``, ``true``; other text is a string) and also matches a value whose text is
+    the same (``--where seed=0`` and ``--where model.layers=[64,64,10]``). Files that cannot
+    be read pass through (the caller skips them, saying why). A key no run has is an error
+    with a suggestion; so is a filter that leaves no run."""
+    from noisysim.config.layering import parse_override
+
+    files = expand_paths(paths)
+    conditions = [parse_override(w) for w in where]
+    if not conditions:
+        return files
+    absent = object()
+    kept, configs = [], []
+    for path in files:
+        try:
+            config = Trajectory(path).config
+        except (NoisysimError, OSError, RuntimeError, KeyError, ValueError):
+            kept.append(path)
+            continue
+        configs.append(config)
+        if all(_same(get_config_value(config, k, None), v) for k, v in conditions):
+            kept.append(path)
+    for key, _ in conditions:
+        if configs and all(get_config_value(c, key, absent) is absent for c in configs):
+            raise NoisysimError(f"--where {key}: no run's config has this key"
+                                f"{_key_hint(key, configs)}")
+    if configs and not kept:
+        raise NoisysimError(f"no run matches --where {' --where '.join(where)} (of "
+                            f"{len(configs)} runs); check the values with noisysim inspect")
+    return kept
+
+
+#: Words users reach for that the config spells otherwise (the network is ``model``).
+_SYNONYMS = {"network": "model", "widths": "layers", "width": "layers", "net": "model",
+             "optim": "optimizer", "lr": "optimizer.lr", "dataset": "data"}
+
+
+def _key_hint(key: str, configs: Sequence[Mapping]) -> str:
+    """What to say about a dotted key no config has: ``" (did you mean 'model.layers'?)"``
+    (a synonym, a close spelling or the same last word) and where to see every key."""
+    known = sorted({k for c in configs for k in flatten_config(c)})
+    spelled = ".".join(_SYNONYMS.get(part, part) for part in key.split("."))
+    close = [spelled] if spelled in known else []
+    close = close or difflib.get_close_matches(key, known, n=3)
+    close = close or [k for k in known if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]][:3]
+    guess = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+    return f"{guess}; noisysim config show lists every key"
+
+
+def _same(have: Any, want: Any) -> bool:
+    """Whether a config value equals a --where value: equal values (a bool only equals a
+    bool), or the same text (``"0.001"`` and 0.001, ``[64,64,10]`` and [64, 64, 10])."""
+    if isinstance(have, bool) or isinstance(want, bool):
+        return have is want
+    if have == want:
+        return True
+    return have is not None and _text(have) == _text(want)
+
+
+def _text(v: Any) -> str:
+    return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"), default=str)
+
+
+#: A run whose training loss ends above this multiple of its starting value has exploded
+#: (it may still be finite, and then no divergence check catches it).
+EXPLOSION_FACTOR = 10.0
+
+
+def loss_explosion(traj: Trajectory) -> str | None:
+    """'loss exploded: ...' when the run's last ``eval/train_loss`` (else ``train/loss``) is
+    above ``EXPLOSION_FACTOR`` times its first, else None."""
+    for group, name in (("eval", "train_loss"), ("train", "loss")):
+        try:
+            loss = traj.series(group, name)
+        except (NoisysimError, KeyError):
+            continue
+        loss = np.asarray(loss, dtype=np.float64)
+        loss = loss[np.isfinite(loss)]
+        if loss.shape[0] < 2 or loss[0] <= 0:
+            return None
+        if loss[-1] > EXPLOSION_FACTOR * loss[0]:
+            return (f"loss exploded: final {group}/{name} {loss[-1]:.4g} is "
+                    f"{loss[-1] / loss[0]:.0f}x its start {loss[0]:.4g}; lower optimizer.lr")
+        return None
+    return None
+
+
 def _as_list(by: str | Sequence[str] | None) -> list[str]:
     if by is None:
         return []
@@ -144,10 +233,8 @@ def _group_runs(loaded, by: list[str]) -> list[tuple[dict[str, Any], list]]:
     for key in by:
         absent = object()
         if all(get_config_value(c, key, absent) is absent for c in configs):
-            known = sorted({k for c in configs for k in flatten_config(c)})
-            close = difflib.get_close_matches(key, known, n=3)
-            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-            raise NoisysimError(f"no run's config has the key {key!r} to group by{hint}")
+            raise NoisysimError(f"no run's config has the key {key!r} to group by"
+                                f"{_key_hint(key, configs)}")
     groups: dict[str, tuple[dict[str, Any], list]] = {}
     for run in loaded:
         values = {key: get_config_value(run[0].config, key, None) for key in by}
@@ -179,28 +266,38 @@ def summarize(
     paths,
     by: str | Sequence[str] | None = ("rule.name",),
     metric: str = "eval/test_accuracy",
+    where: Iterable[str] = (),
     *,
     pool: bool = False,
 ) -> list[dict[str, Any]]:
-    """Final value of ``metric`` per run, aggregated per group of ``by`` config values.
+    """Final value of ``metric`` per run, aggregated per group of ``by`` config values,
+    over the runs that match ``where`` (see ``select_runs``).
 
     Each row: the ``by`` values (None where a run's config lacks the key), ``mean``,
-    ``std`` (ddof=1, 0 when n == 1), ``n``, ``files`` and the per-file ``values``. A run's
-    final value is its last recorded row, NaN included (a diverged run makes the mean NaN).
-    Runs that differ in other keys are refused unless ``pool`` (see ``load_groups``).
+    ``std`` (ddof=1, 0 when n == 1), ``n``, ``exploded`` (runs whose loss exploded, see
+    ``loss_explosion``; each also gets a warning), ``files`` and the per-file ``values``. A
+    run's final value is its last recorded row, NaN included (a diverged run makes the mean
+    NaN). Runs that differ in other keys are refused unless ``pool`` (see ``load_groups``).
     """
     by = _as_list(by)
     _, name = split_metric(metric)
     rows = []
-    for values, runs in load_groups(paths, by, metric, pool=pool):
+    for values, runs in load_groups(paths, by, metric, where=where, pool=pool):
         finals = np.array([float(table[name][-1]) for _, table in runs])
         mean, std = _mean_std(finals)
+        exploded = 0
+        for traj, _ in runs:
+            flag = loss_explosion(traj)
+            if flag is not None:
+                exploded += 1
+                warnings.warn(f"{traj.path}: {flag}", AnalysisWarning, stacklevel=2)
         rows.append(
             {
                 **values,
                 "mean": float(mean),
                 "std": float(std),
                 "n": len(runs),
+                "exploded": exploded,
                 "files": [str(traj.path) for traj, _ in runs],
                 "values": finals.tolist(),
             }
@@ -224,6 +321,8 @@ def format_table(rows: Sequence[Mapping[str, Any]], digits: int = 4) -> str:
         return "(no runs)"
     columns = [k for k in rows[0] if k not in STAT_KEYS]
     columns += [k for k in ("mean", "std", "n") if k in rows[0]]
+    if any(row.get("exploded") for row in rows):
+        columns.append("exploded")
     cells = [[_cell(row.get(col), digits) for col in columns] for row in rows]
     numeric = [
         all(
@@ -254,10 +353,12 @@ def curves(
     by: str | Sequence[str] | None = ("rule.name",),
     metric: str = "eval/test_accuracy",
     x: str = "step",
+    where: Iterable[str] = (),
     *,
     pool: bool = False,
 ) -> list[dict[str, Any]]:
-    """Mean and std over runs of ``metric`` against ``x`` (a series of the same group).
+    """Mean and std over runs of ``metric`` against ``x`` (a series of the same group),
+    over the runs that match ``where`` (see ``select_runs``).
 
     Runs are aligned by x value. A group's curve covers the x values that all its runs
     have (the common values; a shorter or still running run shortens the curve, with a
@@ -268,7 +369,8 @@ def curves(
     by = _as_list(by)
     _, name = split_metric(metric)
     out = []
-    for values, runs in load_groups(paths, by, metric, need=(x,), pool=pool):
+    for values, runs in load_groups(paths, by, metric, need=(x,), where=where,
+                                    pool=pool):
         per_run = [run_curve(table, name, x) for _, table in runs]
         common = per_run[0][0]
         for xs, _ in per_run[1:]:
@@ -332,9 +434,11 @@ def load_groups(
     metric: str,
     need: Sequence[str] = (),
     *,
+    where: Iterable[str] = (),
     pool: bool = False,
 ) -> list[tuple[dict[str, Any], list[tuple[Trajectory, dict[str, np.ndarray]]]]]:
-    """Readable runs with ``metric`` (and the series in ``need``), grouped by ``by``.
+    """Readable runs with ``metric`` (and the series in ``need``) that match ``where`` (see
+    ``select_runs``), grouped by ``by``.
 
     Each group: (the ``by`` values, [(Trajectory, its table), ...]), sorted by those values;
     unreadable files are skipped with a ``SkippedFileWarning``. Runs of one group that differ
@@ -343,7 +447,7 @@ def load_groups(
     pooled).
     """
     by = _as_list(by)
-    groups = _group_runs(_load(paths, metric, need), by)
+    groups = _group_runs(_load(select_runs(paths, where), metric, need), by)
     mixed = [(values, varying_keys([t.config for t, _ in runs], by)) for values, runs in groups]
     mixed = [(values, keys) for values, keys in mixed if keys]
     if mixed:

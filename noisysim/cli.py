@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -37,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _show_warning
         try:
             return int(args.func(args) or 0)
+        except BrokenPipeError:
+            # the reader went away (noisysim summary ... | head -1): end quietly, as Unix
+            # tools do; point stdout at /dev/null so that the exit flush cannot fail again
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 0
         except NoisysimError as err:
             if args.debug:
                 raise
@@ -62,6 +69,15 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"noisysim: warning: {text}", file=file or sys.stderr, flush=True)
 
 
+def where_option(parser: argparse.ArgumentParser) -> None:
+    """``--where KEY=VALUE`` (repeatable) of every command that reads runs; pass the list to
+    ``noisysim.analysis.select_runs`` (or to summarize, curves, plot_curves or compare as
+    ``where``)."""
+    parser.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                        help="only runs whose config has this value, e.g. --where seed=0 "
+                        "(repeatable: all must hold)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="noisysim",
@@ -74,11 +90,13 @@ def _parser() -> argparse.ArgumentParser:
     runs.add_argument("paths", nargs="+", help="trajectory files or folders")
     runs.add_argument("--by", action="append", default=None,
                       help="config key to group by (default rule.name; repeatable)")
-    runs.add_argument("--metric", default="eval/test_accuracy",
-                      help="group/series (default eval/test_accuracy)")
+    where_option(runs)
     runs.add_argument("--pool", action="store_true",
                       help="pool runs whose configs differ in keys other than --by and the "
                            "replicate keys (refused otherwise, naming the keys)")
+    one_metric = argparse.ArgumentParser(add_help=False)  # plot takes several (one per panel)
+    one_metric.add_argument("--metric", default="eval/test_accuracy",
+                            help="group/series (default eval/test_accuracy)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     r = sub.add_parser("run", parents=[common], help="train one configured run (or the main job)",
@@ -91,7 +109,8 @@ def _parser() -> argparse.ArgumentParser:
                        "interrupted (SIGINT/SIGTERM: flushed, checkpointed; continue with "
                        "--resume FILE). NOISYSIM_FLUSH_SECONDS (default 5) bounds what a killed "
                        "process loses.")
-    r.add_argument("config", nargs="?", help="TOML experiment file (default: the embedded default)")
+    r.add_argument("config", nargs="?", help="TOML experiment file: what it changes from the "
+                   "embedded default (noisysim config show FILE prints the result)")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set rule.name=anp (repeatable)")
     r.add_argument("--out", default=None, help="output folder (default runs/, main job runs/main/)")
@@ -105,7 +124,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="compute backend (same as --set backend.name=...)")
     r.set_defaults(func=_cmd_run)
 
-    s = sub.add_parser("summary", parents=[common, runs], help="final metrics grouped by config keys",
+    s = sub.add_parser("summary", parents=[common, runs, one_metric],
+                       help="final metrics grouped by config keys",
                        description="Final value of a metric per run, as mean +- std (ddof 1) and "
                        "n over the runs of each group (usually seeds). Unreadable files are "
                        "skipped with a warning.")
@@ -117,12 +137,17 @@ def _parser() -> argparse.ArgumentParser:
                         "with a 95% confidence band (t over the runs, drawn when n > 1); "
                         "writes the figure and the plotted numbers as CSV beside it.")
     pl.add_argument("-o", "--output", required=True, help="figure file (.png, .pdf, .svg)")
+    pl.add_argument("--metric", action="append", default=None,
+                    help="group/series (default eval/test_accuracy); repeat for one panel each")
     pl.add_argument("--x", default="epoch", choices=["step", "epoch"])
     pl.add_argument("--seeds", action="store_true",
                     help="draw every run's curve instead of the confidence band")
+    pl.add_argument("--log", action="store_true", help="logarithmic y axis")
+    pl.add_argument("--smooth", type=int, default=1, metavar="N",
+                    help="trailing moving average over N points (default 1: none)")
     pl.set_defaults(func=_cmd_plot)
 
-    c = sub.add_parser("compare", parents=[common, runs],
+    c = sub.add_parser("compare", parents=[common, runs, one_metric],
                        help="statistics between groups: intervals, tests, efficiency",
                        description="Per group of runs (usually seeds): n, mean, std, median "
                        "and a 95% confidence interval of the final value, the best value and "
@@ -156,7 +181,20 @@ def _parser() -> argparse.ArgumentParser:
                    help="also draw the differences as a forest plot (.png, .pdf, .svg)")
     c.set_defaults(func=_cmd_compare)
 
-    i = sub.add_parser("inspect", parents=[common], help="status, config and datasets of a trajectory")
+    cf = sub.add_parser("config", parents=[common], help="show a resolved config and where each value came from")
+    csub = cf.add_subparsers(dest="config_command", metavar="ACTION")
+    cs = csub.add_parser("show", parents=[common], help="the resolved config, one key a line, with its source",
+                         description="Print every key of the resolved config (the embedded default, "
+                         "an included model file, FILE, then each --set) and where its value came "
+                         "from: default, model file, your file or --set.")
+    cs.add_argument("config", nargs="?", help="TOML experiment file (default: the embedded default)")
+    cs.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key (repeatable)")
+    cs.add_argument("--toml", action="store_true", help="print the resolved config as TOML only")
+    cs.set_defaults(func=_cmd_config_show)
+    cf.set_defaults(func=lambda args: (cf.print_help(), EXIT_USAGE)[1])
+
+    i = sub.add_parser("inspect", parents=[common], help="status, final metrics, config and datasets of a trajectory")
     i.add_argument("file")
     i.set_defaults(func=_cmd_inspect)
 
@@ -167,12 +205,16 @@ def _parser() -> argparse.ArgumentParser:
                         "points and resumes interrupted ones.",
                         epilog="Exit codes: 0 all points completed, 1 some diverged or failed, "
                         "2 bad input, 130 interrupted.")
-    sw.add_argument("config", nargs="?", help="TOML experiment file (default: the embedded default)")
+    sw.add_argument("config", nargs="?", help="TOML experiment file: what it changes from the "
+                    "embedded default")
     sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                     help="a config key and its values (repeatable: the grid is the product)")
     sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key for every point (repeatable)")
     sw.add_argument("--out", default="runs/sweep", help="output folder (default runs/sweep)")
+    sw.add_argument("--overwrite", action="store_true",
+                    help="run every point from the start, replacing files of earlier runs (of "
+                    "this or another config)")
     sw.add_argument("--workers", type=int, default=None,
                     help="local processes at a time (default: CPU count)")
     sw.add_argument("--scheduler", default=None,
@@ -253,11 +295,13 @@ def _cmd_summary(args) -> int:
     from .analysis import format_table, summarize
 
     rows = summarize(args.paths, by=args.by or ["rule.name"], metric=args.metric,
-                     pool=args.pool)
+                     where=args.where, pool=args.pool)
     if args.json:
         for row in rows:
-            print(json.dumps(row, default=str))
+            print(json.dumps({"metric": args.metric, **row}, default=str))
     else:
+        print(f"{args.metric}: final value per run, mean +- std (ddof 1) over the n runs of "
+              "each group")
         print(format_table(rows))
     return 0
 
@@ -265,8 +309,9 @@ def _cmd_summary(args) -> int:
 def _cmd_plot(args) -> int:
     from .plot import plot_curves
 
-    res = plot_curves(args.paths, args.output, metric=args.metric, by=args.by or ["rule.name"],
-                      x=args.x, seeds=args.seeds, pool=args.pool)
+    res = plot_curves(args.paths, args.output, metric=args.metric or ["eval/test_accuracy"],
+                      by=args.by or ["rule.name"], x=args.x, where=args.where, seeds=args.seeds,
+                      log=args.log, smooth=args.smooth, pool=args.pool)
     n = sum(len(c["files"]) for c in res.curves)
     print(f"wrote {res.path} ({len(res.curves)} curves from {n} runs) and the plotted data "
           f"{res.data_path}")
@@ -279,7 +324,7 @@ def _cmd_compare(args) -> int:
     result = compare(args.paths, by=args.by or ["rule.name"], metric=args.metric,
                      baseline=args.baseline, measure=args.measure, threshold=args.threshold,
                      threshold_fraction=args.threshold_fraction, higher=args.higher,
-                     bootstrap=args.bootstrap, pool=args.pool)
+                     bootstrap=args.bootstrap, where=args.where, pool=args.pool)
     if args.plot:
         from .plot import plot_forest
 
@@ -299,6 +344,11 @@ def _cmd_inspect(args) -> int:
     t = Trajectory(args.file)
     print(f"file:    {args.file}")
     print(f"status:  {t.status}" + (f" ({t.message})" if t.message else ""))
+    if "eval" in t.groups() and t.length("eval"):
+        last = {k: v[-1] for k, v in t.table("eval").items()}
+        print("final:   " + ", ".join(
+            f"{k} {int(v)}" if k in ("step", "epoch") else f"{k} {float(v):.4g}"
+            for k, v in last.items()))
     if t.status in ("interrupted", "running", "failed"):
         print(f"         continue with: noisysim run --resume {args.file}")
     print(f"format:  noisysim-trajectory v{t.format_version}, seed {t.seed}, noisysim "
@@ -309,9 +359,37 @@ def _cmd_inspect(args) -> int:
     for line in json.dumps(t.config, indent=2, sort_keys=True).splitlines():
         print(f"  {line}")
     print("datasets:")
+    slots: dict[str, int] = {}
     for name, shape, dtype in t.describe():
+        parts = name.lstrip("/").split("/")
+        if parts[0] == "checkpoint" and len(parts) > 2:  # one line per slot, not its tree
+            slots[parts[1]] = slots.get(parts[1], 0) + 1
+            continue
         print(f"  {name:40s} {str(shape):18s} {dtype}")
+    for slot, n in slots.items():
+        print(f"  {'/checkpoint/' + slot:40s} {n} datasets (optimiser state, generators, "
+              "parameters: read with Trajectory.checkpoint())")
     return 0
+
+
+# -- config ---------------------------------------------------------------------------------
+def _cmd_config_show(args) -> int:
+    from .config.load import explain_config
+
+    cfg, origins = explain_config(args.config, args.overrides)
+    if args.toml:
+        print(cfg.to_toml(), end="")
+        return 0
+    from .config.values import _toml_value
+    from .dotted import lookup
+
+    plain = cfg.to_dict()
+    values = {k: _toml_value(lookup(plain, k)) for k in origins}  # origins: one per leaf
+    width = max(len(f"{k} = {v}") for k, v in values.items())
+    for key, text in values.items():
+        print(f"{key + ' = ' + text:{width}s}  # {origins[key]}")
+    return 0
+
 
 
 # -- sweep ----------------------------------------------------------------------------------
@@ -325,7 +403,7 @@ def _cmd_sweep(args) -> int:
         raise NoisysimError(f"--workers must be >= 1, got {args.workers}")
     grid = parse_grid(args.grid)
     results = sweep(args.config, grid, overrides=args.overrides, out=args.out,
-                    workers=args.workers, scheduler=args.scheduler)
+                    workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite)
     statuses = {r["status"] for r in results}
     if statuses & {"interrupted", "not finished"}:
         return EXIT_INTERRUPTED

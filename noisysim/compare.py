@@ -135,6 +135,7 @@ def compare(
     higher: bool | None = None,
     level: float = stats.LEVEL,
     bootstrap: bool = False,
+    where: Sequence[str] = (),
     pool: bool = False,
     seed: int = 0,
 ) -> Comparison:
@@ -143,7 +144,8 @@ def compare(
     ``threshold``: a value of the metric; ``threshold_fraction``: a fraction of the best
     group's mean final value (e.g. 0.9; for a lower-is-better metric give a factor > 1).
     ``bootstrap`` uses BCa bootstrap intervals (seeded by ``seed``) instead of t intervals.
-    Every group needs at least 2 runs. See the module docstring for the definitions.
+    ``where``: ``KEY=VALUE`` filters of the runs (noisysim.analysis.select_runs). Every
+    group needs at least 2 runs. See the module docstring for the definitions.
     """
     check_choice("measure", measure, MEASURES)
     level = check_number("level", level, 0, 1, lo_open=True, hi_open=True)
@@ -156,7 +158,7 @@ def compare(
                                           lo_open=True)
     by = _as_list(by)
     higher = _higher_is_better(metric) if higher is None else bool(higher)
-    runs = _read_groups(paths, by, metric, pool)
+    runs = _read_groups(paths, by, metric, where, pool)
 
     every = [run for _, _, members in runs for run in members]
     start, stop = max(r.x[0] for r in every), min(r.x[-1] for r in every)
@@ -238,12 +240,13 @@ class _Run(NamedTuple):
     y: np.ndarray  # the metric
 
 
-def _read_groups(paths, by: list[str], metric: str,
+def _read_groups(paths, by: list[str], metric: str, where: Sequence[str],
                  pool: bool) -> list[tuple[str, dict[str, Any], list[_Run]]]:
     """(label, by values, runs) per group; a group of one run has no interval: refused."""
     _, name = split_metric(metric)
     out = []
-    for values, members in load_groups(paths, by, metric, need=("step",), pool=pool):
+    for values, members in load_groups(paths, by, metric, need=("step",), where=where,
+                                       pool=pool):
         label = group_label(values) if by else "all runs"
         if len(members) < 2:
             raise NoisysimError(

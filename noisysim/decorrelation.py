@@ -1,4 +1,4 @@
-"""Input decorrelation (Dalm, van Gerven & Ahmad, arXiv:2310.00965; SCIENCE.md).
+"""Input decorrelation (Dalm, van Gerven & Ahmad, arXiv:2310.00965).
 
 Every layer l may own a square matrix R_l (identity at start) that decorrelates its input:
 x*_{l-1} = R_l x_{l-1}, row-major X* = X R^T with X of shape (B, d). After each weight update

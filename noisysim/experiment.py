@@ -218,6 +218,11 @@ def run(config: dict, out_dir: str | Path = "runs", *, path: str | Path | None =
                 result = trainer.run()
             if result.status == "diverged":
                 result.message = _divergence_message(result.message, trainer)
+            elif result.status == "completed":
+                from .analysis import loss_explosion  # finite but 10x its start: say so
+
+                writer.flush()
+                result.message = loss_explosion(Trajectory(path)) or result.message
         except NoisysimError as err:
             writer.set_status("failed", str(err))
             raise

@@ -1,6 +1,6 @@
 """Feed-forward networks of dense layers: parameters, initialisation, backpropagation.
 
-Layer l (0-based here, 1-based in SCIENCE.md) maps its input x_{l-1} to
+Layer l (0-based here, 1-based in the paper) maps its input x_{l-1} to
     x*_{l-1} = x_{l-1} R_l^T          (optional decorrelation, R_l = I at start)
     a_l      = x*_{l-1} W_l^T + b_l   (pre-activation; device noise is added here)
     x_l      = f_l(a_l)

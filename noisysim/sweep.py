@@ -14,14 +14,15 @@ Dask distributed cluster when a scheduler address is given. A point that fails (
 divergence, even a crashed process or a lost Dask worker) is reported and does not stop the
 others. A rerun of the same sweep skips the points whose file holds a finished run of the
 same config, resumes interrupted ones and reruns failed ones; a file written by a different
-config is left alone and the point reported as failed.
+config is left alone and the point reported as failed (``overwrite`` replaces it, and reruns
+every point). The closing table averages over seeds: it groups by the grid keys other than
+``seed``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -103,21 +104,21 @@ def _label(point: list[str]) -> str:
 
 
 # -- planning -------------------------------------------------------------------------------
-def plan(config: dict, path: Path) -> tuple[str, str]:
+def plan(config: dict, path: Path, overwrite: bool = False) -> tuple[str, str]:
     """What to do for one point: ("run" | "resume" | "skip" | "conflict", why)."""
-    from .dotted import first_difference
-    from .record import Trajectory, config_to_json
+    from .record import Trajectory
+    from .record.file import existing_run
 
     if not path.exists():
         return "run", ""
-    try:
-        traj = Trajectory(path)
-    except NoisysimError as err:
-        return "run", f"replacing an unreadable file ({err})"
-    diff = first_difference(json.loads(config_to_json(config)), traj.config)
-    if diff is not None:
-        return "conflict", (f"{path} holds a run of a different config (first difference at "
-                            f"{diff!r}); delete it or choose another --out")
+    if overwrite:
+        return "run", "overwriting"
+    kind, why = existing_run(path, config)
+    if kind == "unreadable":
+        return "run", "replacing an unreadable file"
+    if kind == "different":
+        return "conflict", why
+    traj = Trajectory(path)
     if traj.status == "completed":
         return "skip", "already completed"
     if traj.status == "diverged":
@@ -147,8 +148,9 @@ def run_point(config: dict, path: str, action: str = "run") -> dict:
 
 # -- the sweep ------------------------------------------------------------------------------
 def sweep(config_path, grid, overrides=(), out="runs/sweep", workers=None, scheduler=None,
-          stream=None) -> list[dict]:
+          stream=None, overwrite=False) -> list[dict]:
     """Run every grid point; prints one line per finished point and returns the results.
+    ``overwrite``: run every point from the start, replacing whatever its file holds.
 
     Each result: ``point`` (its KEY=VALUE list), ``path``, ``status`` (completed, skipped,
     diverged, interrupted, failed, not finished), ``message`` and ``final`` (last eval row).
@@ -187,12 +189,12 @@ def sweep(config_path, grid, overrides=(), out="runs/sweep", workers=None, sched
 
     todo = []
     for task in tasks:
-        action, why = plan(task["config"], Path(task["path"]))
+        action, why = plan(task["config"], Path(task["path"]), overwrite)
         if action == "skip":
             status = SKIPPED if why == "already completed" else "diverged"
             report(task, {"status": status, "message": why})
         elif action == "conflict":
-            report(task, {"status": "failed", "message": why})
+            report(task, {"status": "failed", "message": why, "conflict": True})
         else:
             todo.append({**task, "action": action})
     where = f"Dask scheduler {scheduler}" if scheduler else "local processes"
@@ -219,19 +221,27 @@ def _finish(results, keys, stream, interrupted):
           f"({sum(r['status'] == SKIPPED for r in results)} skipped), {len(bad)} not completed"
           + (": " + "; ".join(f"{_label(r['point'])} {r['status']}" for r in bad) if bad else ""),
           file=stream, flush=True)
-    if interrupted or any(r["status"] not in ("completed", SKIPPED, "diverged") for r in results):
+    conflicts = [r for r in bad if r.get("conflict")]
+    if conflicts:
+        print(f"{len(conflicts)} points hold runs of a different config: rerun with --overwrite "
+              "to replace them, or choose another --out", file=stream, flush=True)
+    if interrupted or any(r["status"] not in ("completed", SKIPPED, "diverged")
+                          and not r.get("conflict") for r in results):
         print("rerun the same command to resume interrupted points and retry failed ones",
               file=stream, flush=True)
     if done:
         from .analysis import format_table, summarize
 
+        # the mean over seeds: group by the other grid keys
+        by = [k for k in keys if k != "seed"] or ["rule.name"]
         try:
-            rows = summarize([r["path"] for r in done], by=keys, metric="eval/test_accuracy")
+            rows = summarize([r["path"] for r in done], by=by, metric="eval/test_accuracy")
         except NoisysimError:
             return
         for row in rows:
             del row["files"], row["values"]
-        print("final eval/test_accuracy:", file=stream)
+        print(f"final eval/test_accuracy by {', '.join(by)} (mean +- std over the other "
+              "points, usually seeds):", file=stream)
         print(format_table(rows), file=stream, flush=True)
 
 

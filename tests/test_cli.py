@@ -284,7 +284,9 @@ def test_inspect_shows_status_config_and_datasets(tiny_run):
     assert p.returncode == 0, explain(p)
     assert re.search(r"^status:\s+completed$", p.stdout, re.M)
     assert '"name": "anp"' in p.stdout
-    assert "/eval/test_accuracy" in p.stdout and "/network/W_0" in p.stdout
+    assert "/eval/test_accuracy" in p.stdout and "/checkpoint/a " in p.stdout
+    assert "/network/W_0" not in p.stdout  # the checkpoint tree is folded into its slots
+    assert p.stdout.splitlines()[2].startswith("final:   epoch 2, step 8, ")
     assert "train 8" in p.stdout
 
 
@@ -295,7 +297,8 @@ def test_existing_file_refused_then_overwritten_with_terminal_progress(tiny_run,
     assert p.returncode == 2, explain(p)
     lines = stderr_lines(p)
     assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
-    assert "tiny.h5" in lines[0] and "--overwrite" in lines[0] and "--resume" in lines[0]
+    assert "tiny.h5" in lines[0] and "--overwrite" in lines[0]
+    assert "completed run of this config" in lines[0]  # the same config: nothing to resume
     assert path.read_bytes() == before  # untouched
 
     # --overwrite replaces it; stderr is a terminal this time: a bar redrawn in place
@@ -566,9 +569,10 @@ def test_plot_writes_png_and_csv_equal_to_the_aggregated_curves(runs):
     with open(png.with_suffix(".csv"), newline="") as fh:
         rows = list(csv.reader(fh))
     assert rows[0] == ["rule.name", "epoch", "eval/test_accuracy mean",
-                       "eval/test_accuracy std", "n", "95% CI low", "95% CI high"]
+                       "eval/test_accuracy std", "eval/test_accuracy 95% CI low",
+                       "eval/test_accuracy 95% CI high", "n"]
     got = {}
-    for rule, x, mean, std, n, _, _ in rows[1:]:  # the interval: tests/test_compare.py
+    for rule, x, mean, std, _, _, n in rows[1:]:  # the interval: tests/test_compare.py
         got.setdefault(rule, []).append((int(x), float(mean), float(std), int(n)))
     for entry in agg:
         want = [(int(x), float(m), float(s), 2)
@@ -593,7 +597,8 @@ def test_main_job_at_tiny_size_prints_table_and_writes_runs_and_figure(work):
     proc = cli("run", "--main", *tiny, "--out", str(out), cwd=work)
     assert proc.returncode == 0, explain(proc)
     for rule in ("bp", "np", "anp", "danp"):
-        with h5open(out / f"{rule}-digits.h5") as f:
+        (path,) = out.glob(f"{rule}-digits-*.h5")  # <rule>-<dataset>-<hash of the config>
+        with h5open(path) as f:
             assert text_attr(f, "status") == "completed"
         assert re.search(rf"^{rule}\s+0\.\d+", proc.stdout, re.M), proc.stdout
     png = (out / "comparison.png").read_bytes()

@@ -195,6 +195,12 @@ def test_mixed_configs_are_refused_unless_grouped_or_pooled(two_rules, command):
     assert "--by optimizer.lr" in line and "--pool" in line
     code, _, err = run_cli(command, str(two_rules), "--pool")
     assert code == 0 and "warning: pooling runs in group fast differ in optimizer.lr" in err
+    # --where keeps one lr: the runs left are replicates (filtered before grouping)
+    code, _, err = run_cli(command, str(two_rules), "--where", "optimizer.lr=0.001")
+    assert code == 0 and err == ""
+    if command == "compare":
+        c = compare(two_rules, where=["optimizer.lr=0.001"])
+        assert [g.final.n for g in c.groups] == [3, 3]
     # grouped by it: the lone lr=0.01 run is its own group (compare needs 2 runs: exit 2)
     code, _, err = run_cli(command, str(two_rules), "--by", "rule.name", "--by", "optimizer.lr")
     if command == "summary":
@@ -242,12 +248,13 @@ def test_plot_band_is_the_t_interval_and_seeds_draws_every_run(two_rules, tmp_pa
         res = plot_curves(two_rules, tmp_path / "band.png", by="rule.name", x="step")
     with open(res.data_path, newline="") as fh:
         rows = list(csv.reader(fh))
-    assert rows[0][-3:] == ["n", "95% CI low", "95% CI high"]
+    assert rows[0][-3:] == ["eval/test_accuracy 95% CI low", "eval/test_accuracy 95% CI high",
+                            "n"]
     for entry in res.curves:  # runs share steps 0, 10, ..., 40 (seed 2's extra ones drop)
         half = stats.t_halfwidth(entry["std"], entry["n"])
         mine = [r for r in rows[1:] if r[0] == entry["rule.name"]]
-        np.testing.assert_allclose([float(r[-2]) for r in mine], entry["mean"] - half, rtol=1e-12)
-        np.testing.assert_allclose([float(r[-1]) for r in mine], entry["mean"] + half, rtol=1e-12)
+        np.testing.assert_allclose([float(r[-3]) for r in mine], entry["mean"] - half, rtol=1e-12)
+        np.testing.assert_allclose([float(r[-2]) for r in mine], entry["mean"] + half, rtol=1e-12)
     ax = res.figure.axes[0]
     assert len(ax.collections) == 2 and len(ax.lines) == 2  # two bands, two mean lines
     with pytest.warns(AnalysisWarning):

@@ -16,6 +16,7 @@ known parameters. Tolerances:
 from __future__ import annotations
 
 import math
+import re
 
 import h5py
 import numpy as np
@@ -24,6 +25,7 @@ import pytest
 import naive_fit
 from noisysim.cli import main
 from noisysim.config import load_config
+from noisysim.config.load import explain_config
 from noisysim.errors import NoisysimError
 from noisysim.fit import fit_trace, simulate
 from noisysim.fit.hmm import ar1_sum_loglik, hmm_loglik
@@ -244,6 +246,12 @@ def test_cli_writes_noise_toml_that_a_config_includes(tmp_path, capsys, smtj_npy
     # a later layer that changes the model drops the fitted provenance
     other = load_config(run_toml, ["noise.model=gaussian", "noise.sigma=0.1"]).to_dict()
     assert "provenance" not in other["noise"]
+    # config show names the noise file as the source of its values (provenance included)
+    _, origins = explain_config(run_toml)
+    for key in ("noise.model", "noise.p_flip", "noise.provenance.dt",
+                "noise.provenance.se.p_flip"):
+        assert re.fullmatch(r"noise file \S*noise\.toml:\d+", origins[key]), (key, origins[key])
+    assert origins["noise.layers"] == f"your file {run_toml}:3"
     # an existing output is kept unless --overwrite
     before = out.read_text()
     rc, _, err = run(capsys, smtj_npy, "--model", "gaussian", "-o", out)
@@ -293,6 +301,23 @@ def test_cli_per_device_writes_one_file_per_device(tmp_path, capsys):
         text = (tmp_path / f"noise.{d}.toml").read_text()
         assert 'model = "ou"' in text and f"device = {d}" in text
     assert not (tmp_path / "noise.toml").exists()
+
+
+def test_noise_file_replaces_a_model_files_noise(tmp_path):
+    """A noise file of another model than the included model file's noise: the model file's
+    options of its own noise are dropped, the noise file's values and the run file's fixed
+    noise keys (hold_upstream) stand, and config show names each source."""
+    (tmp_path / "g.toml").write_text('[noise]\nmodel = "gaussian"\nsigma = 0.5\n')
+    run_toml = tmp_path / "run.toml"
+    run_toml.write_text('[model]\nfile = "mtj_mlp_smtj"\nlayers = [64, 10]\n'
+                        '[noise]\nfile = "g.toml"\nhold_upstream = true\n')
+    cfg, origins = explain_config(run_toml)
+    noise = cfg.to_dict()["noise"]
+    assert noise["model"] == "gaussian" and noise["sigma"] == 0.5 and noise["hold_upstream"]
+    assert not {"p_flip", "amplitude", "n_sources", "provenance"} & set(noise)
+    assert re.fullmatch(r"noise file \S*g\.toml:3", origins["noise.sigma"])
+    assert origins["noise.hold_upstream"] == f"your file {run_toml}:6"
+    assert origins["noise.layers"].startswith("model file noisysim/models/mtj_mlp_smtj.toml:")
 
 
 def test_config_noise_file_errors_are_one_line(tmp_path):

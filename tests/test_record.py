@@ -186,7 +186,15 @@ def test_new_refuses_existing_file_and_overwrite_replaces_it(tmp_path):
     with pytest.raises(NoisysimError) as info:
         TrajectoryWriter(path, CONFIG, 7)
     msg = str(info.value)
-    assert str(path) in msg and "--overwrite" in msg and "--resume" in msg and "\n" not in msg
+    assert str(path) in msg and "\n" not in msg
+    assert "completed run of this config" in msg and "--overwrite" in msg  # nothing to resume
+    with pytest.raises(NoisysimError, match=r"a different config \(first difference at .*"
+                                            r"--overwrite"):
+        TrajectoryWriter(path, {**CONFIG, "other": 1}, 7)
+    with h5py.File(path, "r+") as f:  # the same config, interrupted: continue it
+        f.attrs["status"] = np.bytes_(b"interrupted".ljust(16, b"\0"))
+    with pytest.raises(NoisysimError, match=r"status interrupted.*noisysim run --resume"):
+        TrajectoryWriter(path, CONFIG, 7)
     with TrajectoryWriter(path, {"other": 1}, 8, mode="overwrite") as w:
         w.log("train", {"step": 0, "loss": 1.0})
         w.set_status("completed")

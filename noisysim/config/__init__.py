@@ -3,22 +3,28 @@
 Entry points::
 
     cfg = load_config("run.toml", ["rule.sigma=1e-3", "model.layers=[64,32,10]"])
-    cfg = load_config(None)                  # the embedded main job (defaults/default.toml)
+    cfg = load_config(None)                  # the embedded default (defaults/default.toml)
+    cfg, origins = explain_config("run.toml", ["rule.sigma=1e-3"])   # + where each value came
+                                             # from ("default (...)", "your file run.toml:7")
     cfg.rule.name, cfg.model.layers          # attribute access (read-only; lists are tuples)
     cfg.to_dict()                            # plain, JSON-able, every default filled in
     config_from_dict(cfg.to_dict()) == cfg   # programmatic configs, same validation
     resolve_value(cfg, "rule.sigma")         # one value by its dotted key
 
 Layers, lowest first: the defaults of ``SCHEMA`` (and of the rule, noise model, optimiser,
-dataset and activation themselves), the config file, then each ``--set`` in order. A model
-file (``model = "models/x.toml"`` at the top level, or ``file = ...`` inside ``[model]``)
-sits just below the layer that names it: the including file overrides its keys, and
+dataset and activation themselves), the embedded default ``defaults/default.toml`` (under
+every config: a file, a dict, ``--set`` alone; a file states only what it changes), the
+config file (or dict), then each ``--set`` in order. A model file (``model = "models/x.toml"``
+or a shipped one by name, ``model = "cifar_mlp"``, at the top level, or ``file = ...`` inside
+``[model]``) sits just below the layer that names it: the including file overrides its keys, and
 ``--set model=models/x.toml`` overrides the file's ``[model]`` and ``[noise]``. A later layer
 replaces single keys, never whole sections. When a later layer changes a component
 (``rule.name``, ``noise.model``, ``optimizer.name``, ``data.name``, ``model.activation``), the
 options that lower layers gave the *old* component and that the new one does not accept are
 dropped, so ``--set rule.name=bp`` works on a file written for ``danp``; options it accepts
-are kept.
+are kept, except the embedded default's own (its Gaussian ``sigma`` is not the sMTJ's).
+An unset ``name`` is ``<rule>-<dataset>-<hash>`` (``validate.default_name``), so runs of
+different configs never share a file.
 
 Validation happens once, in ``load_config`` / ``config_from_dict``, before any work, and
 stops at the first problem with a one-line ``NoisysimError`` naming the place (file and
@@ -47,7 +53,7 @@ The pipeline, one module per stage:
 
 from .frozen import Config, Section
 from .layering import parse_override
-from .load import config_from_dict, load_config, resolve_value
+from .load import config_from_dict, explain_config, load_config, resolve_value
 from .schema import (
     BACKENDS,
     DATASET_SHAPES,
@@ -68,6 +74,7 @@ __all__ = [
     "DATASET_SHAPES",
     "DEFAULT_CONFIG",
     "load_config",
+    "explain_config",
     "config_from_dict",
     "resolve_value",
     "parse_override",

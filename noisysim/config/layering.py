@@ -11,6 +11,7 @@ gave it, so that validation can drop the options of a component a later layer re
 from __future__ import annotations
 
 import difflib
+import importlib.resources
 import re
 import tomllib
 from collections.abc import Mapping
@@ -45,6 +46,14 @@ def _read_toml(path: Path, label: str) -> tuple[dict, str]:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
+        clash = _include_clash(text)
+        if clash is not None:
+            line, value = clash
+            raise NoisysimError(
+                f"{label}:{line}: model = {value} (a model file) and a [model] table cannot "
+                f"both stand in one file; write the include inside the table: [model] "
+                f"file = {value}, then the keys that override it"
+            ) from None
         msg = str(exc)
         m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
         where = f"{label}:{m.group(1)}" if m else label
@@ -56,6 +65,23 @@ def _read_toml(path: Path, label: str) -> tuple[dict, str]:
             "brackets ([64, 10]), and each key may appear once per table"
         ) from None
     return doc, text
+
+
+def _include_clash(text: str) -> tuple[int, str] | None:
+    """(line, value) of a top-level ``model = "..."`` in a text that also has a ``[model]``
+    table (TOML allows only one of them)."""
+    top, include = True, None
+    for i, line in enumerate(text.splitlines(), 1):
+        stripped = line.split("#", 1)[0].strip()
+        if stripped.startswith("["):
+            if re.fullmatch(r"\[\s*model\s*\]", stripped) and include is not None:
+                return include
+            top = False
+            continue
+        m = re.match(r"model\s*=\s*(\S.*)$", stripped)
+        if top and m:
+            include = (i, m.group(1))
+    return None
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -183,19 +209,40 @@ def _include(entries: dict[str, _Entry]) -> tuple[dict[str, _Entry], _Source | N
         )
     path = _locate_path(e.value, e.source)
     if not path.is_file():
-        looked = [str(p) for p in _candidates(e.value, e.source)]
-        raise NoisysimError(
-            f"{e.source.where(key)}: {key} = {e.value!r}: model file not found (looked for "
-            f"{' and '.join(dict.fromkeys(looked))}); give a path relative to the config file "
-            "or the working directory"
-        )
-    label = _label(path)
+        shipped = _shipped_model(e.value)
+        if shipped is None:
+            looked = [str(p) for p in _candidates(e.value, e.source)]
+            raise NoisysimError(
+                f"{e.source.where(key)}: {key} = {e.value!r}: model file not found (looked for "
+                f"{' and '.join(dict.fromkeys(looked))}); give a path relative to the config "
+                f"file or the working directory, or the name of a shipped model: "
+                f"{', '.join(shipped_models())}"
+            )
+        path = shipped
+        label = f"noisysim/models/{path.name}"  # shipped: where it lives in the package
+    else:
+        label = _label(path)
     doc, text = _read_toml(path, label)
     # Just below the layer that names it: the naming file overrides it, and a --set include
     # overrides the files under it.
-    src = _Source(label, "file", e.source.layer - 0.5, text, path.parent)
+    src = _Source(label, "file", e.source.layer - 0.5, text, path.parent, role="model file")
     inc = _flatten(doc, src, include_file=True)
     return inc, src
+
+
+def shipped_models() -> list[str]:
+    """Names of the model files shipped in ``noisysim/models/`` (``model = "cifar_mlp"``)."""
+    folder = Path(str(importlib.resources.files("noisysim").joinpath("models")))
+    return sorted(p.stem for p in folder.glob("*.toml"))
+
+
+def _shipped_model(value: str) -> Path | None:
+    """The shipped model file a bare name (``cifar_mlp`` or ``cifar_mlp.toml``) stands for."""
+    name = value.strip()
+    name = name[:-5] if name.endswith(".toml") else name
+    if name not in shipped_models():
+        return None
+    return Path(str(importlib.resources.files("noisysim").joinpath("models", f"{name}.toml")))
 
 
 def _string_for_fixed(key: str, value: Any, raw: str) -> Any:
@@ -236,7 +283,7 @@ def _include_noise(layers: list[dict[str, _Entry]]) -> dict[str, _Entry]:
         raise NoisysimError(
             f"{label}: a noise file holds only a [noise] table (without file =), found "
             f"{', '.join(sorted(doc)) or 'nothing'}; include it with noise.file")
-    src = _Source(label, "file", e.source.layer - 0.25, text, path.parent)
+    src = _Source(label, "file", e.source.layer - 0.25, text, path.parent, role="noise file")
     return _flatten(doc, src, include_file=True)
 
 

@@ -113,13 +113,15 @@ def _optimizer_params(name: str) -> list[str]:
 
 
 SCHEMA: tuple[Key, ...] = (
-    Key("name", "string", "<rule>-<dataset>",
-        "file stem of the trajectory (`<out>/<name>.h5`): letters, digits, `._+=@,-`"),
+    Key("name", "string", "<rule>-<dataset>-<hash>",
+        "file stem of the trajectory (`<out>/<name>.h5`): letters, digits, `._+=@,-`; the "
+        "default's hash is 6 hex digits of the SHA-256 of the resolved config"),
     Key("seed", "integer", 0,
         "key of every random draw (weights, noise, perturbations, data order), 0..2^63-1"),
     Key("model", "path", _NO_DEFAULT,
-        "at top level: a model file to include (holds `[model]`, may hold `[noise]`); "
-        "relative to this file, then the working directory; keys here override it"),
+        "at top level: a model file to include (holds `[model]`, may hold `[noise]`): a path "
+        "relative to this file, then the working directory, or the name of a shipped one "
+        "(`cifar_mlp`); keys here override it"),
     Key("model.file", "path", _NO_DEFAULT,
         "the same include, written inside `[model]` so that this table can override it"),
     Key("model.layers", "list of integers", [64, 64, 10],
@@ -200,13 +202,19 @@ _PATH_PARAMS = ("noise.path", "data.data_dir")
 
 
 def schema_markdown() -> str:
-    """The key table of ``SCHEMA`` as GitHub markdown (for the README)."""
+    """The key table of ``SCHEMA`` as GitHub markdown (for the README). The default column
+    is what a config gets: the embedded default's value where it sets the key."""
+    import tomllib
+
+    embedded = tomllib.loads(_default_config_resource().read_text(encoding="utf-8"))
     rows = ["| key | type | default | description |", "|---|---|---|---|"]
     for k in SCHEMA:
         desc = k.description
         if k.choices is not None:
             desc += ": " + ", ".join(f"`{c}`" for c in k.choices())
-        default = k.default_text()
+        section, _, leaf = k.key.partition(".")
+        value = embedded.get(section, {}).get(leaf) if leaf else None
+        default = _toml_value(value) if value is not None and not k.open else k.default_text()
         default = default if default in ("-", "(component's)") else f"`{default}`"
         rows.append(f"| `{k.key}` | {k.type} | {default} | {desc} |")
     return "\n".join(rows)

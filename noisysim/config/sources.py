@@ -15,16 +15,27 @@ from typing import Any
 class _Source:
     label: str                 # "run.toml", "--set rule.sigma=1", "config dict", "defaults"
     kind: str                  # "file" | "set" | "dict" | "default"
-    layer: float               # 0 defaults, 2 file or dict, 3... each --set; an
-                               # included file: 0.5 below the layer naming it
+    layer: float               # 0 built-in defaults, 1 the embedded default file, 2 file
+                               # or dict, 3... each --set; an included file: 0.5 below
+                               # the layer naming it
     text: str | None = None    # file text, for line numbers
     base: Path | None = None   # folder that relative paths start from
+    role: str = "your file"    # what config show calls a file above the default: "your
+                               # file", or the included "model file" / "noise file"
 
     def where(self, dotted: str | None = None) -> str:
         if self.kind == "file" and dotted and self.text is not None:
             line = _find_line(self.text, dotted)
             if line:
                 return f"{self.label}:{line}"
+        return self.label
+
+    def origin(self, dotted: str) -> str:
+        """Where a value came from, as ``config show`` names it."""
+        if self.layer <= _DEFAULT_LAYER:
+            return f"default ({self.where(dotted)})" if self.kind == "file" else "default"
+        if self.kind == "file":
+            return f"{self.role} {self.where(dotted)}"
         return self.label
 
     def fix(self, dotted: str, value_text: str) -> str:
@@ -36,6 +47,9 @@ class _Source:
         leaf = dotted.rsplit(".", 1)[-1]
         return f"write {leaf} = {value_text}"
 
+
+#: The layer of ``noisysim/defaults/default.toml``, under every file, dict and ``--set``.
+_DEFAULT_LAYER = 1
 
 _DEFAULTS_SOURCE = _Source("defaults", "default", 0)
 

@@ -10,10 +10,13 @@ from (file and line, or the ``--set`` argument), the key, the value and the fix.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import inspect
 import json
 import math
 import re
+import warnings
+from collections.abc import Mapping
 from typing import Any, Callable, Sequence
 
 from noisysim import data as _data
@@ -39,7 +42,7 @@ from .schema import (
     _noise_params,
     _optimizer_params,
 )
-from .sources import _DEFAULTS_SOURCE, _Entry, _locate_path, _Source
+from .sources import _DEFAULT_LAYER, _DEFAULTS_SOURCE, _Entry, _locate_path, _Source
 from .values import (
     _copy_default,
     _is_toml,
@@ -50,6 +53,16 @@ from .values import (
     _toml_value,
     _type_name,
 )
+
+
+def default_name(resolved: Mapping[str, Any]) -> str:
+    """``<rule>-<dataset>-<hash>``: a readable stem plus the first 6 hex digits of the SHA-256
+    of the resolved config (without ``name`` and ``backend``, which do not change the
+    trajectory), so that runs of different configs never share a file name."""
+    body = {k: v for k, v in resolved.items() if k not in ("name", "backend")}
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{resolved['rule']['name']}-{resolved['data']['name']}-{digest[:6]}"
+
 
 class _Resolver:
     def __init__(self, entries: dict[str, _Entry], history: dict[str, list[tuple[int, Any]]]):
@@ -92,10 +105,12 @@ class _Resolver:
                  and "." not in k[len(prefix) + 1:]}
         out: dict[str, _Entry] = {}
         for opt, (dotted, e) in found.items():
-            if opt in accepted:
-                out[opt] = e
+            replaced = self.name_at(name_key, e.source.layer) != name
+            if opt in accepted and not (replaced and e.source.layer <= _DEFAULT_LAYER
+                                        and dotted not in _FIXED):
+                out[opt] = e   # the embedded default's options belong to its own component
                 continue
-            if self.name_at(name_key, e.source.layer) != name:
+            if replaced:
                 del self.entries[dotted]   # an option of the component a later layer replaced
                 continue
             valid = list(fixed) + [a for a in accepted if a not in fixed]
@@ -125,6 +140,9 @@ class _Resolver:
                 m = re.search(rf"(?<![A-Za-z0-9_]){re.escape(k)}(?![A-Za-z0-9_])", msg)
                 if m and m.start() < pos:
                     blame, pos = k, m.start()
+            if blame is None:  # a message that quotes an option's value (a trace file's path)
+                blame = next((k for k, e in opts.items() if isinstance(e.value, str)
+                              and len(e.value) > 2 and e.value in msg), None)
             name_key = _GROUPS[prefix][0]
             if blame is None:
                 raise NoisysimError(
@@ -170,7 +188,7 @@ class _Resolver:
 
     def name(self) -> str:
         if "name" not in self.entries:
-            return f"{self.out['rule']['name']}-{self.out['data']['name']}"
+            return default_name(self.out)
         e = self.entries["name"]
         v = _check_type("name", "string", e.value, e.source)
         if not _NAME_RE.match(v) or len(v) > 200:
@@ -313,12 +331,14 @@ class _Resolver:
 
     def blame(self, key: str, cause: str) -> str:
         """Where to point for a conflict: ``key`` if the user set it, else ``cause``."""
-        if key in self.entries:
+        e = self.entries.get(key)
+        if e is not None and e.source.layer > _DEFAULT_LAYER:
             return self.where(key)
         return f"{self.where(cause)}"
 
     def defaulted(self, key: str) -> str:
-        return "" if key in self.entries else " (the default)"
+        e = self.entries.get(key)
+        return "" if e is not None and e.source.layer > _DEFAULT_LAYER else " (the default)"
 
     def cross_checks(self) -> None:
         m, d = self.out["model"], self.out["data"]
@@ -350,6 +370,8 @@ class _Resolver:
                     f"{self.blame('model.layers', 'data.name')}: model.layers = "
                     f"{_toml_value(layers)}{self.defaulted('model.layers')} does not fit "
                     f"dataset {d['name']!r}: {bad}; set [model] layers = {_toml_value(good)}")
+        self.check_sizes()
+        self.check_lr()
         n_layers = len(layers) - 1
         nl = self.out["noise"]["layers"]
         if nl != "all":
@@ -362,6 +384,52 @@ class _Resolver:
             if len(set(nl)) != len(nl):
                 self.fail("noise.layers", f"noise.layers = {_toml_value(nl)} lists a layer "
                                           "twice; list each layer once")
+
+    def check_sizes(self) -> None:
+        """Sizes against the training set: a batch larger than it cannot mean what it says
+        (the trainer would take the whole set once per epoch): an error. A period
+        (``log_every``, ``alignment_every``, ...) the user set longer than the whole run
+        never fires: a warning."""
+        d, t = self.out["data"], self.out["train"]
+        shape = DATASET_SHAPES.get(d["name"]) or {}
+        n = d.get("n_train") or shape.get("n_train")
+        if n is None:
+            return
+        frac = d.get("validation", 0.0)
+        if frac > 0:  # as data.dataset._validation_indices splits it off
+            n -= min(max(int(math.floor(frac * n + 0.5)), 1), n - 1)
+        batch = t["batch_size"]
+        if batch > n:
+            fix = self.entry("train.batch_size").source.fix("train.batch_size", str(n))
+            self.fail("train.batch_size",
+                      f"train.batch_size = {batch} exceeds the {n} training examples of "
+                      f"{d['name']!r}, so every epoch would be one step on the whole set; "
+                      f"use at most {n} ({fix} for full-batch training)")
+        per_epoch = math.ceil(n / batch)
+        updates = per_epoch * t["epochs"]
+        for key in ("log_every", "alignment_every", "snapshot_every", "checkpoint_every"):
+            e = self.entries.get(f"train.{key}")
+            if t[key] > updates and e is not None and e.source.layer > _DEFAULT_LAYER:
+                effect = ("no per-update rows are logged" if key == "log_every"
+                          else "it never fires (0 turns it off)")
+                warnings.warn(f"{self.where(f'train.{key}')}: train.{key} = {t[key]} exceeds "
+                              f"the run's {updates} updates ({t['epochs']} epochs of "
+                              f"{per_epoch}), so {effect}; lower it", ConfigWarning,
+                              stacklevel=2)
+
+    def check_lr(self) -> None:
+        """Legal but almost surely a mistake: Adam moves each weight by about lr per update,
+        so lr >= 1 throws the weights (of order 0.1) far away at the first step."""
+        o = self.out["optimizer"]
+        if o["name"] == "adam" and o["lr"] >= 1:
+            warnings.warn(f"{self.where('optimizer.lr')}: optimizer.lr = {o['lr']!r} with adam "
+                          "moves every weight by about that much per update (weights are of "
+                          "order 0.1): the run will almost surely blow up; typical values are "
+                          "1e-4 to 1e-2", ConfigWarning, stacklevel=2)
+
+
+class ConfigWarning(UserWarning):
+    """A config value that is legal but almost surely a mistake (says which and why)."""
 
 
 def _dataset_info(d: dict) -> tuple[int, int, str] | None:
@@ -412,11 +480,11 @@ def _check_type(dotted: str, typ: str, value: Any, source: _Source) -> Any:
             bad("an integer" if typ == "integer" else "a number",
                 str(_FIXED[dotted].default) if dotted in _FIXED else "1")
         if typ == "integer":
-            if isinstance(value, float):
-                if not (math.isfinite(value) and value.is_integer()):
-                    bad("an integer", str(int(value)) if math.isfinite(value) else "1",
-                        extra="use a whole number")
-                return int(value)
+            if isinstance(value, float):  # 5.0 is a float in TOML: say so rather than guess
+                whole = math.isfinite(value) and value.is_integer()
+                bad("an integer", str(int(value)) if whole else "1",
+                    extra=(f"{source.fix(dotted, str(int(value)))} (no decimal point)" if whole
+                           else "use a whole number"))
             return value
         return float(value)
     if typ == "boolean":
@@ -435,10 +503,11 @@ def _check_type(dotted: str, typ: str, value: Any, source: _Source) -> Any:
         if not isinstance(value, list) or not value:
             bad("a list of integers", "[64, 64, 10]")
         for x in value:
-            if isinstance(x, bool) or not isinstance(x, (int, float)) or (
-                    isinstance(x, float) and not x.is_integer()):
-                bad("a list of integers", "[64, 64, 10]")
-        return [int(x) for x in value]
+            if isinstance(x, bool) or not isinstance(x, int):
+                example = _toml_value([int(v) if isinstance(v, float) and v.is_integer() else v
+                                       for v in value])
+                bad("a list of integers", example if "." not in example else "[64, 64, 10]")
+        return list(value)
     if typ == "table":
         if isinstance(value, dict):
             return value
@@ -498,6 +567,9 @@ def _check_flatten(name: str, value: Any) -> bool:
 
 def _check_opt_int(lo: int) -> Callable[[str, Any], int]:
     def check(name: str, value: Any) -> int:
+        if isinstance(value, float):
+            raise NoisysimError(f"{name} must be an integer, got {value!r} (a float); write it "
+                                "without a decimal point")
         return check_number(name, value, lo, None, integer=True)
     return check
 

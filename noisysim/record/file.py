@@ -209,6 +209,34 @@ def live_writer(path: Path) -> str | None:
     return f"process {pid} on {host}"
 
 
+def existing_run(path: Path, config: Mapping) -> tuple[str, str]:
+    """What ``path`` holds compared with ``config``, and what to do about it:
+    ("same", why) a run of this very config, ("different", why) a run of another config
+    (names the first differing key), ("unreadable", why) not a readable trajectory."""
+    import json
+
+    from noisysim.dotted import first_difference
+
+    from .reader import Trajectory
+
+    try:
+        traj = Trajectory(path)
+        stored = traj.config
+    except NoisysimError as err:
+        return "unreadable", (f"{path} already exists and is not a readable trajectory "
+                              f"({one_line(err)}); pass --overwrite to replace it")
+    diff = first_difference(json.loads(config_to_json(config)), stored)
+    if diff is not None:
+        return "different", (f"{path} already holds a run of a different config (first "
+                             f"difference at {diff!r}); pass --overwrite to replace it, or give "
+                             "this run another name (--set name=...) or --out")
+    if traj.status == "completed":
+        return "same", (f"{path} already holds a completed run of this config; nothing to do "
+                        "(pass --overwrite to run it again)")
+    return "same", (f"{path} already holds a run of this config (status {traj.status}); "
+                    f"continue it with: noisysim run --resume {path} (or pass --overwrite)")
+
+
 def create(path: Path, config: Mapping, seed: int, overwrite: bool) -> h5py.File:
     """A new trajectory file, in SWMR mode, with its root attributes and standard groups."""
     from noisysim import __version__
@@ -220,10 +248,7 @@ def create(path: Path, config: Mapping, seed: int, overwrite: bool) -> h5py.File
         raise NoisysimError(f"{path} is a directory; give a file name for the trajectory")
     if path.exists():
         if not overwrite:
-            raise NoisysimError(
-                f"{path} already exists; pass --overwrite to replace it or --resume "
-                "to continue that run"
-            )
+            raise NoisysimError(existing_run(path, config)[1])
         live = live_writer(path)
         if live:
             raise NoisysimError(f"{path} is being written by {live}; stop that run first")
