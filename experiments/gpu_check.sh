@@ -7,7 +7,8 @@
 # downloads nothing (noisysim runs from this checkout through PYTHONPATH).
 # 1. the card and the packages;
 # 2. the hardware twin tests (NOISYSIM_CUDA_HARDWARE=1: no simulator): every CUDA kernel
-#    against its CPU twin, the engine tests on the cuda backend, the compiled machine code;
+#    against its CPU twin, the engine tests (rules, failures, resume, the launch budget) on
+#    the cuda backend, the compiled machine code;
 # 3. one table: per row, noisysim's cuda step and the PyTorch step (noisysim.gpu.torch_step)
 #    on the same GPU, their ratio, noisysim's GPU-busy fraction and launches per step
 #    (python -m noisysim.gpu.check);
@@ -52,11 +53,14 @@ print("cuda_status", cuda_status())
 PYEOF
 
 step "hardware twin tests"
+# -k cuda: the cuda half of the engine tests (their `backend` fixture), the kernel twins
+# and the machine-code checks; the CPU half already ran in CI.
 run twin_tests 150 env NOISYSIM_CUDA_HARDWARE=1 "$PY" -m pytest -q -p no:cacheprovider \
-  tests/test_cuda.py tests/test_engine.py $(ls tests/test_cuda_compile.py 2>/dev/null) -rfEs
+  tests/test_cuda.py tests/test_cuda_compile.py tests/test_engine.py tests/test_rules.py \
+  tests/test_train.py -k cuda -rfEs
 
 step "step times: noisysim cuda vs PyTorch"
-run table 120 "$PY" -m noisysim.gpu.check --steps 10
+run table 100 "$PY" -m noisysim.gpu.check --steps 5
 
 step "main job: cpu, cuda, auto (10 epochs)"
 TMP=$(mktemp -d)
