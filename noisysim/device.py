@@ -28,6 +28,7 @@ import numpy as np
 
 from . import losses
 from .errors import NoisysimError, check_choice, check_finite_array, check_number
+from .hardware import Readout
 from .kernels import rng
 from .kernels.backend import CPU
 from .network import LayerParams, Network
@@ -41,9 +42,10 @@ class Measurement:
 
     inputs[l]   (P, B, N_{l-1})  decorrelated input x*_{l-1} of layer l (layer 0: a
                                  read-only broadcast view, identical in every pass)
-    pre[l]      (P, B, N_l)      pre-activation a_l as measured (noise included)
+    pre[l]      (P, B, N_l)      pre-activation a_l as measured (noise included; through
+                                 the device's read-out channel when it has one)
     outputs     (P, B, N_L)      network output f_L(a_L), fed to the loss
-    losses      (P, B)           per-sample loss ell_n
+    losses      (P, B)           per-sample loss ell_n (as measured, like ``pre``)
     targets                      the batch targets
     injected    per layer (P, B, N_l) node perturbation the caller asked for, zero where
                 a pass injected nothing; None when no node perturbation was injected
@@ -83,6 +85,10 @@ class Device:
     noise_layers : "all" or sequence of int
     seed : int
         Key of every draw the device makes (noise, perturbations, stochastic activations).
+    readout : None or noisysim.hardware.Readout
+        The measurement channel: read-out noise and ADC applied to the pre-activations and
+        losses a Measurement reports (the forward computation is unchanged); None or an
+        inactive one: the values themselves.
     reuse_buffers : bool
         Let ``measure`` write into the arrays of the previous Measurement instead of fresh
         ones (fresh multi-megabyte arrays cost page faults on every call). A Measurement is
@@ -96,8 +102,9 @@ class Device:
     """
 
     def __init__(self, network: Network, noise=None, noise_layers="all", seed: int = 0,
-                 reuse_buffers: bool = False):
+                 reuse_buffers: bool = False, readout: Readout | None = None):
         self.network = network
+        self.readout = readout if readout is not None and readout.active else None
         self.reuse_buffers = bool(reuse_buffers)
         self._buffers: dict[tuple, np.ndarray] = {}
         self.seed = int(check_number("seed", seed, 0, 2**63 - 1, integer=True))
@@ -258,6 +265,8 @@ class Device:
 
         flat = h.reshape(P * batch, -1)
         loss = K.loss(net.loss, flat, targets).reshape(P, batch)
+        if self.readout is not None:
+            pres, loss = self._read_out(pres, loss, times)
         self.clock += P
         return Measurement(
             inputs=tuple(inputs),
@@ -325,6 +334,26 @@ class Device:
         if buf is None or buf.shape != tuple(shape):
             buf = self._buffers[name] = K.empty(shape, self.network.dtype)
         return buf
+
+    def _read_out(self, pres, loss, times):
+        """The measurement channel (``noisysim.hardware.Readout``): the pre-activations of
+        layer l read with key layer l, the losses with key layer L, every pass p at its time
+        times[p] (each pass is its own reading, also where a layer was held)."""
+        K, ro = self.kernels, self.readout
+        if ro.pre.active:
+            measured = []
+            for l, a in enumerate(pres):
+                out = self._buffer(("measured", l), a.shape)
+                K.readout(ro.pre, a, out, self.seed, l, times)
+                measured.append(out)
+            pres = measured
+        if ro.loss.active:
+            out = K.empty(loss.shape, loss.dtype)
+            shape = loss.shape + (1,)  # one value per (pass, sample)
+            K.readout(ro.loss, loss.reshape(shape), out.reshape(shape), self.seed,
+                      self.network.n_layers, times)
+            loss = out
+        return pres, loss
 
     def _add_noise(self, l, a, n, times, clean_pass) -> None:
         """Add layer l's intrinsic noise to passes [start, n) of its pre-activations a

@@ -28,6 +28,7 @@ from .device import Device
 from .errors import NoisysimError
 from .network import Network
 from .noise import make_noise
+from .hardware import WEIGHT_DEVICE_KEYS, Readout, WeightDevice
 from .optim import make_optimizer
 from .record import Trajectory, TrajectoryWriter
 from .rules import make_rule
@@ -63,9 +64,13 @@ def build(config: dict, data=None) -> Built:
     noise_name = noise_opts.pop("model")
     noise_layers = noise_opts.pop("layers", "all")
     noise = make_noise(noise_name, **noise_opts)
-    device = Device(network, noise=noise, noise_layers=noise_layers, seed=seed)
+    readout = Readout(**config["measurement"]) if "measurement" in config else None
+    device = Device(network, noise=noise, noise_layers=noise_layers, seed=seed,
+                    readout=readout)
     opt_opts = dict(config["optimizer"])
-    optimizer = make_optimizer(opt_opts.pop("name"), **opt_opts)
+    device_opts = {k: opt_opts.pop(k) for k in WEIGHT_DEVICE_KEYS if k in opt_opts}
+    weight_device = WeightDevice(device_opts.pop("device", "ideal"), **device_opts, seed=seed)
+    optimizer = make_optimizer(opt_opts.pop("name"), weight_device=weight_device, **opt_opts)
     decorrelator = Decorrelator(**config["decorrelation"]) if rule.decorrelated else None
     if data is None:
         data_opts = dict(config["data"])

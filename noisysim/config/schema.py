@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Sequence
 from noisysim import data as _data
 from noisysim.activations import ACTIVATIONS
 from noisysim.backends import BACKENDS
+from noisysim.hardware import WEIGHT_DEVICE_KEYS, WEIGHT_DEVICES
 from noisysim.losses import LOSSES
 from noisysim.network import DTYPES, INITIALISERS
 from noisysim.noise import NOISE_MODELS
@@ -27,7 +28,8 @@ from noisysim.train import TrainSettings
 
 from .values import _toml_value
 
-SECTIONS = ("model", "noise", "rule", "decorrelation", "optimizer", "data", "train", "backend")
+SECTIONS = ("model", "noise", "rule", "decorrelation", "optimizer", "data", "train", "backend",
+            "measurement")
 _TOP_KEYS = ("name", "seed")  # plus "model" as an include path
 _MAX_SEED = 2**63 - 1
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@,-]*$")
@@ -161,6 +163,27 @@ SCHEMA: tuple[Key, ...] = (
         "options of the optimiser (" + _param_list(
             (n, [p for p in _optimizer_params(n) if p != "lr"]) for n in OPTIMIZERS) + ")",
         open=True),
+    # -- hardware realism (noisysim.hardware): weight devices, the measurement channel --
+    Key("optimizer.device", "string", "ideal",
+        "the device that holds W: ideal (W = the optimiser's proposal), constant_step "
+        "(pulses of a fixed step), soft_bounds (steps shrink towards the bounds); biases "
+        "stay ideal", lambda: WEIGHT_DEVICES),
+    Key("optimizer.states", "integer", 64,
+        "weight levels of the device between its bounds (step = (hi - lo) / (states - 1))"),
+    Key("optimizer.bounds", "range [lo, hi]", [-1.0, 1.0], "the device's weight range"),
+    Key("optimizer.asymmetry", "float", 0.0,
+        "a in (-1, 1): up steps are step * (1 + a), down steps step * (1 - a)"),
+    Key("optimizer.write_noise", "float", 0.0,
+        "std (weight units) of the noise each write adds"),
+    Key("measurement.noise_std", "float", 0.0,
+        "read-out noise std of the pre-activations the rules measure (the forward pass is "
+        "unchanged)"),
+    Key("measurement.bits", "integer", 0,
+        "ADC resolution of the measured pre-activations (0 = no ADC)"),
+    Key("measurement.range", "range [lo, hi]", [-4.0, 4.0], "ADC range of the pre-activations"),
+    Key("measurement.loss_noise_std", "float", 0.0, "read-out noise std of the measured losses"),
+    Key("measurement.loss_bits", "integer", 0, "ADC resolution of the losses (0 = no ADC)"),
+    Key("measurement.loss_range", "range [lo, hi]", [0.0, 8.0], "ADC range of the losses"),
     Key("data.name", "string", "digits", "dataset", lambda: _data.dataset_names()),
     Key("data.<option>", "per dataset", _NO_DEFAULT,
         "loader options: normalize (unit, standard, none), validation (fraction split off), "
@@ -181,7 +204,7 @@ _INCLUDE_KEYS = ("model", "model.file")
 _GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "noise": ("noise.model", ("model", "layers")),
     "rule": ("rule.name", ("name",)),
-    "optimizer": ("optimizer.name", ("name",)),
+    "optimizer": ("optimizer.name", ("name",) + WEIGHT_DEVICE_KEYS),
     "data": ("data.name", ("name",)),
     "model.activation_params": ("model.activation", ()),
 }

@@ -20,6 +20,7 @@ from noisysim import data as _data
 from noisysim.activations import make_activation
 from noisysim.decorrelation import Decorrelator
 from noisysim.errors import NoisysimError, check_bool, check_choice, check_number
+from noisysim.hardware import WEIGHT_DEVICE_KEYS, Readout, WeightDevice
 from noisysim.network import DTYPES
 from noisysim.noise import NOISE_MODELS, make_noise
 from noisysim.optim import make_optimizer
@@ -162,10 +163,11 @@ class _Resolver:
         self.data()
         self.train()
         out["backend"] = {"name": self.typed("backend.name")}
+        self.measurement()
         self.cross_checks()
         out["name"] = self.name()
         order = ("name", "seed") + SECTIONS
-        return {k: out[k] for k in order}
+        return {k: out[k] for k in order if k in out}  # [measurement] only when active
 
     def name(self) -> str:
         if "name" not in self.entries:
@@ -248,6 +250,30 @@ class _Resolver:
         options = _plain(opt.options())
         self.out["optimizer"] = {"name": name, **{k: v for k, v in options.items()
                                                   if v is not None}}
+        device = self.hardware("optimizer", WeightDevice, WEIGHT_DEVICE_KEYS)
+        self.out["optimizer"].update(device.params() if not device.ideal else {})
+
+    # -- hardware realism (noisysim.hardware) ----------------------------------------------
+    def hardware(self, section: str, build: Callable[..., Any], names: Sequence[str]):
+        """``build(**{name: section.name})`` from fixed keys; its error points at the key it
+        names (the first one mentioned)."""
+        values = {n: self.typed(f"{section}.{n}") for n in names}
+        if "device" in values:
+            values["kind"] = values.pop("device")
+        try:
+            return build(**values)
+        except NoisysimError as exc:
+            msg = str(exc)
+            blame = min((n for n in names if f"{section}.{n}" in msg),
+                        key=lambda n: msg.index(f"{section}.{n}"), default=names[0])
+            raise NoisysimError(f"{self.where(f'{section}.{blame}')}: {msg}") from None
+
+    def measurement(self) -> None:
+        """[measurement] (only in the resolved config when it does something)."""
+        readout = self.hardware("measurement", Readout, (
+            "noise_std", "bits", "range", "loss_noise_std", "loss_bits", "loss_range"))
+        if readout.active:
+            self.out["measurement"] = readout.params()
 
     def data(self) -> None:
         e = self.entry("data.name")
@@ -434,6 +460,11 @@ def _check_type(dotted: str, typ: str, value: Any, source: _Source) -> Any:
                     isinstance(x, float) and not x.is_integer()):
                 bad("a list of integers", "[64, 64, 10]")
         return [int(x) for x in value]
+    if typ == "range [lo, hi]":
+        if (isinstance(value, list) and len(value) == 2 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)):
+            return [float(x) for x in value]
+        bad("a pair of numbers [lo, hi]", "[-1.0, 1.0]")
     if typ == "table":
         if isinstance(value, dict):
             return value

@@ -23,7 +23,9 @@ from ..errors import NoisysimError
 from . import cpu, rng
 from . import cuda as K
 from . import step as _step
-from .backend import Vectors
+from . import cuda_hardware as _H
+from . import hardware as _hw
+from .backend import CPU, Vectors
 
 if K.SIMULATED:
     xp = np
@@ -301,6 +303,23 @@ class CudaKernels:
         K.decorrelation_delta(scratch, second, R, (1.0 - kappa) / n, 2.0 * kappa - 1.0,
                               kappa, lr, stats, failure, n_layers, layer)
         K.apply_delta(R, scratch, stats, failure, n_layers, layer)
+
+    # -- hardware realism (noisysim.hardware): read-out channel, weight devices -----------
+    def readout(self, channel, src, dst, seed, layer, times) -> None:
+        _H.readout(src, dst, channel.std, channel.levels, channel.range[0], channel.delta,
+                  seed, layer, np.asarray(times, dtype=np.int64))
+
+    def weight_write(self, device, p, old, count, layer, stats, failure, n_layers) -> None:
+        """As the CPU's, guarded on the device by the optimiser's gate (``update_gate``)."""
+        ku, kz = _hw.write_keys(device.seed, count, layer)
+        _H.weight_write(p, old, device.kernel_args(), ku, kz, self._gate(p.dtype)[1], stats,
+                       _step.writes(n_layers), _step.clipped(n_layers))
+
+    def program_weights(self, device, p) -> None:
+        """Once per run: programmed on the host by the CPU kernel, copied back."""
+        host = self.to_host(p)
+        CPU.program_weights(device, host)
+        p[...] = self.asarray(host)
 
 
 def _true_runs(mask):
