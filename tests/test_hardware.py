@@ -253,3 +253,89 @@ def test_soft_bounds_steps_shrink_towards_the_bound(backend):
     W0 = np.array([[0.0, 0.5, 0.9]])
     W = _sgd_steps(backend, dev, W0, [np.full((1, 3), dev.delta)])
     np.testing.assert_allclose((W - W0) / dev.delta, [[1.0, 0.5, 0.1]], rtol=1e-12)
+
+
+# ------------------------------------------------------------------ measured transfer curves
+
+def _curve(tmp_path, name="curve.csv"):
+    """A measured-looking saturating curve: 9 unequally spaced (input, output) pairs, with a
+    header line and shuffled rows (the loader sorts them)."""
+    xs = np.array([-3.0, -2.0, -1.2, -0.5, 0.0, 0.4, 1.1, 2.0, 3.5])
+    ys = np.tanh(xs) + 0.05 * xs
+    rows = np.random.default_rng(0).permutation(np.column_stack([xs, ys]))
+    path = tmp_path / name
+    if name.endswith(".npy"):
+        np.save(path, rows)
+    else:
+        path.write_text("input,output\n"
+                        + "\n".join(f"{float(a)!r},{float(b)!r}" for a, b in rows))
+    return str(path), xs, ys
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_table_activation_interpolates_linearly_on_both_backends(backend, tmp_path, dtype):
+    from noisysim.activations import make_activation
+
+    path, xs, ys = _curve(tmp_path)
+    act = make_activation("table", path=path)
+    K = kernels(backend)
+    a = np.concatenate([np.linspace(-4, 4, 41), xs, [np.nan]]).astype(dtype)[None, None, :]
+    out = K.empty(a.shape, dtype)
+    K.activation(act, K.asarray(a), out, 0, 0, np.zeros(1, dtype=np.int64))
+    want = np.interp(a.astype(np.float64), xs, ys).astype(dtype)  # constant beyond the ends
+    np.testing.assert_array_equal(_host(K, out), want)
+    # true derivative: the slope of the segment (the right one at a knot), 0 outside
+    slopes = np.diff(ys) / np.diff(xs)
+    b = a[0].astype(np.float64)
+    k = np.clip(np.searchsorted(xs, b[0], side="right") - 1, 0, xs.size - 2)
+    inside = (b[0] >= xs[0]) & (b[0] <= xs[-1])
+    want_d = np.where(inside, slopes[k], 0.0)
+    want_d[np.isnan(b[0])] = np.nan
+    got_d = _host(K, K.derivative(act, K.asarray(a[0])))
+    np.testing.assert_array_equal(got_d[0], want_d.astype(dtype))
+    # backprop: g * f'(a) (true, and straight-through: the mean slope inside the range)
+    g = np.linspace(-1, 1, a.shape[-1]).astype(dtype)[None, :]
+    for surrogate, d in ((False, want_d), (True, np.where(inside, (ys[-1] - ys[0])
+                                                         / (xs[-1] - xs[0]), 0.0))):
+        d = d.astype(dtype)
+        d[np.isnan(b[0])] = np.nan
+        got = _host(K, K.backprop(act, K.asarray(g.copy()), K.asarray(a[0]), surrogate))
+        np.testing.assert_array_equal(got, g * d)
+
+
+def test_table_pchip_follows_scipy_within_the_resampling_error(tmp_path):
+    """PCHIP resampled on ~4096 points then interpolated linearly: the error of linear
+    interpolation of a C^1 piecewise cubic with spacing h is at most h^2 / 8 max|f''|
+    (max|f''| bounded from scipy's own second derivative on the dense grid)."""
+    from scipy.interpolate import PchipInterpolator
+
+    from noisysim.activations import make_activation
+
+    path, xs, ys = _curve(tmp_path, "curve.npy")
+    act = make_activation("table", path=path, interpolation="pchip")
+    a = np.random.default_rng(1).uniform(-3.0, 3.5, 2000)
+    got = act.forward(a[None, :].copy())[0]
+    exact = PchipInterpolator(xs, ys)
+    h = np.diff(act.table[0]).max()
+    bound = h * h / 8 * np.abs(exact(act.table[0], 2)).max()
+    assert np.abs(got - exact(a)).max() <= bound
+    # the knots are kept (scipy evaluates the cubic at a segment's end to 1 ulp)
+    np.testing.assert_allclose(act.forward(xs[None, :].copy())[0], ys, rtol=4e-16, atol=0)
+
+
+def test_table_activation_from_config_trains_with_bp(tmp_path):
+    path, _, _ = _curve(tmp_path)
+    cfg_path = tmp_path / "run.toml"
+    cfg_path.write_text(TINY.replace("layers = [64, 16, 10]", 'layers = [64, 16, 10]\n'
+                                     'activation = "table"\nactivation_params = '
+                                     '{path = "curve.csv"}')
+                        .replace('name = "anp"\nsigma = 1e-3', 'name = "bp"'))
+    cfg = load_config(cfg_path)
+    assert cfg["model"]["activation_params"]["path"] == path  # relative to the file
+    rows, _ = _rows(cfg)
+    loss = [r["loss"] for r in rows["train"]]
+    assert loss[-1] < loss[0]
+    with pytest.raises(NoisysimError, match="lists an input twice"):
+        (tmp_path / "dup.csv").write_text("0,1\n0,2\n1,3\n")
+        load_config(None, ["model.activation=table",
+                           f"model.activation_params.path={str(tmp_path / 'dup.csv')!r}"])

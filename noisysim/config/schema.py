@@ -130,7 +130,9 @@ SCHEMA: tuple[Key, ...] = (
         lambda: ACTIVATIONS),
     Key("model.activation_params", "table", {},
         "parameters of the hidden activation, e.g. `{slope = 0.1}` (leaky_relu: slope; "
-        "hardtanh: lo, hi; step: threshold; quantize: levels, lo, hi)"),
+        "hardtanh: lo, hi; step: threshold; quantize: levels, lo, hi; table: path (CSV or "
+        ".npy of (input, output) rows, relative to this file), interpolation (linear, "
+        "pchip))"),
     Key("model.output_activation", "string", "identity",
         "applied to the last layer before the loss", lambda: ACTIVATIONS),
     Key("model.loss", "string", "cross_entropy",

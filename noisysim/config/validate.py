@@ -17,7 +17,7 @@ import re
 from typing import Any, Callable, Sequence
 
 from noisysim import data as _data
-from noisysim.activations import make_activation
+from noisysim.activations import activation_params, make_activation
 from noisysim.decorrelation import Decorrelator
 from noisysim.errors import NoisysimError, check_bool, check_choice, check_number
 from noisysim.hardware import WEIGHT_DEVICE_KEYS, Readout, WeightDevice
@@ -185,7 +185,7 @@ class _Resolver:
         m: dict[str, Any] = {}
         m["layers"] = self.typed("model.layers")
         m["activation"] = act = self.typed("model.activation")
-        accepted = list(make_activation(act).params)
+        accepted = list(activation_params(act))
         params = self.params("model.activation_params", act, accepted,
                              f"activation {act!r}")
         empty = self.entries.get("model.activation_params")
@@ -193,6 +193,9 @@ class _Resolver:
             self.fail("model.activation_params",
                       f"model.activation_params must be a table like {{slope = 0.1}}, got "
                       f"{_show(empty.value)}")
+        if "path" in params and isinstance(params["path"].value, str):  # a measured curve
+            e = params["path"]
+            params["path"] = _Entry(str(_locate_path(e.value, e.source)), e.source)
         built = self.component("model.activation_params", make_activation, act, params)
         m["activation_params"] = dict(built.params)
         m["output_activation"] = self.typed("model.output_activation")

@@ -107,6 +107,10 @@ class CudaKernels:
         K.add_bias_and_perturbation(a, bias, eps, bias is not None, eps is not None)
 
     def activation(self, act, a, out, seed, layer, times) -> None:
+        if act.table is not None:  # a measured transfer curve (noisysim.kernels.hardware)
+            width = a.shape[-1]
+            _H.table_forward(a.reshape(-1, width), out.reshape(-1, width), *self._table(act))
+            return
         K.activation_forward(a, out, act.code, *act.kernel_params, seed, layer, times)
 
     def add_noise(self, model, a, times, state, seed, layer) -> None:
@@ -148,6 +152,10 @@ class CudaKernels:
         else:
             raise NoisysimError(f"noise model {m.name!r} has no cuda kernel; use backend "
                                 "'cpu'")
+
+    def _table(self, act):
+        """(xs, ys) of a table activation on the device (copied once)."""
+        return self._constants(act, lambda: tuple(self.asarray(v) for v in act.table))
 
     def _constants(self, model, make):
         key = id(model)
@@ -207,12 +215,20 @@ class CudaKernels:
         as the CPU rounds it)."""
         mode = cpu.STRAIGHT_THROUGH if surrogate else cpu.TRUE_DERIVATIVE
         out = xp.empty(g.shape, dtype=g.dtype)
+        if act.table is not None:
+            _H.table_derivative(a, out, *self._table(act), surrogate,
+                                upstream=xp.ascontiguousarray(g))
+            return out
         K.activation_derivative(a, out, act.code, *act.kernel_params, mode,
                                 upstream=xp.ascontiguousarray(g))
         return out
 
     def derivative(self, act, a):
         out = xp.empty(a.shape, dtype=a.dtype)
+        if act.table is not None:
+            _H.table_derivative(a.reshape(-1, a.shape[-1]), out.reshape(-1, a.shape[-1]),
+                                *self._table(act), False)
+            return out
         K.activation_derivative(a.reshape(-1, a.shape[-1]), out.reshape(-1, a.shape[-1]),
                                 act.code, *act.kernel_params, cpu.TRUE_DERIVATIVE)
         return out

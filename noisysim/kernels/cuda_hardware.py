@@ -16,9 +16,12 @@ from numba import cuda
 from . import cuda as _cuda
 from . import hardware, rng
 
-_TWINS = _cuda._device_twins(hardware, ("readout_scalar", "write_scalar"))
+_TWINS = _cuda._device_twins(hardware, ("readout_scalar", "write_scalar", "_segment",
+                                        "table_value", "table_slope"))
 d_readout = _TWINS["readout_scalar"]
 d_write = _TWINS["write_scalar"]
+d_table_value = _TWINS["table_value"]
+d_table_slope = _TWINS["table_slope"]
 _READOUT = rng.STREAM_READOUT
 _SHARED = _cuda._SHARED
 d_key, d_normal, d_uniform = _cuda.d_key, _cuda.d_normal, _cuda.d_uniform
@@ -60,6 +63,40 @@ def _weight_write(p, old, kind, delta, lo, hi, asym, noise, max_pulses, snap, ku
     if cuda.threadIdx.x == 0:
         cuda.atomic.add(stats, writes_idx, total_w)
         cuda.atomic.add(stats, clipped_idx, total_c)
+
+
+@cuda.jit
+def _table_forward(a, out, xs, ys):
+    rows, width = a.shape
+    for t in range(cuda.grid(1), rows * width, cuda.gridsize(1)):
+        r = t // width
+        j = t - r * width
+        out[r, j] = d_table_value(xs, ys, float(a[r, j]))
+
+
+@cuda.jit
+def _table_derivative(upstream, a, out, xs, ys, straight_through, multiply):
+    """As the CPU's table_derivative: f'(a) rounded to out's dtype, times upstream."""
+    rows, width = a.shape
+    for t in range(cuda.grid(1), rows * width, cuda.gridsize(1)):
+        r = t // width
+        j = t - r * width
+        g = upstream[r, j] if multiply else 0.0
+        out[r, j] = d_table_slope(xs, ys, float(a[r, j]), straight_through)
+        if multiply:
+            out[r, j] = g * out[r, j]
+
+
+def table_forward(a, out, xs, ys) -> None:
+    """out = the measured curve (xs, ys) at a; 2-D device arrays."""
+    _cuda.launch(_table_forward, a.size, a, out, xs, ys)
+
+
+def table_derivative(a, out, xs, ys, straight_through, upstream=None) -> None:
+    """out = f'(a) (or the straight-through slope), or upstream * f'(a); 2-D."""
+    up = upstream if upstream is not None else _cuda._dummy(a, 2)
+    _cuda.launch(_table_derivative, a.size, up, a, out, xs, ys, bool(straight_through),
+                 upstream is not None)
 
 
 def readout(src, dst, std, levels, lo, delta, seed, layer, times) -> None:

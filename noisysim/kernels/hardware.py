@@ -164,3 +164,72 @@ def write_keys(seed: int, step: int, layer: int) -> tuple:
     for the pulse roundings and the write noise."""
     return tuple(np.uint64(rng.key(np.uint64(seed), np.uint64(rng.STREAM_WRITE), np.uint64(step),
                          np.uint64(2 * layer + j))) for j in (0, 1))
+
+
+# ------------------------------------------------------------------ measured transfer curves
+# activation = "table": x = f(a) interpolated linearly in a sorted table (xs, ys) of
+# measured (input, output) pairs, constant beyond its ends (the measured range):
+#     f(a) = ys[k] + (a - xs[k]) * (ys[k+1] - ys[k]) / (xs[k+1] - xs[k]),  xs[k] <= a < xs[k+1]
+# true derivative: the slope of a's segment (the right one at a knot), 0 outside [xs[0],
+# xs[-1]]; straight-through surrogate: the mean slope (ys[-1] - ys[0]) / (xs[-1] - xs[0])
+# inside the range, 0 outside. A NaN input gives NaN.
+
+
+@njit(**_OPTS)
+def _segment(xs, a):
+    """k with xs[k] <= a < xs[k + 1] for xs[0] <= a < xs[-1] (binary search)."""
+    lo = 0
+    hi = xs.shape[0] - 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if xs[mid] <= a:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@njit(**_OPTS)
+def table_value(xs, ys, a):
+    n = xs.shape[0]
+    if not a == a:
+        return a
+    if a <= xs[0]:
+        return ys[0]
+    if a >= xs[n - 1]:
+        return ys[n - 1]
+    k = _segment(xs, a)
+    return ys[k] + (a - xs[k]) * ((ys[k + 1] - ys[k]) / (xs[k + 1] - xs[k]))
+
+
+@njit(**_OPTS)
+def table_slope(xs, ys, a, straight_through):
+    n = xs.shape[0]
+    if not a == a:
+        return a
+    if a < xs[0] or a > xs[n - 1]:
+        return 0.0
+    if straight_through:
+        return (ys[n - 1] - ys[0]) / (xs[n - 1] - xs[0])
+    k = _segment(xs, a) if a < xs[n - 1] else n - 2
+    return (ys[k + 1] - ys[k]) / (xs[k + 1] - xs[k])
+
+
+@njit(**_OPTS)
+def table_forward(a, out, xs, ys):
+    """out = f(a) elementwise for 2-D a, out (rows, N)."""
+    for r in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            out[r, j] = table_value(xs, ys, float(a[r, j]))
+
+
+@njit(**_OPTS)
+def table_derivative(a, out, xs, ys, straight_through, upstream, multiply):
+    """out = f'(a) (or the surrogate), or upstream * f'(a) with f'(a) rounded to out's
+    dtype first (``out`` may be ``upstream`` itself: it is read before the write)."""
+    for r in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            g = upstream[r, j] if multiply else 0.0
+            out[r, j] = table_slope(xs, ys, float(a[r, j]), straight_through)
+            if multiply:
+                out[r, j] = g * out[r, j]
