@@ -28,7 +28,7 @@ from .device import Device
 from .errors import NoisysimError
 from .network import Network
 from .noise import make_noise
-from .hardware import WEIGHT_DEVICE_KEYS, Readout, WeightDevice
+from .hardware import WEIGHT_DEVICE_KEYS, Readout, Variability, WeightDevice
 from .optim import make_optimizer
 from .record import Trajectory, TrajectoryWriter
 from .rules import make_rule
@@ -63,10 +63,11 @@ def build(config: dict, data=None) -> Built:
     noise_opts = dict(config.get("noise") or {"model": "none"})
     noise_name = noise_opts.pop("model")
     noise_layers = noise_opts.pop("layers", "all")
+    variability = Variability(**noise_opts.pop("variability", {}))
     noise = make_noise(noise_name, **noise_opts)
     readout = Readout(**config["measurement"]) if "measurement" in config else None
     device = Device(network, noise=noise, noise_layers=noise_layers, seed=seed,
-                    readout=readout)
+                    readout=readout, variability=variability)
     opt_opts = dict(config["optimizer"])
     device_opts = {k: opt_opts.pop(k) for k in WEIGHT_DEVICE_KEYS if k in opt_opts}
     weight_device = WeightDevice(device_opts.pop("device", "ideal"), **device_opts, seed=seed)

@@ -26,6 +26,18 @@ constant-step device). Each step counts the writes (weights that received >= 1 p
 the clipped amount (sum of |requested - bounded| change) in the trajectory's rows
 (``weight_writes``, ``weight_clipped``).
 
+``Variability`` -- device-to-device variability (fixed-pattern noise). Every physical node
+differs: node i of layer l carries a fixed factor g_i on its intrinsic noise value (an
+sMTJ's amplitude, a noisy amplifier's gain), drawn once from the run's key
+(seed, STREAM_VARIABILITY, 0, l), element i, with relative spread s:
+
+    lognormal (default): g_i = exp(s z_i - s^2 / 2)   (mean 1, positive, relative std
+                                                       sqrt(exp(s^2) - 1) ~ s)
+    normal:              g_i = max(0, 1 + s z_i)
+
+The noise of node i at every time step is g_i times the model's value (its offset
+included). The factors are saved with the device state (checkpoints in the trajectory).
+
 Theory of the asymmetric constant-step device (tested): under symmetric proposals d = +-Delta
 with probability 1/2 each (one pulse each), a weight away from its bounds moves by
 +Delta (1 + a) or -Delta (1 - a): drift E[dw] = a Delta per step, variance Delta^2 per step.
@@ -35,8 +47,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from .errors import NoisysimError, check_choice, check_number
 from .kernels import hardware as _hw
+from .kernels import rng
 
 WEIGHT_DEVICES = ("ideal", "constant_step", "soft_bounds")
 #: the [optimizer] config keys that describe the weight device ("device" is ``kind``)
@@ -74,6 +89,36 @@ class Channel:
     def delta(self) -> float:
         """ADC step (hi - lo) / (2^bits - 1); 1.0 (unused) without an ADC."""
         return (self.range[1] - self.range[0]) / (self.levels - 1.0) if self.bits else 1.0
+
+
+VARIABILITY_DISTRIBUTIONS = ("lognormal", "normal")
+
+
+class Variability:
+    """Per-node fixed factors on the intrinsic noise (``noise.variability`` = {amplitude =
+    s, distribution = "lognormal" | "normal"}); s = 0: none."""
+
+    def __init__(self, amplitude=0.0, distribution="lognormal"):
+        self.amplitude = check_number("noise.variability.amplitude", amplitude, 0.0, None,
+                                      hint="the relative spread of the per-node noise "
+                                           "amplitude (0.1 = 10%)")
+        self.distribution = check_choice("noise.variability.distribution", distribution,
+                                         VARIABILITY_DISTRIBUTIONS)
+
+    @property
+    def active(self) -> bool:
+        return self.amplitude > 0.0
+
+    def factors(self, seed: int, layer: int, width: int) -> np.ndarray:
+        """g (width,) float64 of layer ``layer`` (module docstring)."""
+        z = rng.normal_array(seed, rng.STREAM_VARIABILITY, 0, layer, (width,))
+        s = self.amplitude
+        if self.distribution == "lognormal":
+            return np.exp(s * z - 0.5 * s * s)
+        return np.maximum(0.0, 1.0 + s * z)
+
+    def params(self) -> dict:
+        return {"amplitude": self.amplitude, "distribution": self.distribution}
 
 
 class Readout:

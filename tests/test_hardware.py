@@ -339,3 +339,53 @@ def test_table_activation_from_config_trains_with_bp(tmp_path):
         (tmp_path / "dup.csv").write_text("0,1\n0,2\n1,3\n")
         load_config(None, ["model.activation=table",
                            f"model.activation_params.path={str(tmp_path / 'dup.csv')!r}"])
+
+
+# --------------------------------------------------------------------------------- variability
+
+@pytest.mark.parametrize("distribution", ["lognormal", "normal"])
+def test_variability_scales_each_nodes_noise_by_its_fixed_factor(backend, distribution):
+    """Node i's intrinsic noise is g_i times the model's, g drawn once at key (seed,
+    STREAM_VARIABILITY, 0, layer), element i; the same factors in every pass and call."""
+    from noisysim.hardware import Variability
+    from noisysim.kernels import rng
+
+    K = kernels(backend)
+    net = Network([5, 4, 3], seed=1, dtype="float64")
+    x = np.random.default_rng(2).random((6, 5))
+    y = np.arange(6) % 3
+    var = Variability(0.3, distribution)
+    clean = Device(net, seed=SEED).measure(x, y, clean_pass=False)
+    plain = device_on(_device(net), backend)
+    varied = device_on(Device(net, noise=make_noise("gaussian", sigma=0.05), seed=SEED,
+                              variability=var), backend)
+    for _ in range(2):  # the second call: later times, the same factors
+        mp = plain.measure(x, y, clean_pass=False)
+        mv = varied.measure(x, y, clean_pass=False)
+    l = 1
+    z = rng.normal_array(SEED, rng.STREAM_VARIABILITY, 0, l, (3,))
+    g = np.exp(0.3 * z - 0.045) if distribution == "lognormal" else np.maximum(0, 1 + 0.3 * z)
+    state = varied.state_dict()
+    np.testing.assert_array_equal(state["variability"][str(l)], g)
+    # layer 0 sees the same input in both devices: its noise ratio is g exactly (to rounding)
+    noise_plain = _host(K, mp.pre[0]) - clean.pre[0]
+    noise_varied = _host(K, mv.pre[0]) - clean.pre[0]
+    g0 = state["variability"]["0"]
+    np.testing.assert_allclose(noise_varied, g0 * noise_plain, rtol=1e-12, atol=1e-15)
+    assert "variability" not in plain.state_dict()  # the default records nothing new
+
+
+def test_variability_reaches_the_checkpoint_in_the_trajectory(tmp_path):
+    from noisysim.experiment import run
+    from noisysim.record import Trajectory
+
+    cfg = load_config(None, ["noise.variability.amplitude=0.1", "train.epochs=1",
+                             "data.n_train=100", "data.n_test=50", "backend.name=cpu"])
+    path = tmp_path / "var.h5"
+    run(cfg.to_dict(), tmp_path, path=path)
+    state = Trajectory(path).checkpoint()
+    g = state["device"]["variability"]["1"]
+    assert g.shape == (10,) and np.all(g > 0) and np.std(g) > 0
+    with pytest.raises(NoisysimError, match="multiplicative"):
+        build(load_config(None, ["noise.model=multiplicative", "noise.sigma=0.1",
+                                 "noise.variability.amplitude=0.1"]))

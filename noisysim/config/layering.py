@@ -163,7 +163,7 @@ def _override_entries(key: str, value: Any, source: _Source) -> dict[str, _Entry
     if len(parts) == 2:
         return _flatten({head: {parts[1]: value}}, source)
     table_key = ".".join(parts[:2])
-    if table_key == "model.activation_params" and len(parts) == 3:
+    if table_key in ("model.activation_params", "noise.variability") and len(parts) == 3:
         return {key: _Entry(_plain(value), source)}
     raise NoisysimError(
         f"{source.label}: {table_key} is not a table; set it with --set {table_key}=VALUE"

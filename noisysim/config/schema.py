@@ -146,6 +146,10 @@ SCHEMA: tuple[Key, ...] = (
         "intrinsic device noise added to pre-activations", lambda: tuple(NOISE_MODELS)),
     Key("noise.layers", '"all" or list of integers', "all",
         "layers (0-based, output layer included) that carry the noise"),
+    Key("noise.variability", "table", {},
+        "device-to-device variability: a fixed per-node factor on the noise, "
+        "`{amplitude = 0.1}` (relative spread), distribution = lognormal (mean 1) or normal "
+        "(1 + s z, floored at 0); drawn once from the seed"),
     Key("noise.<param>", "per model", _NO_DEFAULT,
         "parameters of the noise model (" + _param_list(
             (n, _noise_params(n)) for n in NOISE_MODELS if _noise_params(n)) + ")",
@@ -204,7 +208,7 @@ _INCLUDE_KEYS = ("model", "model.file")
 # Component groups: the options of a component depend on its name.
 #   prefix -> (name key, fixed keys of the section that are not component options)
 _GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "noise": ("noise.model", ("model", "layers")),
+    "noise": ("noise.model", ("model", "layers", "variability")),
     "rule": ("rule.name", ("name",)),
     "optimizer": ("optimizer.name", ("name",) + WEIGHT_DEVICE_KEYS),
     "data": ("data.name", ("name",)),

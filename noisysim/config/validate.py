@@ -20,7 +20,7 @@ from noisysim import data as _data
 from noisysim.activations import activation_params, make_activation
 from noisysim.decorrelation import Decorrelator
 from noisysim.errors import NoisysimError, check_bool, check_choice, check_number
-from noisysim.hardware import WEIGHT_DEVICE_KEYS, Readout, WeightDevice
+from noisysim.hardware import WEIGHT_DEVICE_KEYS, Readout, Variability, WeightDevice
 from noisysim.network import DTYPES
 from noisysim.noise import NOISE_MODELS, make_noise
 from noisysim.optim import make_optimizer
@@ -235,6 +235,9 @@ class _Resolver:
         layers = self.typed("noise.layers")
         self.out["noise"] = {"model": name, "layers": layers,
                              **{k: v for k, v in params.items() if v is not None}}
+        variability = self.variability()
+        if variability.active:
+            self.out["noise"]["variability"] = variability.params()
 
     def decorrelation(self) -> None:
         lr, kappa = self.typed("decorrelation.lr"), self.typed("decorrelation.kappa")
@@ -270,6 +273,22 @@ class _Resolver:
             blame = min((n for n in names if f"{section}.{n}" in msg),
                         key=lambda n: msg.index(f"{section}.{n}"), default=names[0])
             raise NoisysimError(f"{self.where(f'{section}.{blame}')}: {msg}") from None
+
+    def variability(self) -> Variability:
+        """noise.variability: a table, or its keys one by one (``--set
+        noise.variability.amplitude=0.1``)."""
+        table = dict(self.typed("noise.variability"))
+        prefix = "noise.variability."
+        dotted = [k for k in self.entries if k.startswith(prefix)]
+        table.update({k[len(prefix):]: self.entries[k].value for k in dotted})
+        blame = dotted[-1] if dotted else "noise.variability"
+        try:
+            return Variability(**table)
+        except TypeError:
+            self.fail(blame, f"noise.variability = {_short(table)}: accepted keys are "
+                             "amplitude and distribution")
+        except NoisysimError as exc:
+            self.fail(blame, str(exc))
 
     def measurement(self) -> None:
         """[measurement] (only in the resolved config when it does something)."""

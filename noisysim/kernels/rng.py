@@ -106,6 +106,7 @@ __all__ = [
     "STREAM_USER",
     "STREAM_READOUT",
     "STREAM_WRITE",
+    "STREAM_VARIABILITY",
     "mix64",
     "key",
     "random_bits",
@@ -131,6 +132,7 @@ STREAM_USER = 8  # anything else (tests, experiments)
 # Hardware realism (noisysim.hardware): the read-out channel and the weight-update devices.
 STREAM_READOUT = 9  # read-out noise of measured pre-activations (layer l) and losses (L)
 STREAM_WRITE = 10  # weight writes: pulse rounding (layer 2l) and write noise (2l + 1)
+STREAM_VARIABILITY = 11  # per-node fixed device parameters, drawn once (step 0, layer l)
 
 # numba freezes module globals into the compiled code as constants; they are np.uint64 so
 # that no expression ever mixes signed and unsigned 64-bit integers (which numba would
