@@ -13,7 +13,8 @@ noise: the network's forward computation is unchanged, but every value the rules
 
 (``noisysim.kernels.hardware`` states the arithmetic). The inputs x* of the weight update and
 the network outputs are not passed through it; BP takes its derivatives at the measured
-pre-activations. With the defaults (no noise, no ADC) nothing is applied, and trajectories
+pre-activations. The training rows' ``loss`` and ``loss_change_*`` are the measured losses
+(what the hardware reports); evaluation and the alignment oracle use the network itself. With the defaults (no noise, no ADC) nothing is applied, and trajectories
 are those of a device without a read-out, bit for bit.
 
 ``WeightDevice`` -- non-ideal weight updates (memristors, PCM, floating gates). The
