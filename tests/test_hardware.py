@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,6 +117,8 @@ def test_defaults_of_the_new_options_change_nothing(tmp_path):
     explicit = tmp_path / "explicit.toml"
     explicit.write_text(TINY.replace('[optimizer]\n', '[optimizer]\ndevice = "ideal"\n'
                                      'states = 64\nasymmetry = 0.0\nwrite_noise = 0.0\n')
+                        .replace('sigma = 0.01\n', 'sigma = 0.01\nvariability = '
+                                 '{amplitude = 0.0}\n')
                         + '\n[measurement]\nnoise_std = 0.0\nbits = 0\nloss_bits = 0\n')
     a, b = load_config(plain), load_config(explicit)
     assert a.to_dict() == b.to_dict()
@@ -143,6 +146,25 @@ def test_readout_and_weight_device_reach_the_trajectory(tmp_path):
         W = params[f"W_{l}"].astype(np.float64)
         k = (W + 0.5) / delta
         np.testing.assert_allclose(k, np.round(k), atol=1e-4)  # on the device's states
+
+
+@pytest.mark.parametrize("model,sets", [
+    ("smtj_mlp_adc8.toml", ["model.layers=[64,16,10]"]),
+    ("memristive_mlp.toml", []),
+])
+def test_device_model_files_resolve_and_train(tmp_path, model, sets):
+    """The two device models: their hardware keys reach the config, and a few updates run
+    (digits, one epoch of 100 images)."""
+
+    repo = Path(__file__).resolve().parent.parent
+    cfg = load_config(None, [f"model={repo / 'models' / model}", "data.n_train=100",
+                             "data.n_test=50", "train.epochs=1", "backend.name=cpu",
+                             "rule.name=anp", "rule.clean_pass=false", *sets])
+    hw = cfg.to_dict()
+    assert ("measurement" in hw) == (model == "smtj_mlp_adc8.toml")
+    assert (hw["optimizer"].get("device") == "constant_step") == (model == "memristive_mlp.toml")
+    rows, _ = _rows(cfg)
+    assert all(np.isfinite(r["loss"]) for r in rows["train"])
 
 
 @pytest.mark.parametrize("override,message", [
