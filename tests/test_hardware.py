@@ -14,20 +14,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.interpolate import PchipInterpolator
 
 import naive_hardware
 from backends import device_on, host_grads, kernels
+from noisysim.activations import make_activation
 from noisysim.config import load_config
+from noisysim.data import Dataset
 from noisysim.device import Device
 from noisysim.errors import NoisysimError
-from noisysim.experiment import build
-from noisysim.hardware import Channel, Readout, WeightDevice
-from noisysim.kernels import step
+from noisysim.experiment import build, run
+from noisysim.hardware import Channel, Readout, Variability, WeightDevice
+from noisysim.kernels import rng, step
 from noisysim.network import LayerGrad, Network
 from noisysim.noise import make_noise
 from noisysim.optim import make_optimizer
+from noisysim.record import Trajectory
 from noisysim.rules import make_rule
-from noisysim.train import NullRecorder, Trainer
+from noisysim.train import NullRecorder, Trainer, TrainSettings
 from tiny_config import TINY
 
 SEED = 7
@@ -296,8 +300,6 @@ def _curve(tmp_path, name="curve.csv"):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_table_activation_interpolates_linearly_on_both_backends(backend, tmp_path, dtype):
-    from noisysim.activations import make_activation
-
     path, xs, ys = _curve(tmp_path)
     act = make_activation("table", path=path)
     K = kernels(backend)
@@ -329,10 +331,6 @@ def test_table_pchip_follows_scipy_within_the_resampling_error(tmp_path):
     """PCHIP resampled on ~4096 points then interpolated linearly: the error of linear
     interpolation of a C^1 piecewise cubic with spacing h is at most h^2 / 8 max|f''|
     (max|f''| bounded from scipy's own second derivative on the dense grid)."""
-    from scipy.interpolate import PchipInterpolator
-
-    from noisysim.activations import make_activation
-
     path, xs, ys = _curve(tmp_path, "curve.npy")
     act = make_activation("table", path=path, interpolation="pchip")
     a = np.random.default_rng(1).uniform(-3.0, 3.5, 2000)
@@ -369,9 +367,6 @@ def test_table_activation_from_config_trains_with_bp(tmp_path):
 def test_variability_scales_each_nodes_noise_by_its_fixed_factor(backend, distribution):
     """Node i's intrinsic noise is g_i times the model's, g drawn once at key (seed,
     STREAM_VARIABILITY, 0, layer), element i; the same factors in every pass and call."""
-    from noisysim.hardware import Variability
-    from noisysim.kernels import rng
-
     K = kernels(backend)
     net = Network([5, 4, 3], seed=1, dtype="float64")
     x = np.random.default_rng(2).random((6, 5))
@@ -398,8 +393,6 @@ def test_variability_scales_each_nodes_noise_by_its_fixed_factor(backend, distri
 
 
 def test_variability_reaches_the_checkpoint_in_the_trajectory(tmp_path):
-    from noisysim.experiment import run
-    from noisysim.record import Trajectory
 
     cfg = load_config(None, ["noise.variability.amplitude=0.1", "train.epochs=1",
                              "data.n_train=100", "data.n_test=50", "backend.name=cpu"])
@@ -411,3 +404,43 @@ def test_variability_reaches_the_checkpoint_in_the_trajectory(tmp_path):
     with pytest.raises(NoisysimError, match="multiplicative"):
         build(load_config(None, ["noise.model=multiplicative", "noise.sigma=0.1",
                                  "noise.variability.amplitude=0.1"]))
+
+
+def _hardware_trainer(backend):
+    """A tiny trainer with every non-ideality on: noisy 6-bit read-out, 20% variability,
+    an asymmetric noisy constant-step weight device."""
+    g = np.random.default_rng(0)
+    x = g.random((8, 6)).astype(np.float32)
+    y = g.integers(0, 4, 8)
+    data = Dataset(name="r", x_train=x, y_train=y, x_test=x[:0], y_test=y[:0], n_classes=4,
+                   input_shape=(6,))
+    net = Network([6, 5, 4], seed=1)
+    device = Device(net, noise=make_noise("gaussian", sigma=0.05), seed=2,
+                    readout=Readout(noise_std=0.01, bits=6, range=(-4.0, 4.0),
+                                    loss_noise_std=0.01, loss_bits=8),
+                    variability=Variability(0.2))
+    opt = make_optimizer("adam", lr=3e-2, weight_device=WeightDevice(
+        "constant_step", states=33, bounds=(-1.0, 1.0), asymmetry=0.1, write_noise=0.01,
+        seed=2))
+    return Trainer(device, make_rule("anp", sigma=1e-2), opt, data,
+                   TrainSettings(epochs=2, batch_size=4, log_every=1), backend=backend)
+
+
+def test_resume_with_every_nonideality_continues_bit_for_bit(backend):
+    """Read-out draws follow the device clock, weight writes the update count, variability
+    the seed: a run resumed from a checkpoint continues bit for bit."""
+    whole = _hardware_trainer(backend)
+    assert whole.run().status == "completed"
+    first = _hardware_trainer(backend)
+    assert first._train_rows(0, 4) == ""  # one of the run's 4 updates
+    first.step, first.batch = 1, 1
+    state = first.state_dict()
+    second = _hardware_trainer(backend)
+    second.load_state_dict(state)
+    assert second.run().status == "completed"
+    want, got = whole.state_dict(), second.state_dict()
+    for part in ("network", "optimizer"):
+        for k, v in want[part].items():
+            np.testing.assert_array_equal(got[part][k], v, err_msg=f"{part} {k}")
+    rows = whole.recorder.rows["train"]
+    assert sum(r["weight_writes"] for r in rows) > 0
