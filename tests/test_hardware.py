@@ -17,7 +17,7 @@ import pytest
 from scipy.interpolate import PchipInterpolator
 
 import naive_hardware
-from backends import device_on, host_grads, kernels
+from backends import assert_resumes_bit_for_bit, device_on, host_grads, kernels
 from noisysim.activations import make_activation
 from noisysim.config import load_config
 from noisysim.data import Dataset
@@ -429,18 +429,6 @@ def _hardware_trainer(backend):
 def test_resume_with_every_nonideality_continues_bit_for_bit(backend):
     """Read-out draws follow the device clock, weight writes the update count, variability
     the seed: a run resumed from a checkpoint continues bit for bit."""
-    whole = _hardware_trainer(backend)
-    assert whole.run().status == "completed"
-    first = _hardware_trainer(backend)
-    assert first._train_rows(0, 4) == ""  # one of the run's 4 updates
-    first.step, first.batch = 1, 1
-    state = first.state_dict()
-    second = _hardware_trainer(backend)
-    second.load_state_dict(state)
-    assert second.run().status == "completed"
-    want, got = whole.state_dict(), second.state_dict()
-    for part in ("network", "optimizer"):
-        for k, v in want[part].items():
-            np.testing.assert_array_equal(got[part][k], v, err_msg=f"{part} {k}")
+    whole, _, _ = assert_resumes_bit_for_bit(lambda: _hardware_trainer(backend), 1, 4)
     rows = whole.recorder.rows["train"]
     assert sum(r["weight_writes"] for r in rows) > 0
