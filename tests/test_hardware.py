@@ -19,7 +19,7 @@ from scipy.interpolate import PchipInterpolator
 import naive_hardware
 from backends import assert_resumes_bit_for_bit, device_on, host_grads, kernels
 from noisysim.activations import make_activation
-from noisysim.config import load_config
+from noisysim.config import explain_config, load_config
 from noisysim.data import Dataset
 from noisysim.device import Device
 from noisysim.errors import NoisysimError
@@ -404,6 +404,24 @@ def test_variability_reaches_the_checkpoint_in_the_trajectory(tmp_path):
     with pytest.raises(NoisysimError, match="multiplicative"):
         build(load_config(None, ["noise.model=multiplicative", "noise.sigma=0.1",
                                  "noise.variability.amplitude=0.1"]))
+
+
+def test_variability_stays_when_the_noise_model_changes(tmp_path):
+    """noise.variability is a key of the noise group, not an option of one noise model:
+    switching the model (in a later layer, or from a model file) keeps it, while the
+    old model's sigma is dropped; config show names where it came from."""
+    run_toml = tmp_path / "run.toml"
+    run_toml.write_text('[noise]\nmodel = "gaussian"\nsigma = 0.02\n'
+                        'variability = { amplitude = 0.2, distribution = "normal" }\n')
+    cfg, origins = explain_config(run_toml, ["noise.model=telegraph", "noise.p_flip=0.1",
+                                             "noise.amplitude=0.1"])
+    noise = cfg.to_dict()["noise"]
+    assert noise["variability"] == {"amplitude": 0.2, "distribution": "normal"}
+    assert "sigma" not in noise
+    assert origins["noise.variability.amplitude"] == f"your file {run_toml}:4"
+    shipped = load_config(None, ["model=smtj_mlp_adc8", "model.layers=[64, 16, 10]",
+                                 "noise.model=gaussian"])
+    assert shipped.to_dict()["noise"]["variability"]["amplitude"] == 0.1
 
 
 def _hardware_trainer(backend):
