@@ -66,6 +66,7 @@ EXPERIMENT_MODULES = (
     "d_noisy_hardware",
     "e_discontinuous",
     "f_noise_level",
+    "i_hardware",
 )
 
 

@@ -23,6 +23,12 @@ quantize(levels,   nearest of `levels` equispaced values   1[lo <= a <= hi]
          lo, hi)   in [lo, hi] after clipping (4, 0, 1)
 binary_stochastic  Bernoulli(sigmoid(a)), drawn from the   s (1 - s) (derivative of the mean)
                    device generator (stream ACTIVATION)    true derivative: 0
+table(path,        a measured transfer curve: (input,      mean slope (y_n - y_0)/(x_n - x_0)
+  interpolation)   output) pairs from a CSV or .npy file,  inside [x_0, x_n], 0 outside;
+                   interpolated linearly ("linear") or by  true derivative: the segment's
+                   scipy's monotone PCHIP ("pchip",        slope
+                   resampled on 4096 points, then linear);
+                   constant beyond the measured range
 =================  ======================================  ===================================
 """
 
@@ -34,6 +40,7 @@ import numpy as np
 
 from .errors import NoisysimError, check_choice, check_number
 from .kernels import cpu
+from .kernels import hardware as _hw
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,11 @@ _SPECS: dict[str, _Spec] = {
     "sign": _Spec(cpu.SIGN, {}, False),
     "quantize": _Spec(cpu.QUANTIZE, {"levels": 4, "lo": 0.0, "hi": 1.0}, False),
     "binary_stochastic": _Spec(cpu.BINARY_STOCHASTIC, {}, False),
+    # a measured curve (noisysim.kernels.hardware.table_*): never reaches activation_scalar
+    "table": _Spec(-1, {"path": None, "interpolation": "linear"}, True),
 }
+TABLE_INTERPOLATIONS = ("linear", "pchip")
+_PCHIP_POINTS = 4096
 
 ACTIVATIONS = tuple(_SPECS)
 
@@ -65,6 +76,8 @@ class Activation:
 
     name: str
     params: dict = field(default_factory=dict)
+    #: activation "table": the sorted (xs, ys) float64 arrays the kernels interpolate
+    table: tuple | None = field(default=None, compare=False, repr=False)
 
     @property
     def code(self) -> int:
@@ -96,6 +109,10 @@ class Activation:
     def apply(self, a: np.ndarray, out: np.ndarray, seed: int = 0, layer: int = 0,
               times: np.ndarray | None = None) -> np.ndarray:
         """out = f(a) for stacked passes a: (P, B, N); ``times`` keys stochastic draws."""
+        if self.table is not None:
+            _hw.table_forward(a.reshape(-1, a.shape[-1]), out.reshape(-1, a.shape[-1]),
+                              *self.table)
+            return out
         if times is None:
             times = np.zeros(a.shape[0], dtype=np.int64)
         cpu.activation_forward(a, out, self.code, *self.kernel_params, np.uint64(seed),
@@ -126,14 +143,26 @@ class Activation:
         g2 = g.reshape(-1, g.shape[-1] if g.ndim else 1)
         a2 = np.ascontiguousarray(a, dtype=g.dtype).reshape(g2.shape)
         mode = cpu.STRAIGHT_THROUGH if surrogate else cpu.TRUE_DERIVATIVE
+        if self.table is not None:
+            _hw.table_derivative(a2, g2, *self.table, bool(surrogate), g2, True)
+            return g
         cpu.multiply_by_derivative(g2, a2, self.code, *self.kernel_params, mode)
         return g
 
     def _derivative(self, a: np.ndarray, mode: int) -> np.ndarray:
         a2 = np.ascontiguousarray(a).reshape(-1, a.shape[-1] if a.ndim else 1)
         out = np.empty_like(a2)
+        if self.table is not None:
+            _hw.table_derivative(a2, out, *self.table, mode == cpu.STRAIGHT_THROUGH, out,
+                                 False)
+            return out.reshape(a.shape)
         cpu.activation_derivative(a2, out, self.code, *self.kernel_params, mode)
         return out.reshape(a.shape)
+
+
+def activation_params(name: str) -> tuple[str, ...]:
+    """The parameter names an activation accepts."""
+    return tuple(_SPECS[name].defaults)
 
 
 def make_activation(name: str | Activation, **params) -> Activation:
@@ -166,4 +195,49 @@ def make_activation(name: str | Activation, **params) -> Activation:
         merged["lo"] = check_number("quantize lo", merged["lo"])
         merged["hi"] = check_number("quantize hi", merged["hi"], lo=merged["lo"], lo_open=True,
                                     hint="hi must exceed lo")
+    elif name == "table":
+        merged["interpolation"] = check_choice("table interpolation", merged["interpolation"],
+                                               TABLE_INTERPOLATIONS)
+        if not isinstance(merged["path"], str):
+            raise NoisysimError(
+                "activation 'table' needs path = the CSV or .npy file of (input, output) "
+                f"pairs, got {merged['path']!r}")
+        return Activation(name, merged, load_table(merged["path"], merged["interpolation"]))
     return Activation(name, merged)
+
+
+def load_table(path: str, interpolation: str = "linear") -> tuple[np.ndarray, np.ndarray]:
+    """The (xs, ys) float64 arrays of a measured transfer curve: a .npy array or a CSV
+    (comma-separated, ``#`` comments, an optional header line) of N >= 2 rows (input,
+    output), sorted by input; inputs must be distinct. ``pchip``: scipy's monotone cubic
+    interpolant sampled on 4096 equispaced inputs plus the measured ones (the kernels
+    then interpolate linearly between those)."""
+    try:
+        if path.endswith(".npy"):
+            data = np.load(path)
+        else:
+            try:
+                data = np.loadtxt(path, delimiter=",", comments="#", ndmin=2)
+            except ValueError:  # a header line
+                data = np.loadtxt(path, delimiter=",", comments="#", ndmin=2, skiprows=1)
+    except (OSError, ValueError) as exc:
+        raise NoisysimError(f"activation table {path!r} cannot be read: {exc}; expected a "
+                            "CSV or .npy file of (input, output) rows") from None
+    data = np.asarray(data, dtype=np.float64)
+    if data.ndim != 2 or data.shape[1] != 2 or data.shape[0] < 2:
+        raise NoisysimError(f"activation table {path!r} must hold N >= 2 rows of (input, "
+                            f"output), got an array of shape {data.shape}")
+    if not np.all(np.isfinite(data)):
+        raise NoisysimError(f"activation table {path!r} holds non-finite values; remove them")
+    data = data[np.argsort(data[:, 0], kind="stable")]
+    xs, ys = np.ascontiguousarray(data[:, 0]), np.ascontiguousarray(data[:, 1])
+    if np.any(np.diff(xs) == 0):
+        raise NoisysimError(f"activation table {path!r} lists an input twice "
+                            f"({xs[np.flatnonzero(np.diff(xs) == 0)[0]]!r}); average the "
+                            "repeated measurements first")
+    if interpolation == "pchip":
+        from scipy.interpolate import PchipInterpolator
+
+        dense = np.union1d(np.linspace(xs[0], xs[-1], _PCHIP_POINTS), xs)
+        xs, ys = dense, PchipInterpolator(xs, ys)(dense)
+    return xs, ys

@@ -35,10 +35,11 @@ import numpy as np
 
 from . import losses
 from .errors import NoisysimError, check_choice, check_finite_array, check_number
+from .hardware import Readout, Variability
 from .kernels import rng
 from .kernels.backend import CPU
 from .network import LayerParams, Network
-from .noise import NoNoise
+from .noise import MultiplicativeNoise, NoNoise
 
 PERTURBATIONS = ("none", "nodes", "layer", "each_layer", "weights")
 
@@ -49,9 +50,10 @@ class Measurement:
 
     inputs[l]   (P, B, N_{l-1})  decorrelated input x*_{l-1} of layer l (layer 0: a
                                  read-only broadcast view, identical in every pass)
-    pre[l]      (P, B, N_l)      pre-activation a_l as measured (noise included)
+    pre[l]      (P, B, N_l)      pre-activation a_l as measured (noise included; through
+                                 the device's read-out channel when it has one)
     outputs     (P, B, N_L)      network output f_L(a_L), fed to the loss
-    losses      (P, B)           per-sample loss ell_n
+    losses      (P, B)           per-sample loss ell_n (as measured, like ``pre``)
     targets                      the batch targets
     injected    per layer (P, B, N_l) node perturbation the caller asked for, zero where
                 a pass injected nothing; None when no node perturbation was injected
@@ -91,6 +93,12 @@ class Device:
     noise_layers : "all" or sequence of int
     seed : int
         Key of every draw the device makes (noise, perturbations, stochastic activations).
+    readout : None or noisysim.hardware.Readout
+        The measurement channel: read-out noise and ADC applied to the pre-activations and
+        losses a Measurement reports (the forward computation is unchanged); None or an
+        inactive one: the values themselves.
+    variability : None or noisysim.hardware.Variability
+        Device-to-device variability: a fixed per-node factor on the intrinsic noise.
     reuse_buffers : bool
         Let ``measure`` write into the arrays of the previous Measurement instead of fresh
         ones (fresh multi-megabyte arrays cost page faults on every call). A Measurement is
@@ -110,8 +118,10 @@ class Device:
     """
 
     def __init__(self, network: Network, noise=None, noise_layers="all", seed: int = 0,
-                 reuse_buffers: bool = False, hold_upstream: bool = False):
+                 reuse_buffers: bool = False, hold_upstream: bool = False,
+                 readout: Readout | None = None, variability: Variability | None = None):
         self.network = network
+        self.readout = readout if readout is not None and readout.active else None
         self.reuse_buffers = bool(reuse_buffers)
         self.hold_upstream = bool(hold_upstream)
         self._buffers: dict[tuple, np.ndarray] = {}
@@ -124,6 +134,9 @@ class Device:
             l: model.init_state(self.seed, l, 0, network.widths[l + 1])
             for l, model in self.noise.items()
         }
+        # device-to-device variability: per node a fixed factor on its noise, host copies
+        self._gain_host = _noise_gains(variability, self.noise, self.seed, network)
+        self._gains = {l: g.astype(network.dtype) for l, g in self._gain_host.items()}
 
     def random_layers(self) -> tuple[int, ...]:
         """The layers whose activity a perturbed pass must recompute at its own time step
@@ -147,6 +160,8 @@ class Device:
             LayerParams(*(None if a is None else kernels.asarray(a) for a in (p.W, p.b, p.R)))
             for p in self.network.layers]
         self.load_state_dict(state)
+        self._gains = {l: kernels.asarray(g, self.network.dtype)
+                       for l, g in self._gain_host.items()}
 
     def pull(self) -> None:
         """Write the backend's parameters into the network's arrays (no-op on the CPU)."""
@@ -168,12 +183,16 @@ class Device:
 
     # -- state as data -------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Clock and noise-process states (copies), for checkpoints."""
-        return {
+        """Clock and noise-process states (copies), for checkpoints; with variability, its
+        per-node factors (for the record: they follow from the seed)."""
+        state = {
             "clock": np.int64(self.clock),
             "noise": {str(l): self.kernels.noise_state_to_host(self.noise[l], s)
                       for l, s in self._noise_state.items()},
         }
+        if self._gain_host:
+            state["variability"] = {str(l): g.copy() for l, g in self._gain_host.items()}
+        return state
 
     def load_state_dict(self, state: Mapping) -> None:
         self.clock = int(state["clock"])
@@ -285,6 +304,8 @@ class Device:
 
         flat = h.reshape(P * batch, -1)
         loss = K.loss(net.loss, flat, targets).reshape(P, batch)
+        if self.readout is not None:
+            pres, loss = self._read_out(pres, loss, times)
         self.clock += P
         return Measurement(
             inputs=tuple(inputs),
@@ -353,14 +374,45 @@ class Device:
             buf = self._buffers[name] = K.empty(shape, self.network.dtype)
         return buf
 
+    def _read_out(self, pres, loss, times):
+        """The measurement channel (``noisysim.hardware.Readout``): the pre-activations of
+        layer l read with key layer l, the losses with key layer L, every pass p at its time
+        times[p] (each pass is its own reading, also where a layer was held)."""
+        K, ro = self.kernels, self.readout
+        if ro.pre.active:
+            measured = []
+            for l, a in enumerate(pres):
+                out = self._buffer(("measured", l), a.shape)
+                K.readout(ro.pre, a, out, self.seed, l, times)
+                measured.append(out)
+            pres = measured
+        if ro.loss.active:
+            out = K.empty(loss.shape, loss.dtype)
+            shape = loss.shape + (1,)  # one value per (pass, sample)
+            K.readout(ro.loss, loss.reshape(shape), out.reshape(shape), self.seed,
+                      self.network.n_layers, times)
+            loss = out
+        return pres, loss
+
     def _add_noise(self, l, a, n, times, clean_pass) -> None:
         """Add layer l's intrinsic noise to passes [start, n) of its pre-activations a
         (P, B, N_l), pass p at time times[p]; start = 1 when the reference pass is clean."""
         model = self.noise.get(l)
         start = 1 if clean_pass else 0
-        if model is not None and n > start:
+        if model is None or n <= start:
+            return
+        gain = self._gains.get(l)
+        if gain is None:
             self.kernels.add_noise(model, a[start:n], times[start:n], self._noise_state[l],
                                    self.seed, l)
+            return
+        # variability (noisysim.hardware.Variability): node i adds g_i times its noise
+        noise = self._buffer(("noise", l), a[start:n].shape)
+        noise[...] = 0
+        self.kernels.add_noise(model, noise, times[start:n], self._noise_state[l], self.seed,
+                               l)
+        noise *= gain
+        a[start:n] += noise
 
     def _node_perturbations(self, perturb, sigma, values, perturbed_layer, batch):
         """Per layer (P, B, N_l) perturbation arrays, zero where a pass injects nothing,
@@ -467,6 +519,19 @@ def exact_gradient(network: Network, x: np.ndarray, targets: np.ndarray):
     pass0 = lambda arrays: [a[0] for a in arrays]  # noqa: E731
     dout = network.loss_grad(m.outputs[0], m.targets)
     return network.backward(pass0(m.inputs), pass0(m.pre), dout)
+
+
+def _noise_gains(variability, noise, seed, network) -> dict:
+    """{layer: per-node factors g (N_l,) float64} of the noisy layers (empty: none)."""
+    if variability is None or not variability.active:
+        return {}
+    for l, model in noise.items():
+        if isinstance(model, MultiplicativeNoise):
+            raise NoisysimError(
+                f"noise.variability scales additive noise; layer {l} has multiplicative "
+                "noise (already proportional to the signal): drop the variability or use "
+                "another noise model")
+    return {l: variability.factors(seed, l, network.widths[l + 1]) for l in noise}
 
 
 def _noise_by_layer(noise, noise_layers, n_layers) -> dict:

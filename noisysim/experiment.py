@@ -28,6 +28,7 @@ from .device import Device
 from .errors import NoisysimError
 from .network import Network
 from .noise import make_noise
+from .hardware import WEIGHT_DEVICE_KEYS, Readout, Variability, WeightDevice
 from .optim import make_optimizer
 from .record import Trajectory, TrajectoryWriter
 from .rules import make_rule
@@ -64,11 +65,15 @@ def build(config: dict, data=None) -> Built:
     noise_layers = noise_opts.pop("layers", "all")
     hold_upstream = noise_opts.pop("hold_upstream", False)
     noise_opts.pop("provenance", None)  # where fitted parameters came from: record only
+    variability = Variability(**noise_opts.pop("variability", {}))
     noise = make_noise(noise_name, **noise_opts)
+    readout = Readout(**config["measurement"]) if "measurement" in config else None
     device = Device(network, noise=noise, noise_layers=noise_layers, seed=seed,
-                    hold_upstream=hold_upstream)
+                    hold_upstream=hold_upstream, readout=readout, variability=variability)
     opt_opts = dict(config["optimizer"])
-    optimizer = make_optimizer(opt_opts.pop("name"), **opt_opts)
+    device_opts = {k: opt_opts.pop(k) for k in WEIGHT_DEVICE_KEYS if k in opt_opts}
+    weight_device = WeightDevice(device_opts.pop("device", "ideal"), **device_opts, seed=seed)
+    optimizer = make_optimizer(opt_opts.pop("name"), weight_device=weight_device, **opt_opts)
     decorrelator = Decorrelator(**config["decorrelation"]) if rule.decorrelated else None
     if data is None:
         data_opts = dict(config["data"])

@@ -44,6 +44,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from .errors import NoisysimError, check_choice, check_number
+from .hardware import WeightDevice
 from .kernels import step as _step
 from .kernels.backend import CPU
 from .network import LayerGrad, LayerParams
@@ -88,6 +89,9 @@ class Optimizer:
             self.clip = check_number("clip", clip, 0.0, None, lo_open=True,
                                      hint="the maximal global gradient norm; 0 or None = off")
         self.state: SGDState | AdamState | None = None
+        #: how the weights take the proposed update (noisysim.hardware; "ideal": as given)
+        self.weight_device = WeightDevice()
+        self._previous: list = []  # per layer: W before the update (non-ideal devices)
         self._layout: tuple[tuple[tuple[int, ...], tuple[int, ...] | None, np.dtype], ...] = ()
 
     # -- state ---------------------------------------------------------------------------
@@ -108,6 +112,10 @@ class Optimizer:
             if p.b is not None and p.b.dtype != p.W.dtype:
                 raise NoisysimError(f"b_{l} must have W_{l}'s dtype {p.W.dtype}, got {p.b.dtype}")
         self.state = self._init_state(params)
+        if not self.weight_device.ideal:  # the device holds the initial weights
+            self._previous = [kernels.empty(p.W.shape, p.W.dtype) for p in params]
+            for p in params:
+                kernels.program_weights(self.weight_device, p.W)
         return self.state
 
     def _zeros(self, params: Sequence[LayerParams]) -> tuple[LayerGrad, ...]:
@@ -220,6 +228,9 @@ class Optimizer:
             out[f"update_norm_l{l}"] = math.nan if bad else math.sqrt(host[_step.update_sq(L, l)])
         out["grad_norm"] = grad_norm
         out["clip_scale"] = CPU.clip_scale(host, L, self.clip)
+        if not self.weight_device.ideal:
+            out["weight_writes"] = float(host[_step.writes(L)])
+            out["weight_clipped"] = float(host[_step.clipped(L)])
         return out
 
     def apply(self, params, grads, stats, failure) -> None:
@@ -232,10 +243,18 @@ class Optimizer:
         if K.update_gate(stats, failure, L, self.clip, params[0].W.dtype):
             return
         count = int(state.count) + 1
+        device = self.weight_device
         for l, (p, g) in enumerate(zip(params, grads)):
             for j, (value, grad) in enumerate(((p.W, g.W), (p.b, g.b))):
-                if value is not None:
-                    self._apply(K, state, l, j, value, grad, count, stats, failure)
+                if value is None:
+                    continue
+                written = j == 0 and not device.ideal  # W lives in the weight device
+                if written:
+                    self._previous[l][...] = value
+                self._apply(K, state, l, j, value, grad, count, stats, failure)
+                if written:  # the proposal in W becomes what the device writes
+                    K.weight_write(device, value, self._previous[l], count, l, stats,
+                                   failure, L)
         self.state = self.state._replace(count=np.int64(count))
 
     def _pairs(self, params, grads) -> list[tuple[int, str, np.ndarray, np.ndarray]]:
@@ -368,7 +387,8 @@ _OPTIONS = {
 }
 
 
-def make_optimizer(name: str, **options) -> Optimizer:
+def make_optimizer(name: str, weight_device: WeightDevice | None = None,
+                   **options) -> Optimizer:
     """Build an optimiser by name: ``"sgd"`` or ``"adam"``.
 
     Options
@@ -378,6 +398,9 @@ def make_optimizer(name: str, **options) -> Optimizer:
     adam : lr (> 0, required), beta1 in [0, 1) (0.9), beta2 in [0, 1) (0.999),
            eps > 0 (1e-8), clip
     clip : maximal global gradient norm over all layers' W and b; 0 or None (default) = off.
+
+    weight_device : noisysim.hardware.WeightDevice applied to every proposed W (default:
+           ideal, W = proposal).
 
     Unknown names or options raise ``NoisysimError`` listing the valid ones.
     """
@@ -391,4 +414,7 @@ def make_optimizer(name: str, **options) -> Optimizer:
         )
     if "lr" not in options:
         raise NoisysimError(f"optimizer {name!r} needs lr (the learning rate, > 0)")
-    return OPTIMIZERS[name](**options)
+    opt = OPTIMIZERS[name](**options)
+    if weight_device is not None:
+        opt.weight_device = weight_device
+    return opt

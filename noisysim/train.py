@@ -343,6 +343,9 @@ class Trainer:
         row["grad_norm"] = grad_norm
         clip = self.optimizer.clip
         row["clip_scale"] = clip / grad_norm if clip is not None and grad_norm > clip else 1.0
+        if not self.optimizer.weight_device.ideal:
+            row["weight_writes"] = float(stats[_step.writes(L)])
+            row["weight_clipped"] = float(stats[_step.clipped(L)])
         if self.decorrelator is not None:
             for l in range(L):
                 if l in decorrelation_loss_:

@@ -41,3 +41,23 @@ def host_grads(grads, name: str):
     """Gradients (LayerGrad per layer) as host arrays."""
     K = kernels(name)
     return [LayerGrad(K.to_host(g.W), None if g.b is None else K.to_host(g.b)) for g in grads]
+
+
+def assert_resumes_bit_for_bit(make, steps: int, batch: int):
+    """Train ``make()`` (a Trainer) whole, and another for ``steps`` updates, checkpoint it
+    and resume a third from that state: the parameters and optimiser states at the end must
+    equal the whole run's bit for bit. Returns (whole trainer, its state, the resumed one's)."""
+    whole = make()
+    assert whole.run().status == "completed"
+    first = make()
+    for b in range(steps):
+        assert first._train_rows(b * batch, (b + 1) * batch) == ""
+        first.step, first.batch = b + 1, b + 1
+    second = make()
+    second.load_state_dict(first.state_dict())
+    assert second.run().status == "completed"
+    want, got = whole.state_dict(), second.state_dict()
+    for part in ("network", "optimizer"):
+        for k, v in want[part].items():
+            np.testing.assert_array_equal(got[part][k], v, err_msg=f"{part} {k}")
+    return whole, want, got

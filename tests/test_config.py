@@ -223,7 +223,8 @@ def test_include_errors(tmp_path):
     write(tmp_path / "models" / "bad.toml", MODEL + "\n[train]\nepochs = 3\n")
     run = write(tmp_path / "run2.toml", 'model = "models/bad.toml"\n')
     with pytest.raises(NoisysimError, match=r"bad.toml:12: a model file may hold only "
-                                            r"\[model\] and \[noise\], found \[train\]"):
+                                            r"\[model\], \[noise\], \[measurement\] and the "
+                                            r"weight device under \[optimizer\], found \[train\]"):
         load_config(run)
 
 

@@ -40,7 +40,11 @@ def gemm_bound(W, x, dtype):
     return gamma * (np.abs(x) @ np.abs(W).T + 1e-30)
 
 
-@pytest.mark.parametrize("name", ACTIVATIONS)
+# "table" (a measured curve read from a file) is tested in test_hardware.py against np.interp.
+FORMULAS = [n for n in ACTIVATIONS if n != "table"]
+
+
+@pytest.mark.parametrize("name", FORMULAS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_activation_matches_naive(name, dtype):
     act = make_activation(name, **ACT_PARAMS.get(name, {}))
@@ -59,7 +63,7 @@ def test_activation_matches_naive(name, dtype):
         np.testing.assert_allclose(d, dn, rtol=8 * np.finfo(dtype).eps, atol=8 * np.finfo(dtype).eps)
 
 
-@pytest.mark.parametrize("name", ACTIVATIONS)
+@pytest.mark.parametrize("name", FORMULAS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_backprop_equals_upstream_times_derivative_bit_for_bit(name, dtype):
     # The fused in-place g * f'(a) of the backward pass against the two-step product.

@@ -10,17 +10,17 @@ script) so that the stand-ins never reach the pytest process, whose numba may be
 simulator mode.
 
 - ``test_machine_code_has_no_contracted_fma``: every kernel the cuda wrappers launch (and
-  every ``exact_kernel`` of noisysim.kernels.cuda must be among them) is compiled through
-  its dispatcher's ``compile`` (what a first launch calls) and linked as a launch links it.
-  Its PTX holds no ``fma`` (libm kernels excepted: libdevice's own code uses FMA), it is
-  not linked through LTO, and its cubin is byte for byte the reference:
-  the same PTX linked with contraction switched off in ptxas (``-fmad=false``). (Where the
-  bytes differ, the SASS of both must hold the same FMA instructions.) The FMA that the
-  SASS does hold come from correctly rounded division and square root (Newton steps after
-  ``MUFU.RCP64H``), integer division and libdevice's own code, never from a contracted
-  a * b + c. Controls on a test kernel ``a * x + y`` show the check can fail: compiled the
-  default way (NVVM -fma=1, LTO), and compiled with NVVM -fma=0 but linked through LTO (the
-  H200 failure of issue 10: nvJitLink contracts again), its SASS holds FMA, where
+  every ``exact_kernel`` of noisysim.kernels.cuda and cuda_hardware must be among them) is
+  compiled through its dispatcher's ``compile`` (what a first launch calls) and linked as a
+  launch links it. Its PTX holds no ``fma`` (libm kernels excepted: libdevice's own code
+  uses FMA), it is not linked through LTO, and its cubin is byte for byte the reference: the
+  same PTX linked with contraction switched off in ptxas (``-fmad=false``). (Where the bytes
+  differ, the SASS of both must hold the same FMA instructions.) The FMA that the SASS does
+  hold come from correctly rounded division and square root (Newton steps after
+  ``MUFU.RCP64H``), integer division and libdevice's own code, never from a contracted a * b
+  + c. Controls on a test kernel ``a * x + y`` show the check can fail: compiled the default
+  way (NVVM -fma=1, LTO), and compiled with NVVM -fma=0 but linked through LTO (the H200
+  failure of issue 10: nvJitLink contracts again), its SASS holds FMA, where
   ``exact_kernel``'s holds none (also through ``specialize``).
 - ``test_numba_cuda_compiles_without_numpy_row_stack``: numpy >= 2.5 has no
   ``np.row_stack``, which numba-cuda 0.30.4 registers at its first compile. numpy 2.5
@@ -227,11 +227,12 @@ def _controls() -> None:
 
 def _launched_kernels() -> dict:
     """{(kernel name, numba signature): dispatcher} of every kernel the wrappers of
-    noisysim.kernels.cuda launch, recorded by calling each wrapper once with numpy
-    stand-ins and a ``launch`` that only records."""
+    noisysim.kernels.cuda and noisysim.kernels.cuda_hardware launch, recorded by calling
+    each wrapper once with numpy stand-ins and a ``launch`` that only records."""
     import numba
 
     from noisysim.kernels import cuda as K
+    from noisysim.kernels import cuda_hardware as H
 
     launched = {}
 
@@ -239,7 +240,7 @@ def _launched_kernels() -> dict:
         sig = tuple(numba.typeof(K._nb(a)) for a in args)
         launched.setdefault((kernel.py_func.__name__, sig), kernel)
 
-    K.launch = record
+    K.launch = H.launch = record
     f32, i64 = np.float32, np.int64
     a = np.zeros((2, 3, 5), f32)
     t = np.array([0, 1])
@@ -276,6 +277,12 @@ def _launched_kernels() -> dict:
                           0.1, 0.1, 0.1, 0.1, stats, failure, 1, 0)
     K.apply_delta(np.zeros((5, 5), f32), np.zeros((5, 5), f32), stats, failure, 1, 0)
     K.record(stats, failure, 1, 3)
+    xs, ys = np.linspace(-1.0, 1.0, 4), np.linspace(0.0, 1.0, 4)
+    H.table_forward(a[0], a[0].copy(), xs, ys)
+    H.table_derivative(a[0], a[0].copy(), xs, ys, False, upstream=a[0].copy())
+    H.readout(a, a.copy(), 0.1, 255.0, -4.0, 8.0 / 255, 1, 0, t)
+    args = (1, 0.1, -1.0, 1.0, 0.2, 0.01, 256.0, False)  # WeightDevice.kernel_args()
+    H.weight_write(a[0], a[0].copy(), args, 1, 2, flag, stats, 9, 10)
     return launched
 
 
@@ -285,12 +292,15 @@ def _run_machine_code() -> int:
     _device_stand_in()
     _controls()
     from noisysim.kernels import cuda as K
+    from noisysim.kernels import cuda_hardware as H
     from noisysim.kernels.cuda_compile import ExactDispatcher
 
     launched = _launched_kernels()
-    kernels = {name for name, v in vars(K).items() if isinstance(v, ExactDispatcher)}
+    kernels = {name for module in (K, H) for name, v in vars(module).items()
+               if isinstance(v, ExactDispatcher)}
     missing = sorted(kernels - {name for name, _ in launched})
-    _emit(kernel="(every exact kernel of noisysim.kernels.cuda)", ok=not missing,
+    _emit(kernel="(every exact kernel of noisysim.kernels.cuda and cuda_hardware)",
+          ok=not missing,
           detail=f"no wrapper call in _launched_kernels launches {missing}")
     for (name, sig), dispatcher in launched.items():
         try:

@@ -15,6 +15,7 @@ import math
 import numpy as np
 import pytest
 
+from backends import assert_resumes_bit_for_bit
 from noisysim.data import Dataset
 from noisysim.decorrelation import Decorrelator
 from noisysim.device import Device
@@ -136,20 +137,8 @@ def test_diverging_decorrelation_stops_the_run_and_keeps_R(backend):
 
 @pytest.mark.parametrize("rule", ["danp", "inp"])
 def test_resume_from_a_checkpoint_continues_bit_for_bit(backend, rule):
-    whole = _trainer(backend, rule, epochs=2)
-    assert whole.run().status == "completed"
-    first = _trainer(backend, rule, epochs=2)
-    for b in range(3):
-        assert first._train_rows(b * BATCH, (b + 1) * BATCH) == ""
-        first.step, first.batch = b + 1, b + 1
-    state = first.state_dict()
-    second = _trainer(backend, rule, epochs=2)
-    second.load_state_dict(state)
-    assert second.run().status == "completed"
-    want, got = whole.state_dict(), second.state_dict()
-    for part in ("network", "optimizer"):
-        for k, v in want[part].items():
-            np.testing.assert_array_equal(got[part][k], v, err_msg=f"{part} {k}")
+    _, want, got = assert_resumes_bit_for_bit(lambda: _trainer(backend, rule, epochs=2), 3,
+                                              BATCH)
     for l, st in want["device"]["noise"].items():
         for k, v in st.items():
             np.testing.assert_array_equal(got["device"]["noise"][l][k], v)

@@ -11,6 +11,7 @@ import pytest
 from backends import device_on, kernels
 from noisysim.bench import step_products
 from noisysim.device import Device, pass_layout
+from noisysim.hardware import Readout, Variability
 from noisysim.network import Network
 from noisysim.noise import make_noise
 from noisysim.rules import make_rule
@@ -23,10 +24,12 @@ def _net(activation="tanh"):
     return Network(WIDTHS, activation=activation, dtype="float64", seed=3)
 
 
-def _measure(backend, net, noise=None, noise_layers="all", hold=False, **request):
-    """A fresh device (seed 5) measures one batch; host copies of pre, outputs, losses."""
+def _measure(backend, net, noise=None, noise_layers="all", hold=False, hardware=None,
+             **request):
+    """A fresh device (seed 5) measures one batch; host copies of pre, outputs, losses.
+    ``hardware``: the device's readout / variability (noisysim.hardware)."""
     device = device_on(Device(net, noise=noise, noise_layers=noise_layers, seed=5,
-                              hold_upstream=hold), backend)
+                              hold_upstream=hold, **(hardware or {})), backend)
     g = np.random.default_rng(0)
     x = g.normal(size=(B, WIDTHS[0]))
     y = np.arange(B) % WIDTHS[-1]
@@ -113,3 +116,33 @@ def test_hold_upstream_is_a_config_key():
     for value in (False, True):
         cfg = load_config(None, [f"noise.hold_upstream={str(value).lower()}"])
         assert build(cfg.to_dict()).device.hold_upstream is value
+
+
+def test_readout_and_variability_leave_the_fresh_noise_to_the_noisy_layers(backend):
+    """The read-out channel reads every pass after the forward computation and draws
+    nothing in it: a device with read-out only is deterministic, and holding upstream
+    activity changes no bit. Variability scales the intrinsic noise of the layers that
+    carry it: those, and only those, still draw fresh noise in every pass."""
+    net = _net()
+    readout = Readout(noise_std=0.05, bits=6, range=(-3.0, 3.0), loss_noise_std=0.01)
+    variability = Variability(0.3)
+    gaussian = make_noise("gaussian", sigma=0.1)
+    assert Device(net, readout=readout).random_layers() == ()
+    assert Device(net, noise=gaussian, noise_layers=[1], readout=readout,
+                  variability=variability).random_layers() == (1,)
+    request = dict(perturb="each_layer", samples=1, sigma=0.1, clean_pass=False)
+    ro = {"readout": readout}
+    fresh = _measure(backend, net, hardware=ro, **request)
+    held = _measure(backend, net, hold=True, hardware=ro, **request)
+    for a, b in zip(fresh[0] + list(fresh[1:3]), held[0] + list(held[1:3])):
+        assert a.tobytes() == b.tobytes()
+    both = {"readout": readout, "variability": variability}
+    pre, _, _, layer_of = _measure(backend, net, gaussian, [1], hardware=both, **request)
+    P = len(layer_of)
+    plain, _, _, _ = _measure(backend, net, gaussian, [1], hardware=both, perturb="none",
+                              samples=P - 1, clean_pass=False)
+    for p in range(1, P):
+        for l in range(layer_of[p]):
+            assert pre[l][p].tobytes() == plain[l][p].tobytes(), (p, l)
+    # pass 3 perturbs layer 2: below it, the noisy layer 1 drew fresh (scaled) noise
+    assert layer_of[3] == 2 and not np.array_equal(pre[1][3], pre[1][0])

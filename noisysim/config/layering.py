@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from noisysim.errors import NoisysimError
+from noisysim.hardware import WEIGHT_DEVICE_KEYS
 
 from .schema import _FIXED, _GROUPS, _INCLUDE_KEYS, _KEY_RE, _TOP_KEYS, SCHEMA, SECTIONS
 from .sources import _candidates, _Entry, _label, _locate_path, _Source
@@ -101,10 +102,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, _parse_value(raw)
 
 
+#: what a model file (the hardware: network, device noise, read-out, weight device) may hold
+MODEL_FILE_SECTIONS = ("model", "noise", "measurement", "optimizer")
+
+
 def _flatten(doc: Mapping, source: _Source, *, include_file: bool = False) -> dict[str, _Entry]:
     """A parsed TOML document -> {dotted key: entry}, refusing unknown sections."""
     out: dict[str, _Entry] = {}
-    allowed = ("model", "noise") if include_file else SECTIONS
+    allowed = MODEL_FILE_SECTIONS if include_file else SECTIONS
     for key, value in doc.items():
         value = _plain(value)
         if key == "model" and isinstance(value, str):
@@ -118,8 +123,9 @@ def _flatten(doc: Mapping, source: _Source, *, include_file: bool = False) -> di
         if key in SECTIONS:
             if key not in allowed:
                 raise NoisysimError(
-                    f"{source.where(key)}: a model file may hold only [model] and [noise], "
-                    f"found [{key}]; move it to the config file that includes this one"
+                    f"{source.where(key)}: a model file may hold only [model], [noise], "
+                    f"[measurement] and the weight device under [optimizer], found [{key}]; "
+                    "move it to the config file that includes this one"
                 )
             if not isinstance(value, dict):
                 extra = " or the path of a model file (a string)" if key == "model" else ""
@@ -129,6 +135,11 @@ def _flatten(doc: Mapping, source: _Source, *, include_file: bool = False) -> di
                 )
             for k, v in value.items():
                 dotted = f"{key}.{k}"
+                if include_file and key == "optimizer" and k not in WEIGHT_DEVICE_KEYS:
+                    raise NoisysimError(
+                        f"{source.where(dotted)}: a model file may set only the weight device "
+                        f"under [optimizer] ({', '.join(WEIGHT_DEVICE_KEYS)}), found {dotted}; "
+                        "move it to the config file that includes this one")
                 if dotted == "model.file" and include_file:
                     raise NoisysimError(
                         f"{source.where(dotted)}: a model file cannot include another model "
@@ -150,7 +161,7 @@ def _flatten(doc: Mapping, source: _Source, *, include_file: bool = False) -> di
 
 
 def _unknown_top(key: str, include_file: bool = False) -> str:
-    valid = ["model", "noise"] if include_file else list(_TOP_KEYS) + list(SECTIONS)
+    valid = list(MODEL_FILE_SECTIONS) if include_file else list(_TOP_KEYS) + list(SECTIONS)
     msg = f"unknown key {key!r}"
     home = [k.key for k in SCHEMA if "." in k.key and k.key.split(".", 1)[1] == key]
     if home and not include_file:
@@ -178,7 +189,7 @@ def _override_entries(key: str, value: Any, source: _Source) -> dict[str, _Entry
     if len(parts) == 2:
         return _flatten({head: {parts[1]: value}}, source)
     table_key = ".".join(parts[:2])
-    if table_key == "model.activation_params" and len(parts) == 3:
+    if table_key in ("model.activation_params", "noise.variability") and len(parts) == 3:
         return {key: _Entry(_plain(value), source)}
     raise NoisysimError(
         f"{source.label}: {table_key} is not a table; set it with --set {table_key}=VALUE"

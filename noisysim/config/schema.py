@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Sequence
 from noisysim import data as _data
 from noisysim.activations import ACTIVATIONS
 from noisysim.backends import BACKENDS
+from noisysim.hardware import WEIGHT_DEVICE_KEYS, WEIGHT_DEVICES
 from noisysim.losses import LOSSES
 from noisysim.network import DTYPES, INITIALISERS
 from noisysim.noise import NOISE_MODELS
@@ -27,7 +28,8 @@ from noisysim.train import TrainSettings
 
 from .values import _toml_value
 
-SECTIONS = ("model", "noise", "rule", "decorrelation", "optimizer", "data", "train", "backend")
+SECTIONS = ("model", "noise", "rule", "decorrelation", "optimizer", "data", "train", "backend",
+            "measurement")
 _TOP_KEYS = ("name", "seed")  # plus "model" as an include path
 _MAX_SEED = 2**63 - 1
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@,-]*$")
@@ -130,7 +132,9 @@ SCHEMA: tuple[Key, ...] = (
         lambda: ACTIVATIONS),
     Key("model.activation_params", "table", {},
         "parameters of the hidden activation, e.g. `{slope = 0.1}` (leaky_relu: slope; "
-        "hardtanh: lo, hi; step: threshold; quantize: levels, lo, hi)"),
+        "hardtanh: lo, hi; step: threshold; quantize: levels, lo, hi; table: path (CSV or "
+        ".npy of (input, output) rows, relative to this file), interpolation (linear, "
+        "pchip))"),
     Key("model.output_activation", "string", "identity",
         "applied to the last layer before the loss", lambda: ACTIVATIONS),
     Key("model.loss", "string", "cross_entropy",
@@ -155,6 +159,10 @@ SCHEMA: tuple[Key, ...] = (
     Key("noise.provenance", "table", {},
         "where fitted noise parameters came from (trace, sha256, dt, standard errors); kept "
         "in every trajectory"),
+    Key("noise.variability", "table", {},
+        "device-to-device variability: a fixed per-node factor on the noise, "
+        "`{amplitude = 0.1}` (relative spread), distribution = lognormal (mean 1) or normal "
+        "(1 + s z, floored at 0); drawn once from the seed"),
     Key("noise.<param>", "per model", _NO_DEFAULT,
         "parameters of the noise model (" + _param_list(
             (n, _noise_params(n)) for n in NOISE_MODELS if _noise_params(n)) + ")",
@@ -174,6 +182,27 @@ SCHEMA: tuple[Key, ...] = (
         "options of the optimiser (" + _param_list(
             (n, [p for p in _optimizer_params(n) if p != "lr"]) for n in OPTIMIZERS) + ")",
         open=True),
+    # -- hardware realism (noisysim.hardware): weight devices, the measurement channel --
+    Key("optimizer.device", "string", "ideal",
+        "the device that holds W: ideal (W = the optimiser's proposal), constant_step "
+        "(pulses of a fixed step), soft_bounds (steps shrink towards the bounds); biases "
+        "stay ideal", lambda: WEIGHT_DEVICES),
+    Key("optimizer.states", "integer", 64,
+        "weight levels of the device between its bounds (step = (hi - lo) / (states - 1))"),
+    Key("optimizer.bounds", "range [lo, hi]", [-1.0, 1.0], "the device's weight range"),
+    Key("optimizer.asymmetry", "float", 0.0,
+        "a in (-1, 1): up steps are step * (1 + a), down steps step * (1 - a)"),
+    Key("optimizer.write_noise", "float", 0.0,
+        "std (weight units) of the noise each write adds"),
+    Key("measurement.noise_std", "float", 0.0,
+        "read-out noise std of the pre-activations the rules measure (the forward pass is "
+        "unchanged)"),
+    Key("measurement.bits", "integer", 0,
+        "ADC resolution of the measured pre-activations (0 = no ADC)"),
+    Key("measurement.range", "range [lo, hi]", [-4.0, 4.0], "ADC range of the pre-activations"),
+    Key("measurement.loss_noise_std", "float", 0.0, "read-out noise std of the measured losses"),
+    Key("measurement.loss_bits", "integer", 0, "ADC resolution of the losses (0 = no ADC)"),
+    Key("measurement.loss_range", "range [lo, hi]", [0.0, 8.0], "ADC range of the losses"),
     Key("data.name", "string", "digits", "dataset", lambda: _data.dataset_names()),
     Key("data.<option>", "per dataset", _NO_DEFAULT,
         "loader options: normalize (unit, standard, none), validation (fraction split off), "
@@ -192,9 +221,10 @@ _INCLUDE_KEYS = ("model", "model.file")
 # Component groups: the options of a component depend on its name.
 #   prefix -> (name key, fixed keys of the section that are not component options)
 _GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "noise": ("noise.model", ("model", "layers", "hold_upstream", "file", "provenance")),
+    "noise": ("noise.model", ("model", "layers", "hold_upstream", "file", "provenance",
+                              "variability")),
     "rule": ("rule.name", ("name",)),
-    "optimizer": ("optimizer.name", ("name",)),
+    "optimizer": ("optimizer.name", ("name",) + WEIGHT_DEVICE_KEYS),
     "data": ("data.name", ("name",)),
     "model.activation_params": ("model.activation", ()),
 }

@@ -20,9 +20,10 @@ from collections.abc import Mapping
 from typing import Any, Callable, Sequence
 
 from noisysim import data as _data
-from noisysim.activations import make_activation
+from noisysim.activations import activation_params, make_activation
 from noisysim.decorrelation import Decorrelator
 from noisysim.errors import NoisysimError, check_bool, check_choice, check_number
+from noisysim.hardware import WEIGHT_DEVICE_KEYS, Readout, Variability, WeightDevice
 from noisysim.losses import CLASS_LOSSES
 from noisysim.network import DTYPES
 from noisysim.noise import NOISE_MODELS, make_noise
@@ -181,10 +182,11 @@ class _Resolver:
         self.data()
         self.train()
         out["backend"] = {"name": self.typed("backend.name")}
+        self.measurement()
         self.cross_checks()
         out["name"] = self.name()
         order = ("name", "seed") + SECTIONS
-        return {k: out[k] for k in order}
+        return {k: out[k] for k in order if k in out}  # [measurement] only when active
 
     def name(self) -> str:
         if "name" not in self.entries:
@@ -202,7 +204,7 @@ class _Resolver:
         m: dict[str, Any] = {}
         m["layers"] = self.typed("model.layers")
         m["activation"] = act = self.typed("model.activation")
-        accepted = list(make_activation(act).params)
+        accepted = list(activation_params(act))
         params = self.params("model.activation_params", act, accepted,
                              f"activation {act!r}")
         empty = self.entries.get("model.activation_params")
@@ -210,6 +212,9 @@ class _Resolver:
             self.fail("model.activation_params",
                       f"model.activation_params must be a table like {{slope = 0.1}}, got "
                       f"{_show(empty.value)}")
+        if "path" in params and isinstance(params["path"].value, str):  # a measured curve
+            e = params["path"]
+            params["path"] = _Entry(str(_locate_path(e.value, e.source)), e.source)
         built = self.component("model.activation_params", make_activation, act, params)
         m["activation_params"] = dict(built.params)
         m["output_activation"] = self.typed("model.output_activation")
@@ -253,6 +258,9 @@ class _Resolver:
         prov = self.entries.get("noise.provenance")
         if prov is not None and self.name_at("noise.model", prov.source.layer) == name:
             self.out["noise"]["provenance"] = self.typed("noise.provenance")
+        variability = self.variability()
+        if variability.active:
+            self.out["noise"]["variability"] = variability.params()
 
     def decorrelation(self) -> None:
         lr, kappa = self.typed("decorrelation.lr"), self.typed("decorrelation.kappa")
@@ -271,6 +279,46 @@ class _Resolver:
         options = _plain(opt.options())
         self.out["optimizer"] = {"name": name, **{k: v for k, v in options.items()
                                                   if v is not None}}
+        device = self.hardware("optimizer", WeightDevice, WEIGHT_DEVICE_KEYS)
+        self.out["optimizer"].update(device.params() if not device.ideal else {})
+
+    # -- hardware realism (noisysim.hardware) ----------------------------------------------
+    def hardware(self, section: str, build: Callable[..., Any], names: Sequence[str]):
+        """``build(**{name: section.name})`` from fixed keys; its error points at the key it
+        names (the first one mentioned)."""
+        values = {n: self.typed(f"{section}.{n}") for n in names}
+        if "device" in values:
+            values["kind"] = values.pop("device")
+        try:
+            return build(**values)
+        except NoisysimError as exc:
+            msg = str(exc)
+            blame = min((n for n in names if f"{section}.{n}" in msg),
+                        key=lambda n: msg.index(f"{section}.{n}"), default=names[0])
+            raise NoisysimError(f"{self.where(f'{section}.{blame}')}: {msg}") from None
+
+    def variability(self) -> Variability:
+        """noise.variability: a table, or its keys one by one (``--set
+        noise.variability.amplitude=0.1``)."""
+        table = dict(self.typed("noise.variability"))
+        prefix = "noise.variability."
+        dotted = [k for k in self.entries if k.startswith(prefix)]
+        table.update({k[len(prefix):]: self.entries[k].value for k in dotted})
+        blame = dotted[-1] if dotted else "noise.variability"
+        try:
+            return Variability(**table)
+        except TypeError:
+            self.fail(blame, f"noise.variability = {_short(table)}: accepted keys are "
+                             "amplitude and distribution")
+        except NoisysimError as exc:
+            self.fail(blame, str(exc))
+
+    def measurement(self) -> None:
+        """[measurement] (only in the resolved config when it does something)."""
+        readout = self.hardware("measurement", Readout, (
+            "noise_std", "bits", "range", "loss_noise_std", "loss_bits", "loss_range"))
+        if readout.active:
+            self.out["measurement"] = readout.params()
 
     def data(self) -> None:
         e = self.entry("data.name")
@@ -508,6 +556,11 @@ def _check_type(dotted: str, typ: str, value: Any, source: _Source) -> Any:
                                        for v in value])
                 bad("a list of integers", example if "." not in example else "[64, 64, 10]")
         return list(value)
+    if typ == "range [lo, hi]":
+        if (isinstance(value, list) and len(value) == 2 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)):
+            return [float(x) for x in value]
+        bad("a pair of numbers [lo, hi]", "[-1.0, 1.0]")
     if typ == "table":
         if isinstance(value, dict):
             return value

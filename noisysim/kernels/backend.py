@@ -20,6 +20,8 @@ step        ``step_stats`` (loss, loss changes, accuracy), ``sum_squares`` (grad
             non-finite elements), ``adam_update`` / ``sgd_update`` (with update norms,
             parameter flags, clipping), ``decorrelation_step``, ``record`` (the step's
             verdict, see ``noisysim.kernels.step``), ``host_blocked``
+hardware    ``readout`` (the measurement channel), ``weight_write`` and ``program_weights``
+            (non-ideal weight devices): ``noisysim.hardware``
 
 The statistics of a step go into one float64 array on the backend (``noisysim.kernels.step``
 documents the layout) and the host reads it when it needs it: every step on the CPU, only on
@@ -33,6 +35,7 @@ import math
 import numpy as np
 
 from . import cpu, step
+from . import hardware as _hw
 from .cpu import adam_update as _adam_update
 from .cpu import decorrelation_delta as _decorrelation_delta
 
@@ -264,6 +267,29 @@ class CpuKernels:
             return
         stats[step.decor_sq(n_layers, layer)] = sq
         R -= scratch
+
+    # -- hardware realism (noisysim.hardware): read-out channel, weight devices -----------
+    def readout(self, channel, src, dst, seed, layer, times) -> None:
+        """dst (P, B, N) = the read-out ``channel`` (``noisysim.hardware.Channel``) of src:
+        noise at keys (seed, STREAM_READOUT, times[p], layer), element b N + j, then the
+        ADC (``noisysim.kernels.hardware.readout_scalar``)."""
+        _hw.readout(src, dst, channel.std, channel.levels, channel.range[0], channel.delta,
+                    np.uint64(seed), np.uint64(layer), np.asarray(times).astype(np.uint64))
+
+    def weight_write(self, device, p, old, count, layer, stats, failure, n_layers) -> None:
+        """p (holding the optimiser's proposal, in place) <- what the weight ``device``
+        (``noisysim.hardware.WeightDevice``) writes starting from ``old``, at update
+        ``count``; adds the writes and the clipped amount to stats. Runs only after an
+        update the gate let through (the caller returns before otherwise)."""
+        ku, kz = _hw.write_keys(device.seed, count, layer)
+        writes, clipped = _hw.weight_write(p.reshape(-1), old.reshape(-1),
+                                           *device.kernel_args(), ku, kz)
+        stats[step.writes(n_layers)] += writes
+        stats[step.clipped(n_layers)] += clipped
+
+    def program_weights(self, device, p) -> None:
+        """The initial weights p (in place) as the device holds them (clamped, snapped)."""
+        _hw.program(p.reshape(-1), device.delta, *device.bounds, device.snap)
 
 
 def _add_update(stats, n_layers, layer, sq) -> None:

@@ -23,7 +23,9 @@ from ..errors import NoisysimError
 from . import cpu, rng
 from . import cuda as K
 from . import step as _step
-from .backend import Vectors
+from . import cuda_hardware as _H
+from . import hardware as _hw
+from .backend import CPU, Vectors
 
 if K.SIMULATED:
     xp = np
@@ -114,6 +116,10 @@ class CudaKernels:
         K.add_bias_and_perturbation(a, bias, eps, bias is not None, eps is not None)
 
     def activation(self, act, a, out, seed, layer, times) -> None:
+        if act.table is not None:  # a measured transfer curve (noisysim.kernels.hardware)
+            width = a.shape[-1]
+            _H.table_forward(a.reshape(-1, width), out.reshape(-1, width), *self._table(act))
+            return
         K.activation_forward(a, out, act.code, *act.kernel_params, seed, layer, times)
 
     def add_noise(self, model, a, times, state, seed, layer) -> None:
@@ -155,6 +161,10 @@ class CudaKernels:
         else:
             raise NoisysimError(f"noise model {m.name!r} has no cuda kernel; use backend "
                                 "'cpu'")
+
+    def _table(self, act):
+        """(xs, ys) of a table activation on the device (copied once)."""
+        return self._constants(act, lambda: tuple(self.asarray(v) for v in act.table))
 
     def _constants(self, model, make):
         key = id(model)
@@ -208,12 +218,20 @@ class CudaKernels:
         as the CPU rounds it)."""
         mode = cpu.STRAIGHT_THROUGH if surrogate else cpu.TRUE_DERIVATIVE
         out = xp.empty(g.shape, dtype=g.dtype)
+        if act.table is not None:
+            _H.table_derivative(a, out, *self._table(act), surrogate,
+                                upstream=xp.ascontiguousarray(g))
+            return out
         K.activation_derivative(a, out, act.code, *act.kernel_params, mode,
                                 upstream=xp.ascontiguousarray(g))
         return out
 
     def derivative(self, act, a):
         out = xp.empty(a.shape, dtype=a.dtype)
+        if act.table is not None:
+            _H.table_derivative(a.reshape(-1, a.shape[-1]), out.reshape(-1, a.shape[-1]),
+                                *self._table(act), False)
+            return out
         K.activation_derivative(a.reshape(-1, a.shape[-1]), out.reshape(-1, a.shape[-1]),
                                 act.code, *act.kernel_params, cpu.TRUE_DERIVATIVE)
         return out
@@ -304,6 +322,23 @@ class CudaKernels:
         K.decorrelation_delta(scratch, second, R, (1.0 - kappa) / n, 2.0 * kappa - 1.0,
                               kappa, lr, stats, failure, n_layers, layer)
         K.apply_delta(R, scratch, stats, failure, n_layers, layer)
+
+    # -- hardware realism (noisysim.hardware): read-out channel, weight devices -----------
+    def readout(self, channel, src, dst, seed, layer, times) -> None:
+        _H.readout(src, dst, channel.std, channel.levels, channel.range[0], channel.delta,
+                  seed, layer, np.asarray(times, dtype=np.int64))
+
+    def weight_write(self, device, p, old, count, layer, stats, failure, n_layers) -> None:
+        """As the CPU's, guarded on the device by the optimiser's gate (``update_gate``)."""
+        ku, kz = _hw.write_keys(device.seed, count, layer)
+        _H.weight_write(p, old, device.kernel_args(), ku, kz, self._gate(p.dtype)[1], stats,
+                       _step.writes(n_layers), _step.clipped(n_layers))
+
+    def program_weights(self, device, p) -> None:
+        """Once per run: programmed on the host by the CPU kernel, copied back."""
+        host = self.to_host(p)
+        CPU.program_weights(device, host)
+        p[...] = self.asarray(host)
 
 
 def _true_runs(mask):

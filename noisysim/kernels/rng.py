@@ -105,6 +105,9 @@ __all__ = [
     "STREAM_SHUFFLE",
     "STREAM_DATA",
     "STREAM_USER",
+    "STREAM_READOUT",
+    "STREAM_WRITE",
+    "STREAM_VARIABILITY",
     "mix64",
     "key",
     "random_bits",
@@ -127,6 +130,10 @@ STREAM_INIT = 5  # weight initialisation
 STREAM_SHUFFLE = 6  # data order
 STREAM_DATA = 7  # generated datasets (teacher)
 STREAM_USER = 8  # anything else (tests, experiments)
+# Hardware realism (noisysim.hardware): the read-out channel and the weight-update devices.
+STREAM_READOUT = 9  # read-out noise of measured pre-activations (layer l) and losses (L)
+STREAM_WRITE = 10  # weight writes: pulse rounding (layer 2l) and write noise (2l + 1)
+STREAM_VARIABILITY = 11  # per-node fixed device parameters, drawn once (step 0, layer l)
 
 # numba freezes module globals into the compiled code as constants; they are np.uint64 so
 # that no expression ever mixes signed and unsigned 64-bit integers (which numba would

@@ -14,6 +14,8 @@ array, ``stats`` (length ``size(L)`` for L layers), on the backend that runs the
     param_bad(l)   non-finite parameters of layer l after the update
     decor_sq(l)    ||Delta R_l||^2 of the decorrelation step
     decor_bad(l)   non-finite elements of R_l - Delta R_l (then R_l is left as it was)
+    writes         weights a non-ideal weight device wrote (noisysim.hardware.WeightDevice)
+    clipped        sum of |requested - bounded| change the device's bounds cut off
 
 ``verdict`` turns them into a failure kind and layer, in the order the step's stages run:
 a non-finite loss stops the step before anything changes, then a non-finite gradient, then
@@ -49,7 +51,17 @@ BEFORE_UPDATE = -1
 
 
 def size(n_layers: int) -> int:
+    return HEAD + 6 * n_layers + 2
+
+
+def writes(n_layers: int) -> int:
+    """Index of the weight device's write count (after the per-layer entries)."""
     return HEAD + 6 * n_layers
+
+
+def clipped(n_layers: int) -> int:
+    """Index of the weight device's clipped amount."""
+    return HEAD + 6 * n_layers + 1
 
 
 @njit(cache=True)

@@ -1,0 +1,86 @@
+"""i. Hardware realism: accuracy of bp, np, anp, danp as the read-out's ADC bits, the
+device-to-device variability and the weight devices' states are swept (spec:
+i_hardware.toml; the non-idealities of noisysim.hardware).
+
+Run it with ``python experiments/reproduce.py i`` (``--tiny``, ``--full``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from common import (
+    TINY_DIGITS, Context, Plan, Variant, figure, md_table, pm, rule_key, style, write_report,
+)
+from noisysim.analysis import summarize
+
+KEY = "i"
+TITLE = "ADC bits, variability and weight states"
+
+RULES = ["bp", "np", "anp", "danp"]
+#: (sweep name, config key the analysis groups by, values (0: the ideal end), the overrides
+#: of one value)
+SWEEPS = (
+    ("adc", "measurement.bits", [0, 12, 8, 6, 4],
+     lambda v: [f"measurement.bits={v}", f"measurement.loss_bits={v}"]),
+    ("variability", "noise.variability.amplitude", [0.0, 0.1, 0.3, 1.0],
+     lambda v: [f"noise.variability.amplitude={v}"]),
+    ("states", "optimizer.states", [0, 256, 64, 16],
+     lambda v: (["optimizer.device=constant_step", f"optimizer.states={v}"] if v else [])),
+)
+
+
+def plan(size: str) -> Plan:
+    variants = [Variant({"rule.name": RULES}, sets(v), [f"name=i-{name}-{v}"])
+                for name, _, values, sets in SWEEPS for v in values]
+    if size == "tiny":
+        return Plan(TINY_DIGITS + ["model.layers=[64,16,10]"], [0], variants,
+                    "tiny: digits 64-16-10, 2 epochs")
+    seeds = [0, 1, 2] if size == "full" else [0]  # default: 52 runs, minutes on 2 cores
+    return Plan([], seeds, variants,
+                "digits 64-64-10, 1% Gaussian device noise, Adam 3e-3, batch 64, 30 epochs "
+                f"(720 updates), {len(seeds)} seeds")
+
+
+def _value(row, key):
+    v = row.get(key)
+    return 0 if v is None else v  # the key is absent where the non-ideality is off
+
+
+def analyse(ctx: Context) -> list[Path]:
+    ctx.results.mkdir(parents=True, exist_ok=True)
+    fig, axes = figure(ncols=len(SWEEPS), width=15.0)
+    body = ["Final test accuracy (noise-free inference) of each rule as one hardware "
+            "non-ideality is made worse (0 = ideal: floating-point read-out, identical "
+            "devices, floating-point weights). Mean ± std over seeds.", ""]
+    csv = ["sweep,value,rule,mean,std,n"]
+    for ax, (name, key, values, _) in zip(axes, SWEEPS):
+        files = [f for f in ctx.files if f"i-{name}-" in Path(f).name]
+        if not files:
+            continue
+        rows = summarize(files, by=["rule.name", key], metric="eval/test_accuracy")
+        cell = {(r["rule.name"], _value(r, key)): r for r in rows}
+        rules = sorted({r["rule.name"] for r in rows}, key=rule_key)
+        xs = list(range(len(values)))
+        for rule in rules:
+            got = [(i, cell[rule, v]) for i, v in enumerate(values) if (rule, v) in cell]
+            ax.errorbar([i for i, _ in got], [c["mean"] for _, c in got],
+                        [c["std"] for _, c in got], marker="o", capsize=3, label=rule,
+                        **style(rule))
+            csv += [f"{name},{values[i]},{rule},{c['mean']!r},{c['std']!r},{c['n']}"
+                    for i, c in got]
+        ax.set_xticks(xs, [str(v) if v else "ideal" for v in values])
+        ax.set_xlabel(key)
+        ax.set_ylabel("final test accuracy")
+        ax.grid(True, alpha=0.3)
+        table = [[str(v) if v else "ideal"] + [pm(cell[r, v]["mean"], cell[r, v]["std"],
+                                                   cell[r, v]["n"]) if (r, v) in cell else "-"
+                                                for r in rules] for v in values]
+        body += [f"**{key}**", "", md_table([key] + rules, table), ""]
+    axes[0].legend(fontsize="small")
+    fig.suptitle("accuracy under hardware non-idealities", fontsize="medium")
+    fig_path = ctx.results / "hardware.png"
+    fig.savefig(fig_path, dpi=120)
+    (ctx.results / "hardware.csv").write_text("\n".join(csv) + "\n")
+    write_report(ctx, body, [fig_path])
+    return [fig_path]
