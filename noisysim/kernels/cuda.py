@@ -93,7 +93,8 @@ _RNG = _device_twins(rng, ("mix64", "key", "random_bits", "_unit_from_bits", "un
                            "_box_muller", "normal_pair", "normal"))
 _CPU = _device_twins(cpu, ("_sigmoid", "activation_scalar", "derivative_scalar"))
 _NOISE = _device_twins(_noise, ("pow_geometric",))
-_STEP = _device_twins(_stepmod, ("grad_norm_sq", "verdict", "blocked", "record"))
+_STEP = _device_twins(_stepmod, ("grad_sq", "grad_bad", "param_bad", "decor_sq", "decor_bad",
+                                  "grad_norm_sq", "verdict", "blocked", "record"))
 
 d_key = _RNG["key"]
 d_uniform = _RNG["uniform"]
@@ -105,7 +106,8 @@ d_pow_geometric = _NOISE["pow_geometric"]
 d_grad_norm_sq = _STEP["grad_norm_sq"]
 d_blocked = _STEP["blocked"]
 d_record = _STEP["record"]
-_HEAD = _stepmod.HEAD
+d_decor_sq = _STEP["decor_sq"]
+d_decor_bad = _STEP["decor_bad"]
 _BEFORE_UPDATE = _stepmod.BEFORE_UPDATE
 
 _BINARY_STOCHASTIC = cpu.BINARY_STOCHASTIC
@@ -625,7 +627,8 @@ def _decorrelation_delta(delta, second, R, c1, c2, kappa, has_kappa, lr, stats, 
     if d_blocked(stats, failure, n_layers, layer):
         return
     L = n_layers
-    idx = _HEAD + 4 * L + layer
+    idx = d_decor_sq(L, layer)
+    bad_idx = d_decor_bad(L, layer)
     buf = cuda.shared.array(_SHARED, np.float64)
     d = R.shape[1]
     acc = 0.0
@@ -640,7 +643,7 @@ def _decorrelation_delta(delta, second, R, c1, c2, kappa, has_kappa, lr, stats, 
         delta[i, j] = v
         acc += float(v) * float(v)
         if not math.isfinite(R[i, j] - v):
-            stats[idx + L] = 1.0
+            stats[bad_idx] = 1.0
     total = _block_sum(buf, acc)
     if cuda.threadIdx.x == 0:
         cuda.atomic.add(stats, idx, total)
@@ -652,7 +655,7 @@ def _apply_delta(R, delta, stats, failure, n_layers, layer):
     was flagged non-finite (flat arrays)."""
     if d_blocked(stats, failure, n_layers, layer):
         return
-    if stats[_HEAD + 5 * n_layers + layer] > 0.0:
+    if stats[d_decor_bad(n_layers, layer)] > 0.0:
         return
     for i in range(cuda.grid(1), R.shape[0], cuda.gridsize(1)):
         R[i] = R[i] - delta[i]

@@ -99,7 +99,7 @@ def grad_norm_sq(stats, n_layers):
     """The global squared gradient norm, sum over layers of grad_sq(l)."""
     total = 0.0
     for l in range(n_layers):
-        total += stats[HEAD + l]
+        total += stats[grad_sq(n_layers, l)]
     return total
 
 
@@ -113,20 +113,20 @@ def verdict(stats, n_layers, upto):
     if stats[BAD_LOSSES] > 0.0:
         return KIND_LOSS, -1
     for l in range(L):
-        if stats[HEAD + L + l] > 0.0:
+        if stats[grad_bad(L, l)] > 0.0:
             return KIND_GRADIENT, l
     if not math.isfinite(grad_norm_sq(stats, L)):
         for l in range(L):
-            if not math.isfinite(stats[HEAD + l]):
+            if not math.isfinite(stats[grad_sq(L, l)]):
                 return KIND_OVERFLOW, l
         return KIND_OVERFLOW, -1
     if upto < 0:
         return KIND_NONE, -1
     for l in range(L):
-        if stats[HEAD + 3 * L + l] > 0.0:
+        if stats[param_bad(L, l)] > 0.0:
             return KIND_PARAMETER, l
     for l in range(min(upto, L)):
-        if stats[HEAD + 5 * L + l] > 0.0:
+        if stats[decor_bad(L, l)] > 0.0:
             return KIND_DECORRELATION, l
     return KIND_NONE, -1
 
