@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from common import (
-    PLAIN_NP, Context, Plan, by_rule, figure, md_table, rule_key, run_status, style,
+    PLAIN_NP, Context, Plan, by_rule, figure, md_table, pm, rule_key, run_status, style,
     write_report,
 )
 from noisysim.record import Trajectory
@@ -136,7 +136,8 @@ def analyse(ctx: Context) -> list[Path]:
         fin = g["final"]
         rows.append([rule, "yes" if rule in ("dbp", "dnp", "dinp", "danp") else "no",
                      f"{best[rule]:g}", reach_text(g, 0), reach_text(g, 1),
-                     f"{fin.mean():.3g}" + (f" ± {fin.std(ddof=1):.2g}" if len(fin) > 1 else ""),
+                     pm(float(fin.mean()), float(fin.std(ddof=1)) if len(fin) > 1 else 0.0,
+                        len(fin), fmt=".2g"),
                      g["n"]])
     for (rule, lr), g in sorted(stats.items(), key=lambda kv: (rule_key(kv[0][0]), kv[0][1])):
         csv += [f"{rule},{lr!r},{int(x)},{float(m)!r},{float(d)!r},{g['n']}"
@@ -166,7 +167,7 @@ def analyse(ctx: Context) -> list[Path]:
                          f"{reach_text(g, 0)} / {float(np.mean(g['final'])):.2g}")
         grid_rows.append(cells)
     body = ["Relative parameter error of the effective weights W R (R = I without "
-            "decorrelation) against the teacher's W*, mean ± std over seeds, each rule at the "
+            "decorrelation) against the teacher's W*, mean ± std [95% t interval of the mean] over seeds, each rule at the "
             "learning rate that reaches the thresholds in the fewest updates (mean over "
             "seeds; a learning rate at which any seed diverged is not eligible).", "",
             md_table(header, rows), "",

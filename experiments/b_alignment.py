@@ -13,7 +13,7 @@ import numpy as np
 
 from common import (
     PAPER_CIFAR, PAPER_DBP, PAPER_SLOPE, RULE_ORDER, TINY_DIGITS, Context, Plan, by_rule, figure,
-    md_table, rule_key, style, write_report,
+    md_table, pm, rule_key, style, write_report,
 )
 from noisysim.analysis import curves
 from noisysim.record import Trajectory
@@ -69,13 +69,13 @@ def analyse(ctx: Context) -> list[Path]:
             v = np.array(per[rule][l])
             m, s = float(np.nanmean(v)), float(np.nanstd(v, ddof=1)) if len(v) > 1 else 0.0
             ang = math.degrees(math.acos(max(-1.0, min(1.0, m)))) if not math.isnan(m) else math.nan
-            row.append(f"{m:.3f}" + (f" ± {s:.3f}" if len(v) > 1 else "") + f" ({ang:.0f}°)")
+            row.append(pm(m, s, len(v)) + f" ({ang:.0f}°)")
             csv.append(f"{rule},{l},{m!r},{s!r},{len(v)},{ang!r}")
         rows.append(row)
     (ctx.results / "alignment.csv").write_text("\n".join(csv) + "\n")
     body = ["Cosine similarity between each rule's batch estimate and the exact gradient of "
             "the same batch, averaged over the run (every alignment row), then mean ± std "
-            "over seeds; the angle is arccos of the mean cosine.", "",
+            "[95% t interval of the mean] over seeds; the angle is arccos of the mean cosine.", "",
             md_table(["rule"] + [f"layer {l}" for l in range(n_layers)], rows)]
     write_report(ctx, body, [fig_path])
     return [fig_path]

@@ -38,6 +38,6 @@ def analyse(ctx: Context) -> list[Path]:
             plot_curves(ctx.files, ctx.results / "train_loss.png", metric="train/loss",
                         by="rule.name", x="step").path]
     table, _ = accuracy_table(ctx.files, ["rule.name"])
-    body = ["Final test accuracy (noise-free inference), mean ± std over seeds.", "", table]
+    body = ["Final test accuracy (noise-free inference), mean ± std [95% t interval of the mean] over seeds.", "", table]
     write_report(ctx, body, figs)
     return figs

@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 from noisysim.analysis import get_config_value, summarize  # noqa: E402
 from noisysim.plot import plot_curves  # noqa: E402
 from noisysim.record import Trajectory  # noqa: E402
+from noisysim.stats import t_halfwidth  # noqa: E402
 
 SIZES = ("tiny", "default", "full")
 RULE_ORDER = ("bp", "dbp", "np", "dnp", "inp", "dinp", "anp", "danp", "wp", "fg")
@@ -134,10 +135,16 @@ def rule_key(rule: Any) -> tuple:
     return (RULE_ORDER.index(rule) if rule in RULE_ORDER else len(RULE_ORDER), str(rule))
 
 
-def pm(mean: float, std: float, n: int, digits: int = 4) -> str:
+def pm(mean: float, std: float, n: int, fmt: str = ".3f") -> str:
+    """``mean ± std [lo, hi]``: the seeds' std and the 95% t confidence interval of the mean
+    (``noisysim.stats.t_halfwidth``, as ``noisysim compare`` reports it); the mean alone for
+    one run."""
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "nan"
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
+    if n < 2:
+        return f"{mean:{fmt}}"
+    h = float(t_halfwidth(std, n))
+    return f"{mean:{fmt}} ± {std:{fmt}} [{mean - h:{fmt}}, {mean + h:{fmt}}]"
 
 
 def md_table(header: list[str], rows: list[list[Any]]) -> str:

@@ -53,7 +53,7 @@ def analyse(ctx: Context) -> list[Path]:
     table, _ = accuracy_table(ctx.files, ["noise.model", "rule.name"])
     body = ["Two noisy passes (no clean pass); ANP/DANP learn from the device's noise alone "
             "(rule.sigma = 0), NP injects sigma 1e-3 on top of it, BP backpropagates through "
-            "the first noisy pass. Final test accuracy of the noise-free network, mean ± std "
+            "the first noisy pass. Final test accuracy of the noise-free network, mean ± std [95% t interval of the mean] "
             "over seeds.", "", table]
     write_report(ctx, body, figs)
     return figs

@@ -39,6 +39,6 @@ def analyse(ctx: Context) -> list[Path]:
     table, _ = accuracy_table(ctx.files, ["model.activation", "rule.name", "rule.surrogate"])
     body = ["DANP (no derivative needed) against BP with the straight-through surrogate "
             "(surrogate ste) and BP with the true derivative (surrogate none: zero almost "
-            "everywhere, so only the output layer learns). Mean ± std over seeds.", "", table]
+            "everywhere, so only the output layer learns). Mean ± std [95% t interval of the mean] over seeds.", "", table]
     write_report(ctx, body, figs)
     return figs

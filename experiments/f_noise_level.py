@@ -64,7 +64,7 @@ def analyse(ctx: Context) -> list[Path]:
                                 if (r, s) in cell else "-" for r in rules] for s in sigmas]
     body = ["Final test accuracy (noise-free inference) against the std of the intrinsic "
             "Gaussian node noise; injected perturbation sigma 1e-3, clean reference pass. "
-            "Mean ± std over seeds.", "", md_table(["noise.sigma"] + rules, table_rows)]
+            "Mean ± std [95% t interval of the mean] over seeds.", "", md_table(["noise.sigma"] + rules, table_rows)]
     figs = [fig_path] + accuracy_per_value(ctx, "rule.name", rules, "noise.sigma",
                                            "{}: test accuracy by device noise level")
     write_report(ctx, body, figs)

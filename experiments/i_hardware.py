@@ -52,7 +52,7 @@ def analyse(ctx: Context) -> list[Path]:
     fig, axes = figure(ncols=len(SWEEPS), width=15.0)
     body = ["Final test accuracy (noise-free inference) of each rule as one hardware "
             "non-ideality is made worse (0 = ideal: floating-point read-out, identical "
-            "devices, floating-point weights). Mean ± std over seeds.", ""]
+            "devices, floating-point weights). Mean ± std [95% t interval of the mean] over seeds.", ""]
     csv = ["sweep,value,rule,mean,std,n"]
     for ax, (name, key, values, _) in zip(axes, SWEEPS):
         files = [f for f in ctx.files if f"i-{name}-" in Path(f).name]
