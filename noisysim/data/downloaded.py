@@ -20,6 +20,8 @@ from noisysim.errors import NoisysimError
 log = logging.getLogger("noisysim.data")
 
 _DEBIAN_DATASETS = Path("/usr/share/datasets")
+#: data sets Debian packages into /usr/share/datasets/<name>/ (name -> package)
+_DEBIAN_PACKAGES = {"fashion-mnist": "dataset-fashion-mnist"}
 _CHUNK = 1 << 20
 
 
@@ -130,6 +132,8 @@ def _locate(name: str, files: Mapping[str, Sequence[str]], opts: dict,
     found = {f: accept(cache, f) for f in files}
     missing = [f for f, p in found.items() if p is None]
     where = f"$NOISYSIM_DATA/{name}/ or {cache}/"
+    if name in _DEBIAN_PACKAGES:  # offline machines: Debian ships it
+        where += f" (on Debian: apt-get install {_DEBIAN_PACKAGES[name]})"
     if not opts.get("download", True):
         raise NoisysimError(
             f"{name}: files not found ({', '.join(missing)}); searched "
