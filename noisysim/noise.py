@@ -37,6 +37,12 @@ multiplicative     a * sigma * z                                              no
 trace              offset + scale * trace[index(t, slot, node)]               no
 =================  =========================================================  =============
 
+Models with a per-step switching probability (telegraph and smtj: p_flip; bernoulli and
+centred_bernoulli: p) also take one per node, ``apply(..., node_p=p)`` with p (N,) in
+[0, 1]: node n then switches with p[n] (device-to-device variability, drawn by
+``noisysim.hardware.Variability``; centred_bernoulli stays centred on each node's own p).
+The draws are the same; only the comparison u < p (or u < q_n) uses the node's value.
+
 Units: the value is in the units of the pre-activation (dimensionless) except for smtj,
 whose defaults are the voltages (V) of the measured device of the MTJ study (see each
 class). Time is counted in passes (time steps) except where a model says otherwise.

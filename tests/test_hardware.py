@@ -408,6 +408,29 @@ def test_variability_reaches_the_checkpoint_in_the_trajectory(tmp_path):
                                  "noise.variability.amplitude=0.1"]))
 
 
+def test_switching_and_node_variability_from_config_reach_the_checkpoint(tmp_path):
+    """noise.variability's p_flip, gain and offset keys, set one by one, build a device
+    whose per-node values the trajectory's checkpoint holds; they follow from the seed."""
+    cfg = load_config(None, ["noise.model=telegraph", "noise.p_flip=0.1",
+                             "noise.amplitude=0.02", "noise.variability.p_flip=0.3",
+                             "noise.variability.gain=0.1", "noise.variability.offset=0.05",
+                             "train.epochs=1", "data.n_train=100", "data.n_test=50",
+                             "backend.name=cpu"])
+    assert cfg.to_dict()["noise"]["variability"] == {
+        "amplitude": 0.0, "distribution": "lognormal", "p_flip": 0.3, "gain": 0.1,
+        "offset": 0.05}
+    path = tmp_path / "var.h5"
+    run(cfg.to_dict(), tmp_path, path=path)
+    state = Trajectory(path).checkpoint()["device"]
+    want = build(cfg).device.state_dict()
+    assert "variability" not in state  # no amplitude spread: no factors drawn
+    for key in ("variability_p_flip", "variability_gain", "variability_offset"):
+        for l, v in want[key].items():
+            np.testing.assert_array_equal(state[key][l], v)
+    p = state["variability_p_flip"]["1"]
+    assert np.all((p > 0) & (p <= 1)) and np.std(p) > 0
+
+
 def test_variability_stays_when_the_noise_model_changes(tmp_path):
     """noise.variability is a key of the noise group, not an option of one noise model:
     switching the model (in a later layer, or from a model file) keeps it, while the
