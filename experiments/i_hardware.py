@@ -1,5 +1,6 @@
 """i. Hardware realism: accuracy of bp, np, anp, danp as the read-out's ADC bits, the
-device-to-device variability and the weight devices' states are swept (spec:
+device-to-device variability (of the noise amplitude; of the nodes' activation gain) and the
+weight devices' states are swept (spec:
 i_hardware.toml; the non-idealities of noisysim.hardware).
 
 Run it with ``python experiments/reproduce.py i`` (``--tiny``, ``--full``).
@@ -31,6 +32,8 @@ SWEEPS = (
      lambda v: [f"measurement.bits={v}", f"measurement.loss_bits={v}"]),
     ("variability", "noise.variability.amplitude", [0.0, 0.1, 0.3, 1.0],
      lambda v: [f"noise.variability.amplitude={v}"]),
+    ("gain", "noise.variability.gain", [0.0, 0.1, 0.3, 1.0],
+     lambda v: [f"noise.variability.gain={v}"]),
     ("states", "optimizer.states", [0, 256, 64, 16],
      lambda v: (["optimizer.device=constant_step", f"optimizer.states={v}"] if v else [])),
 )
@@ -44,7 +47,9 @@ def plan(size: str) -> Plan:
     if size == "tiny":
         return Plan(TINY_DIGITS + ["model.layers=[64,16,10]"], [0], variants,
                     "tiny: digits 64-16-10, 2 epochs")
-    seeds = [0, 1, 2] if size == "full" else [0]  # default: 52 runs, minutes on 2 cores
+    # default: 204 runs, about 12 minutes with 2 workers on 2 cores; full: 5 seeds (the MTJ
+    # study's count)
+    seeds = [0, 1, 2, 3, 4] if size == "full" else [0, 1, 2]
     return Plan([], seeds, variants,
                 "digits 64-64-10, 1% Gaussian device noise, injected sigma 1e-3 (np: 0.03), "
                 f"Adam 3e-3, batch 64, 30 epochs (720 updates), {len(seeds)} seeds")
@@ -57,7 +62,7 @@ def _value(row, key):
 
 def analyse(ctx: Context) -> list[Path]:
     ctx.results.mkdir(parents=True, exist_ok=True)
-    fig, axes = figure(ncols=len(SWEEPS), width=15.0)
+    fig, axes = figure(ncols=len(SWEEPS), width=5.0 * len(SWEEPS))
     body = ["Final test accuracy (noise-free inference) of each rule as one hardware "
             "non-ideality is made worse (0 = ideal: floating-point read-out, identical "
             "devices, floating-point weights). Mean ± std [95% t interval of the mean] over seeds.", ""]
