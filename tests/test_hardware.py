@@ -21,7 +21,7 @@ from backends import assert_resumes_bit_for_bit, device_on, host_grads, kernels
 from noisysim.activations import make_activation
 from noisysim.config import explain_config, load_config
 from noisysim.data import Dataset
-from noisysim.device import Device
+from noisysim.device import Device, exact_gradient
 from noisysim.errors import NoisysimError
 from noisysim.experiment import build, run
 from noisysim.hardware import Channel, Readout, Variability, WeightDevice
@@ -573,9 +573,31 @@ def test_node_variation_defaults_off_and_rules_never_read_it(backend):
                               host_grads(bp.estimate(blind, net), backend)[0].W)
 
 
+def test_alignment_oracle_differentiates_the_varied_device(tmp_path):
+    """With activation gain and offset variability the oracle's exact gradient is the
+    device's (g f'(g a + o)): BP through a clean reference pass is aligned with it to
+    rounding (cosine 1 - O(1e-6) in float32), while the nominal network's gradient is not."""
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    cfg = load_config(path, ["rule.name=bp", "noise.variability.gain=0.5",
+                             "noise.variability.offset=0.2", "train.alignment_every=1"])
+    rows, _ = _rows(cfg)
+    cosines = [r[f"layer_{l}"] for r in rows["alignment"] for l in range(2)]
+    assert len(cosines) == 16 and min(cosines) > 1 - 1e-5, cosines
+    b = build(cfg)
+    x, y = b.data.x_train[:50], b.data.y_train[:50]
+    m = b.device.measure(x, y, samples=0)
+    varied = make_rule("bp").estimate(m, b.network)
+    nominal = exact_gradient(b.network, x, y)
+    cos = float(np.sum(varied[0].W * nominal[0].W) / np.linalg.norm(varied[0].W)
+                / np.linalg.norm(nominal[0].W))
+    assert cos < 0.99
+
+
 def _hardware_trainer(backend):
-    """A tiny trainer with every non-ideality on: noisy 6-bit read-out, 20% variability,
-    an asymmetric noisy constant-step weight device."""
+    """A tiny trainer with every non-ideality on: noisy 6-bit read-out, 20% noise and 10%
+    activation gain variability with offsets, an asymmetric noisy constant-step weight
+    device."""
     g = np.random.default_rng(0)
     x = g.random((8, 6)).astype(np.float32)
     y = g.integers(0, 4, 8)
@@ -585,7 +607,7 @@ def _hardware_trainer(backend):
     device = Device(net, noise=make_noise("gaussian", sigma=0.05), seed=2,
                     readout=Readout(noise_std=0.01, bits=6, range=(-4.0, 4.0),
                                     loss_noise_std=0.01, loss_bits=8),
-                    variability=Variability(0.2))
+                    variability=Variability(0.2, gain=0.1, offset=0.05))
     opt = make_optimizer("adam", lr=3e-2, weight_device=WeightDevice(
         "constant_step", states=33, bounds=(-1.0, 1.0), asymmetry=0.1, write_noise=0.01,
         seed=2))
