@@ -192,8 +192,10 @@ class NodeVariation(NamedTuple):
     offset: object
 
     def inputs(self, a, out):
-        """out = gain * a + offset (``a`` (..., N)); returns out."""
-        out[...] = a * self.gain
+        """out = gain * a + offset (``a`` (..., N)); returns out. In place in ``out``, no
+        temporaries (a captured GPU step must not allocate)."""
+        out[...] = a
+        out *= self.gain
         out += self.offset
         return out
 
