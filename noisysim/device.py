@@ -39,7 +39,7 @@ from .hardware import Readout, Variability
 from .kernels import rng
 from .kernels.backend import CPU
 from .network import LayerParams, Network
-from .noise import MultiplicativeNoise, NoNoise
+from .noise import MultiplicativeNoise, NoNoise, switching_probability
 
 PERTURBATIONS = ("none", "nodes", "layer", "each_layer", "weights")
 
@@ -62,6 +62,9 @@ class Measurement:
     perturbed_layer (P,)         layer a pass perturbed alone, or -1 (all layers / none)
     kernels                      the backend whose arrays these are (None: the CPU's)
     layers                       the parameters the passes ran with (None: the network's)
+    nodes       per layer the NodeVariation (activation gain and offset) the passes ran
+                with, None without (``noisysim.hardware.Variability``): for the rules that
+                differentiate the device (BP, FG); perturbation rules never read it
     """
 
     inputs: tuple
@@ -75,6 +78,7 @@ class Measurement:
     perturbed_layer: np.ndarray
     kernels: object = None
     layers: tuple | None = None
+    nodes: tuple | None = None
 
     @property
     def n_passes(self) -> int:
@@ -98,7 +102,8 @@ class Device:
         losses a Measurement reports (the forward computation is unchanged); None or an
         inactive one: the values themselves.
     variability : None or noisysim.hardware.Variability
-        Device-to-device variability: a fixed per-node factor on the intrinsic noise.
+        Device-to-device variability: per node a fixed factor on the intrinsic noise, a
+        fixed switching probability, a fixed activation gain and offset.
     reuse_buffers : bool
         Let ``measure`` write into the arrays of the previous Measurement instead of fresh
         ones (fresh multi-megabyte arrays cost page faults on every call). A Measurement is
@@ -134,9 +139,17 @@ class Device:
             l: model.init_state(self.seed, l, 0, network.widths[l + 1])
             for l, model in self.noise.items()
         }
-        # device-to-device variability: per node a fixed factor on its noise, host copies
+        # device-to-device variability (noisysim.hardware.Variability), host copies: per
+        # node a fixed factor on its noise, a switching probability, an activation gain
+        # and offset
+        self.variability = variability if variability is not None and variability.active \
+            else None
         self._gain_host = _noise_gains(variability, self.noise, self.seed, network)
-        self._gains = {l: g.astype(network.dtype) for l, g in self._gain_host.items()}
+        self._p_host = _flip_probabilities(variability, self.noise, self.seed, network)
+        self._node_host = ({} if self.variability is None or not variability.nodes_active
+                           else {l: variability.nodes(self.seed, l, network.widths[l + 1])
+                                 for l in range(network.n_layers)})
+        self._to_backend(CPU)
 
     def random_layers(self) -> tuple[int, ...]:
         """The layers whose activity a perturbed pass must recompute at its own time step
@@ -160,8 +173,16 @@ class Device:
             LayerParams(*(None if a is None else kernels.asarray(a) for a in (p.W, p.b, p.R)))
             for p in self.network.layers]
         self.load_state_dict(state)
-        self._gains = {l: kernels.asarray(g, self.network.dtype)
-                       for l, g in self._gain_host.items()}
+        self._to_backend(kernels)
+
+    def _to_backend(self, kernels) -> None:
+        """The backend's copies of the per-node variability (noise factors and activation
+        gains and offsets in the network's dtype; switching probabilities in float64, like
+        the noise kernels' arithmetic)."""
+        dtype = self.network.dtype
+        self._gains = {l: kernels.asarray(g, dtype) for l, g in self._gain_host.items()}
+        self._node_p = {l: kernels.asarray(p, np.float64) for l, p in self._p_host.items()}
+        self._nodes = {l: v.to(kernels, dtype) for l, v in self._node_host.items()}
 
     def pull(self) -> None:
         """Write the backend's parameters into the network's arrays (no-op on the CPU)."""
@@ -192,6 +213,11 @@ class Device:
         }
         if self._gain_host:
             state["variability"] = {str(l): g.copy() for l, g in self._gain_host.items()}
+        if self._p_host:
+            state["variability_p_flip"] = {str(l): p.copy() for l, p in self._p_host.items()}
+        for name in ("gain", "offset") if self._node_host else ():
+            state[f"variability_{name}"] = {str(l): getattr(v, name).copy()
+                                            for l, v in self._node_host.items()}
         return state
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -298,7 +324,7 @@ class Device:
             a[n:] = a[0]
             pres.append(a)
             out = self._buffer(("x", l), a.shape)
-            K.activation(net.activations[l], a[:n], out[:n], self.seed, l, times[:n])
+            self._activate(l, a[:n], out[:n], times[:n])
             out[n:] = out[0]
             h = out
 
@@ -319,6 +345,7 @@ class Device:
             perturbed_layer=perturbed_layer,
             kernels=K,
             layers=tuple(self.layers),
+            nodes=tuple(self._nodes.get(l) for l in range(L)) if self._nodes else None,
         )
 
     def infer(self, x: np.ndarray, noisy: bool = False) -> np.ndarray:
@@ -340,7 +367,7 @@ class Device:
             if noisy:
                 self._add_noise(l, a, 1, time, clean_pass=False)
             out = K.empty(a.shape, net.dtype)
-            K.activation(net.activations[l], a, out, self.seed, l, time)
+            self._activate(l, a, out, time)
             h = out
         if noisy:
             self.clock += 1
@@ -374,6 +401,14 @@ class Device:
             buf = self._buffers[name] = K.empty(shape, self.network.dtype)
         return buf
 
+    def _activate(self, l, a, out, times) -> None:
+        """out = f_l(a) of layer l's nodes, or f_l(gain a + offset) when they vary
+        (``noisysim.hardware.NodeVariation``); stochastic draws keyed by ``times``."""
+        nodes = self._nodes.get(l)
+        if nodes is not None:
+            a = nodes.inputs(a, self._buffer(("u", l), a.shape))
+        self.kernels.activation(self.network.activations[l], a, out, self.seed, l, times)
+
     def _read_out(self, pres, loss, times):
         """The measurement channel (``noisysim.hardware.Readout``): the pre-activations of
         layer l read with key layer l, the losses with key layer L, every pass p at its time
@@ -402,15 +437,16 @@ class Device:
         if model is None or n <= start:
             return
         gain = self._gains.get(l)
+        node_p = self._node_p.get(l)  # per-node switching probabilities, or None
         if gain is None:
             self.kernels.add_noise(model, a[start:n], times[start:n], self._noise_state[l],
-                                   self.seed, l)
+                                   self.seed, l, node_p)
             return
         # variability (noisysim.hardware.Variability): node i adds g_i times its noise
         noise = self._buffer(("noise", l), a[start:n].shape)
         noise[...] = 0
         self.kernels.add_noise(model, noise, times[start:n], self._noise_state[l], self.seed,
-                               l)
+                               l, node_p)
         noise *= gain
         a[start:n] += noise
 
@@ -507,23 +543,26 @@ def pass_layout(perturb: str, samples: int, layer: int | None, n_layers: int,
     return P, perturbed_layer, n_rows, n_products
 
 
-def exact_gradient(network: Network, x: np.ndarray, targets: np.ndarray):
-    """The oracle: exact gradient of the batch-mean loss of the noise-free network.
+def exact_gradient(network: Network, x: np.ndarray, targets: np.ndarray,
+                   variability: Variability | None = None, seed: int = 0):
+    """The oracle: exact gradient of the batch-mean loss of the noise-free network (with
+    ``variability``, the noise-free device of that seed: its nodes' activation gains and
+    offsets included).
 
     For diagnostics (gradient alignment), outside the rule API: it reads the network's
     true derivatives, which no perturbation rule may. Discontinuous activations give their
     true derivative (zero almost everywhere).
     """
-    device = Device(network)
+    device = Device(network, seed=seed, variability=variability)
     m = device.measure(x, targets)
     pass0 = lambda arrays: [a[0] for a in arrays]  # noqa: E731
     dout = network.loss_grad(m.outputs[0], m.targets)
-    return network.backward(pass0(m.inputs), pass0(m.pre), dout)
+    return network.backward(pass0(m.inputs), pass0(m.pre), dout, nodes=m.nodes)
 
 
 def _noise_gains(variability, noise, seed, network) -> dict:
     """{layer: per-node factors g (N_l,) float64} of the noisy layers (empty: none)."""
-    if variability is None or not variability.active:
+    if variability is None or variability.amplitude == 0.0:
         return {}
     for l, model in noise.items():
         if isinstance(model, MultiplicativeNoise):
@@ -532,6 +571,22 @@ def _noise_gains(variability, noise, seed, network) -> dict:
                 "noise (already proportional to the signal): drop the variability or use "
                 "another noise model")
     return {l: variability.factors(seed, l, network.widths[l + 1]) for l in noise}
+
+
+def _flip_probabilities(variability, noise, seed, network) -> dict:
+    """{layer: per-node switching probabilities (N_l,) float64} (empty: none)."""
+    if variability is None or variability.p_flip == 0.0:
+        return {}
+    out = {}
+    for l, model in noise.items():
+        p = switching_probability(model)
+        if p is None:
+            raise NoisysimError(
+                f"noise.variability.p_flip varies the switching probability of telegraph, "
+                f"smtj, bernoulli and centred_bernoulli noise; layer {l} has {model.name} "
+                "noise: drop p_flip from noise.variability or use one of those models")
+        out[l] = variability.flip_probabilities(p, seed, l, network.widths[l + 1])
+    return out
 
 
 def _noise_by_layer(noise, noise_layers, n_layers) -> dict:

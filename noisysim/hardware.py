@@ -28,16 +28,32 @@ the clipped amount (sum of |requested - bounded| change) in the trajectory's row
 (``weight_writes``, ``weight_clipped``).
 
 ``Variability`` -- device-to-device variability (fixed-pattern noise). Every physical node
-differs: node i of layer l carries a fixed factor g_i on its intrinsic noise value (an
-sMTJ's amplitude, a noisy amplifier's gain), drawn once from the run's key
-(seed, STREAM_VARIABILITY, 0, l), element i, with relative spread s:
+differs, and ``noise.variability`` holds every per-node parameter that is drawn once from the
+run's key and then fixed (element i = node i of layer l, z_i ~ N(0, 1)):
 
-    lognormal (default): g_i = exp(s z_i - s^2 / 2)   (mean 1, positive, relative std
-                                                       sqrt(exp(s^2) - 1) ~ s)
-    normal:              g_i = max(0, 1 + s z_i)
+    amplitude = s_a: node i's intrinsic noise value carries a factor g_i = F(s_a, z_i), drawn
+        at key (seed, STREAM_VARIABILITY, 0, l); the noise of node i at every time step is
+        g_i times the model's value (its offset included)
+    p_flip = s_p: node i's switching probability (p_flip of telegraph / smtj noise, p of
+        bernoulli / centred_bernoulli noise) is p_i = min(1, p F(s_p, z_i)), drawn at key
+        (seed, STREAM_VARIABILITY, 1, l)
+    gain = s_g, offset = s_o: node i computes x_i = f(gain_i a_i + offset_i) from its
+        pre-activation a_i (noise included), with gain_i = F(s_g, z_i) at key
+        (seed, STREAM_VARIABILITY, 2, l) and offset_i = s_o z_i at key
+        (seed, STREAM_VARIABILITY, 3, l) (offset in pre-activation units; every layer,
+        the output layer included). BP and the forward gradient differentiate the device:
+        d x_i / d a_i = gain_i f'(gain_i a_i + offset_i) (``NodeVariation``); the
+        perturbation rules never read gain or offset, they see only measured values.
 
-The noise of node i at every time step is g_i times the model's value (its offset
-included). The factors are saved with the device state (checkpoints in the trajectory).
+with the relative spread s mapped to a factor of mean 1 by the distribution F:
+
+    lognormal (default): F(s, z) = exp(s z - s^2 / 2)   (positive, relative std
+                                                          sqrt(exp(s^2) - 1) ~ s)
+    normal:              F(s, z) = max(0, 1 + s z)
+
+Each draw has its own counter of STREAM_VARIABILITY, so adding one spread leaves the others'
+values unchanged. The per-node values are saved with the device state (checkpoints in the
+trajectory). All spreads 0 (the default): nothing is drawn or applied.
 
 Theory of the asymmetric constant-step device (tested): under symmetric proposals d = +-Delta
 with probability 1/2 each (one pulse each), a weight away from its bounds moves by
@@ -47,6 +63,7 @@ with probability 1/2 each (one pulse each), a weight away from its bounds moves 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -96,30 +113,95 @@ VARIABILITY_DISTRIBUTIONS = ("lognormal", "normal")
 
 
 class Variability:
-    """Per-node fixed factors on the intrinsic noise (``noise.variability`` = {amplitude =
-    s, distribution = "lognormal" | "normal"}); s = 0: none."""
+    """Per-node fixed parameters of the device (``noise.variability`` = {amplitude = s_a,
+    p_flip = s_p, gain = s_g, offset = s_o, distribution = "lognormal" | "normal"}; module
+    docstring); a spread of 0: that parameter is the same on every node."""
 
-    def __init__(self, amplitude=0.0, distribution="lognormal"):
-        self.amplitude = check_number("noise.variability.amplitude", amplitude, 0.0, None,
-                                      hint="the relative spread of the per-node noise "
-                                           "amplitude (0.1 = 10%)")
+    #: the counter of STREAM_VARIABILITY each parameter is drawn at
+    COUNTERS = {"amplitude": 0, "p_flip": 1, "gain": 2, "offset": 3}
+
+    def __init__(self, amplitude=0.0, distribution="lognormal", p_flip=0.0, gain=0.0,
+                 offset=0.0):
+        def spread(name, value, hint):
+            return check_number(f"noise.variability.{name}", value, 0.0, None, hint=hint)
+
+        self.amplitude = spread("amplitude", amplitude, "the relative spread of the per-node "
+                                "noise amplitude (0.1 = 10%)")
+        self.p_flip = spread("p_flip", p_flip, "the relative spread of the per-node switching "
+                             "probability (0.2 = 20%)")
+        self.gain = spread("gain", gain, "the relative spread of the per-node activation gain "
+                           "(0.1 = 10%)")
+        self.offset = spread("offset", offset, "the std of the per-node activation offset, "
+                             "in pre-activation units")
         self.distribution = check_choice("noise.variability.distribution", distribution,
                                          VARIABILITY_DISTRIBUTIONS)
 
     @property
     def active(self) -> bool:
-        return self.amplitude > 0.0
+        return self.amplitude > 0.0 or self.p_flip > 0.0 or self.nodes_active
 
-    def factors(self, seed: int, layer: int, width: int) -> np.ndarray:
-        """g (width,) float64 of layer ``layer`` (module docstring)."""
-        z = rng.normal_array(seed, rng.STREAM_VARIABILITY, 0, layer, (width,))
-        s = self.amplitude
+    @property
+    def nodes_active(self) -> bool:
+        """Whether the activations vary from node to node (gain or offset)."""
+        return self.gain > 0.0 or self.offset > 0.0
+
+    def _normal(self, name: str, seed: int, layer: int, width: int) -> np.ndarray:
+        return rng.normal_array(seed, rng.STREAM_VARIABILITY, self.COUNTERS[name], layer,
+                                (width,))
+
+    def _relative(self, name: str, seed: int, layer: int, width: int) -> np.ndarray:
+        """F(s, z) (width,) float64 of the spread ``name`` (module docstring)."""
+        z = self._normal(name, seed, layer, width)
+        s = getattr(self, name)
         if self.distribution == "lognormal":
             return np.exp(s * z - 0.5 * s * s)
         return np.maximum(0.0, 1.0 + s * z)
 
+    def factors(self, seed: int, layer: int, width: int) -> np.ndarray:
+        """g (width,) float64: the noise amplitude factors of layer ``layer``."""
+        return self._relative("amplitude", seed, layer, width)
+
+    def flip_probabilities(self, p: float, seed: int, layer: int, width: int) -> np.ndarray:
+        """p_i = min(1, p F(s_p, z_i)) (width,) float64: layer ``layer``'s per-node
+        switching probabilities around the model's p."""
+        return np.minimum(1.0, p * self._relative("p_flip", seed, layer, width))
+
+    def nodes(self, seed: int, layer: int, width: int) -> "NodeVariation":
+        """Layer ``layer``'s per-node activation gains and offsets (float64)."""
+        gain = (self._relative("gain", seed, layer, width) if self.gain > 0.0
+                else np.ones(width))
+        return NodeVariation(gain, self.offset * self._normal("offset", seed, layer, width))
+
     def params(self) -> dict:
-        return {"amplitude": self.amplitude, "distribution": self.distribution}
+        out = {"amplitude": self.amplitude, "distribution": self.distribution}
+        out.update({k: getattr(self, k) for k in ("p_flip", "gain", "offset")
+                    if getattr(self, k) > 0.0})  # absent when off: older records unchanged
+        return out
+
+
+class NodeVariation(NamedTuple):
+    """A layer's per-node activation gain and offset (``Variability``): node i computes
+
+        x_i = f(u_i),  u_i = gain_i a_i + offset_i   (rounded in a's dtype: product, then sum)
+        d x_i / d a_i = gain_i f'(u_i)
+
+    Arrays (N,) of the backend the device runs on, in the network's dtype.
+    """
+
+    gain: object
+    offset: object
+
+    def inputs(self, a, out):
+        """out = gain * a + offset (``a`` (..., N)); returns out. In place in ``out``, no
+        temporaries (a captured GPU step must not allocate)."""
+        out[...] = a
+        out *= self.gain
+        out += self.offset
+        return out
+
+    def to(self, kernels, dtype) -> "NodeVariation":
+        return NodeVariation(kernels.asarray(self.gain, dtype),
+                             kernels.asarray(self.offset, dtype))
 
 
 class Readout:

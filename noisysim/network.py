@@ -145,23 +145,48 @@ class Network:
         pre: Sequence[np.ndarray],
         dout: np.ndarray,
         surrogate: bool = False,
+        nodes=None,
     ) -> list[LayerGrad]:
         """Backpropagate per-sample output gradients through one pass.
 
         inputs[l] = x*_{l-1} (B, N_{l-1}), pre[l] = a_l (B, N_l), dout = d ell_n / d x_L
         (B, N_L). Returns batch-mean gradients. With ``surrogate`` the activations'
-        straight-through derivatives replace the true ones (see ``noisysim.activations``).
+        straight-through derivatives replace the true ones (see ``noisysim.activations``);
+        ``nodes``: per layer the device's NodeVariation or None (``node_backprop``).
         """
-        return backward(CPU, self.layers, self.activations, inputs, pre, dout, surrogate)
+        return backward(CPU, self.layers, self.activations, inputs, pre, dout, surrogate,
+                        nodes)
 
     def loss_grad(self, outputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
         return losses.loss_grad(self.loss, outputs, targets)
 
 
-def backward(kernels, layers, activations, inputs, pre, dout, surrogate=False):
+def node_backprop(kernels, act, g, a, node, surrogate=False):
+    """g * d x / d a of one layer's nodes at pre-activations a: g * f'(a), or, when the
+    nodes vary (``node``: a noisysim.hardware.NodeVariation), g * f'(u) * gain with
+    u = gain a + offset rounded as the forward pass rounds it. Returns the product (in g's
+    array on the CPU, a new one on the GPU)."""
+    if node is None:
+        return kernels.backprop(act, g, a, surrogate)
+    u = node.inputs(a, kernels.empty(a.shape, a.dtype))
+    out = kernels.backprop(act, g, u, surrogate)
+    out *= node.gain
+    return out
+
+
+def node_derivative(kernels, act, a, node):
+    """d x / d a of one layer's nodes at a: f'(a), or gain f'(gain a + offset)."""
+    if node is None:
+        return kernels.derivative(act, a)
+    return kernels.derivative(act, node.inputs(a, kernels.empty(a.shape, a.dtype))) * node.gain
+
+
+def backward(kernels, layers, activations, inputs, pre, dout, surrogate=False, nodes=None):
     """``Network.backward`` on any backend: ``layers`` (LayerParams of the backend's arrays),
     ``activations`` per layer, the pass's inputs x*_{l-1} and pre-activations a_l, and the
-    per-sample output gradient dout (B, N_L). Returns batch-mean gradients (LayerGrad).
+    per-sample output gradient dout (B, N_L); ``nodes`` per layer a NodeVariation or None
+    (the device's activation gains and offsets; None: none). Returns batch-mean gradients
+    (LayerGrad).
 
     delta = (1/B) d ell / d a_l: the batch mean's 1/B is applied once, to the (B, N_L)
     output gradient, and carried down linearly, never to an (N, N') product.
@@ -171,7 +196,8 @@ def backward(kernels, layers, activations, inputs, pre, dout, surrogate=False):
     n = dout.shape[0]
     grads: list[LayerGrad] = [None] * len(layers)  # type: ignore[list-item]
     delta = xp.ascontiguousarray(dout, dtype=dtype) * dtype.type(1.0 / n)
-    delta = K.backprop(activations[-1], delta, pre[-1], surrogate)
+    nodes = nodes or (None,) * len(layers)
+    delta = node_backprop(K, activations[-1], delta, pre[-1], nodes[-1], surrogate)
     for l in range(len(layers) - 1, -1, -1):
         p = layers[l]
         gW = xp.matmul(delta.T, inputs[l]).astype(dtype, copy=False)
@@ -181,7 +207,8 @@ def backward(kernels, layers, activations, inputs, pre, dout, surrogate=False):
             upstream = xp.matmul(delta, p.W)
             if p.R is not None:
                 upstream = xp.matmul(upstream, p.R)
-            delta = K.backprop(activations[l - 1], upstream, pre[l - 1], surrogate)
+            delta = node_backprop(K, activations[l - 1], upstream, pre[l - 1], nodes[l - 1],
+                                  surrogate)
     return grads
 
 

@@ -37,6 +37,12 @@ multiplicative     a * sigma * z                                              no
 trace              offset + scale * trace[index(t, slot, node)]               no
 =================  =========================================================  =============
 
+Models with a per-step switching probability (telegraph and smtj: p_flip; bernoulli and
+centred_bernoulli: p) also take one per node, ``apply(..., node_p=p)`` with p (N,) in
+[0, 1]: node n then switches with p[n] (device-to-device variability, drawn by
+``noisysim.hardware.Variability``; centred_bernoulli stays centred on each node's own p).
+The draws are the same; only the comparison u < p (or u < q_n) uses the node's value.
+
 Units: the value is in the units of the pre-activation (dimensionless) except for smtj,
 whose defaults are the voltages (V) of the measured device of the MTJ study (see each
 class). Time is counted in passes (time steps) except where a model says otherwise.
@@ -70,6 +76,7 @@ __all__ = [
     "TraceNoise",
     "NOISE_MODELS",
     "make_noise",
+    "switching_probability",
 ]
 
 _COUNTER_MAX = 2**63 - 1
@@ -105,19 +112,24 @@ class NoiseModel:
         state.update(self._init_arrays(seed, layer, slots, width))
         return state
 
-    def apply(self, a, times, state, seed, layer) -> None:
+    def apply(self, a, times, state, seed, layer, node_p=None) -> None:
         """Add one noise sample per (pass, slot, node) to ``a`` in place.
 
         a: (P, B, N) C-contiguous float32/float64; times: (P,) strictly increasing int64
         pass times (>= 0); state: the dict from ``init_state`` (grown here when B exceeds its
-        slots); seed, layer: the counters of the draws.
+        slots); seed, layer: the counters of the draws. node_p: None, or (N,) float64
+        per-node switching probabilities in [0, 1] that replace the model's p_flip (or p)
+        node by node (device-to-device variability; models with a switching probability
+        only, see ``switching_probability``).
         """
         times = _check_apply(self.name, a, times)
         seed, layer = _check_key(seed, layer)
+        if node_p is not None:
+            node_p = _check_node_p(self, node_p, a.shape[2])
         if self.stateful:
             self._prepare_state(a, times, state, seed, layer)
         if a.size:
-            self._apply(a, times, state, seed, layer)
+            self._apply(a, times, state, seed, layer, _NO_NODES if node_p is None else node_p)
 
     def params(self) -> dict:
         """JSON-able constructor arguments: make_noise(model.name, **model.params())."""
@@ -135,7 +147,12 @@ class NoiseModel:
         return hash((type(self), repr(self)))
 
     # -- for subclasses ----------------------------------------------------------------------
-    def _apply(self, a, times, state, seed, layer) -> None:  # pragma: no cover - abstract
+    #: the parameter that is a per-step switching probability (None: the model has none)
+    switching: str | None = None
+
+    def _apply(self, a, times, state, seed, layer, node_p) -> None:  # pragma: no cover
+        """a += noise; node_p (N,) float64: per-node switching probabilities, or empty (the
+        model's own for every node)."""
         raise NotImplementedError
 
     def _init_arrays(self, seed, layer, slots, width) -> dict[str, np.ndarray]:
@@ -178,6 +195,30 @@ class NoiseModel:
                 f"state's last time {last}; time must not go backwards (restore an earlier "
                 "state to replay)"
             )
+
+
+#: node_p of the kernels when every node uses the model's own switching probability
+_NO_NODES = np.empty(0, dtype=np.float64)
+
+
+def switching_probability(model) -> float | None:
+    """The model's per-step switching probability (p_flip of telegraph and smtj, p of
+    bernoulli and centred_bernoulli), the one ``node_p`` replaces; None for other models."""
+    return None if model.switching is None else float(getattr(model, model.switching))
+
+
+def _check_node_p(model, node_p, width) -> np.ndarray:
+    if model.switching is None:
+        raise NoisysimError(
+            f"{model.name} noise has no switching probability to vary per node; node_p "
+            "applies to telegraph, smtj, bernoulli and centred_bernoulli noise")
+    p = np.ascontiguousarray(node_p, dtype=np.float64)
+    if p.shape != (width,) or not np.all((p >= 0.0) & (p <= 1.0)):
+        raise NoisysimError(
+            f"{model.name} noise: node_p must be {width} probabilities in [0, 1] (one per "
+            f"node), got shape {p.shape}" + (f" with values in [{p.min():g}, {p.max():g}]"
+                                               if p.size else ""))
+    return p
 
 
 def _jsonable(v):
@@ -232,7 +273,7 @@ class NoNoise(NoiseModel):
 
     name = "none"
 
-    def _apply(self, a, times, state, seed, layer) -> None:
+    def _apply(self, a, times, state, seed, layer, node_p) -> None:
         pass
 
 
@@ -250,7 +291,7 @@ class GaussianNoise(NoiseModel):
         self.sigma = self._check("sigma", sigma, 0.0)
         self.mean = self._check("mean", mean)
 
-    def _apply(self, a, times, state, seed, layer) -> None:
+    def _apply(self, a, times, state, seed, layer, node_p) -> None:
         _k.pick(_k.gaussian_apply, a.size)(a, times, seed, layer, self.mean, self.sigma, False)
 
 
@@ -267,7 +308,7 @@ class MultiplicativeNoise(NoiseModel):
     def __init__(self, sigma):
         self.sigma = self._check("sigma", sigma, 0.0)
 
-    def _apply(self, a, times, state, seed, layer) -> None:
+    def _apply(self, a, times, state, seed, layer, node_p) -> None:
         _k.pick(_k.gaussian_apply, a.size)(a, times, seed, layer, 0.0, self.sigma, True)
 
 
@@ -282,6 +323,7 @@ class BernoulliNoise(NoiseModel):
     """
 
     name = "bernoulli"
+    switching = "p"
 
     def __init__(self, p, amplitude, n_sources=1, offset=0.0):
         self.p = self._check("p", p, 0.0, 1.0)
@@ -289,9 +331,9 @@ class BernoulliNoise(NoiseModel):
         self.n_sources = self._check("n_sources", n_sources, 1, integer=True)
         self.offset = self._check("offset", offset)
 
-    def _apply(self, a, times, state, seed, layer) -> None:
+    def _apply(self, a, times, state, seed, layer, node_p) -> None:
         _k.pick(_k.bernoulli_apply, a.size)(a, times, seed, layer, self.p, self.amplitude, self.offset,
-                           self.n_sources, False)
+                           self.n_sources, False, node_p)
 
 
 class CentredBernoulliNoise(NoiseModel):
@@ -303,19 +345,21 @@ class CentredBernoulliNoise(NoiseModel):
     """
 
     name = "centred_bernoulli"
+    switching = "p"
 
     def __init__(self, p, amplitude, n_sources=1):
         self.p = self._check("p", p, 0.0, 1.0)
         self.amplitude = self._check("amplitude", amplitude)
         self.n_sources = self._check("n_sources", n_sources, 1, integer=True)
 
-    def _apply(self, a, times, state, seed, layer) -> None:
+    def _apply(self, a, times, state, seed, layer, node_p) -> None:
         _k.pick(_k.bernoulli_apply, a.size)(a, times, seed, layer, self.p, self.amplitude, 0.0,
-                           self.n_sources, True)
+                           self.n_sources, True, node_p)
 
 
 class _TelegraphBase(NoiseModel):
     stateful = True
+    switching = "p_flip"
 
     def _init_arrays(self, seed, layer, slots, width):
         # Random initial sign: the stationary distribution, so every time is stationary.
@@ -344,9 +388,9 @@ class TelegraphNoise(_TelegraphBase):
         self.offset = self._check("offset", offset)
         self.n_sources = self._check("n_sources", n_sources, 1, integer=True)
 
-    def _apply(self, a, times, state, seed, layer) -> None:
+    def _apply(self, a, times, state, seed, layer, node_p) -> None:
         _k.pick(_k.telegraph_apply, a.size)(a, times, state["last_time"], state["spin"], seed, layer,
-                           self.p_flip, self.amplitude, self.offset, 0.0, 1.0, False)
+                           self.p_flip, self.amplitude, self.offset, 0.0, 1.0, False, node_p)
 
 
 class SMTJNoise(_TelegraphBase):
@@ -373,10 +417,10 @@ class SMTJNoise(_TelegraphBase):
         self.scale = self._check("scale", scale)
         self.n_sources = self._check("n_sources", n_sources, 1, integer=True)
 
-    def _apply(self, a, times, state, seed, layer) -> None:
+    def _apply(self, a, times, state, seed, layer, node_p) -> None:
         _k.pick(_k.telegraph_apply, a.size)(a, times, state["last_time"], state["spin"], seed, layer,
                            self.p_flip, self.amplitude, self.n_sources * self.mean,
-                           self.sigma, self.scale, True)
+                           self.sigma, self.scale, True, node_p)
 
 
 class _OUBase(NoiseModel):
@@ -402,7 +446,7 @@ class _OUBase(NoiseModel):
         z = rng.normal_array(seed, rng.STREAM_NOISE_INIT, 0, layer, (slots, width, len(std)))
         return {"x": z * np.asarray(std, dtype=np.float64)}
 
-    def _apply(self, a, times, state, seed, layer) -> None:
+    def _apply(self, a, times, state, seed, layer, node_p) -> None:
         decay, c1, std = self._constants
         _k.pick(_k.ou_apply, a.size)(a, times, state["last_time"], state["x"], seed, layer, decay, c1, std,
                     self.mean)
@@ -515,7 +559,7 @@ class TraceNoise(NoiseModel):
                 "scale": self.scale, "offset": self.offset, "segment": self.segment,
                 "sha256": self.sha256}
 
-    def _apply(self, a, times, state, seed, layer) -> None:
+    def _apply(self, a, times, state, seed, layer, node_p) -> None:
         # Plain numpy (no draws, memory-bound): one float64 value per (pass, device), added
         # with a single rounding to a's dtype like the kernels do.
         length = self.trace.shape[0]

@@ -362,7 +362,7 @@ class Trainer:
             return
         self.device.pull()
         x, y = self._host_batch(rows)
-        exact = exact_gradient(self.network, x, y)
+        exact = exact_gradient(self.network, x, y, self.device.variability, self.device.seed)
         row = {"step": step}
         for l, (g, e) in enumerate(zip(grads, exact)):
             host = type(g)(K.to_host(g.W), None if g.b is None else K.to_host(g.b))

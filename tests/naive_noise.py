@@ -92,12 +92,15 @@ def _grown(model, state, seed, layer, slots, width):
 # ----------------------------------------------------------------------------- references
 
 
-def reference(model, a, times, state, seed, layer):
-    """(a + noise, state after) for any model of noisysim.noise, element by element."""
+def reference(model, a, times, state, seed, layer, node_p=None):
+    """(a + noise, state after) for any model of noisysim.noise, element by element;
+    node_p (N,): node n's switching probability (p_flip, or p) is node_p[n]."""
     P, B, N = a.shape
     out = a.astype(np.float64)
     state = _grown(model, state, seed, layer, B, N)
     p = model.params()
+    per_node = [p if node_p is None else dict(p, **{model.switching: float(node_p[n])})
+                for n in range(N)]
     name = model.name
     for i, t in enumerate(times):
         t = int(t)
@@ -108,7 +111,7 @@ def reference(model, a, times, state, seed, layer):
                 state["last_time"][b] = t
             for n in range(N):
                 d = b * N + n
-                out[i, b, n] += _value(name, p, model, k, d, steps if state else 0, state, b, n,
+                out[i, b, n] += _value(name, per_node[n], model, k, d, steps if state else 0, state, b, n,
                                        t, out[i, b, n], B, N)
     return out.astype(a.dtype), state
 

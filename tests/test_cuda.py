@@ -369,20 +369,27 @@ def _check_noise(env, name):
     # passes inside one call, a smaller batch (slots left behind), the same state again
     schedule = [([0, 1], env.B - 1), ([4, 5], env.B), ([9], env.B + 2),
                 ([10, 12, 13], env.B + 2), ([20], 1), ([21, 22], env.B + 2)]
-    for dtype in (np.float32, np.float64):
-        model = _noise_model(name, env.N)
-        st = model.init_state(seed, layer, env.B - 1, env.N)
-        sd = env.K.noise_state(model, {k: v.copy() for k, v in st.items()})
-        g = np.random.default_rng(0)
-        for times, b in schedule:
-            a = g.standard_normal((len(times), b, env.N)).astype(dtype)
-            ad = env.dev(a)
-            model.apply(a, np.array(times), st, seed, layer)
-            env.K.add_noise(model, ad, np.array(times), sd, seed, layer)
-            _require(_same(env.host(ad), a), f"{dtype.__name__} a at times {times}")
-            for k, v in env.K.noise_state_to_host(model, sd).items():
-                _require(_same(v, st[k]), f"state {k} after times {times}")
-    return "noise and carried state identical over gaps, growth and non-consecutive passes"
+    # models with a switching probability also run with one per node (variability)
+    node_ps = [None] + ([np.linspace(0.02, 0.9, env.N)]
+                        if _noise_model(name, env.N).switching else [])
+    for node_p in node_ps:
+        for dtype in (np.float32, np.float64):
+            model = _noise_model(name, env.N)
+            st = model.init_state(seed, layer, env.B - 1, env.N)
+            sd = env.K.noise_state(model, {k: v.copy() for k, v in st.items()})
+            node_pd = None if node_p is None else env.dev(node_p)
+            g = np.random.default_rng(0)
+            for times, b in schedule:
+                a = g.standard_normal((len(times), b, env.N)).astype(dtype)
+                ad = env.dev(a)
+                model.apply(a, np.array(times), st, seed, layer, node_p)
+                env.K.add_noise(model, ad, np.array(times), sd, seed, layer, node_pd)
+                what = f"{dtype.__name__} a at times {times}, node_p {node_p is not None}"
+                _require(_same(env.host(ad), a), what)
+                for k, v in env.K.noise_state_to_host(model, sd).items():
+                    _require(_same(v, st[k]), f"state {k} after times {times}")
+    return ("noise and carried state identical over gaps, growth and non-consecutive passes"
+            + (", also with per-node switching probabilities" if len(node_ps) > 1 else ""))
 
 
 def _network(env, decorrelated, seed=1, noise="telegraph"):

@@ -21,10 +21,11 @@ from backends import assert_resumes_bit_for_bit, device_on, host_grads, kernels
 from noisysim.activations import make_activation
 from noisysim.config import explain_config, load_config
 from noisysim.data import Dataset
-from noisysim.device import Device
+from noisysim.device import Device, exact_gradient
 from noisysim.errors import NoisysimError
 from noisysim.experiment import build, run
 from noisysim.hardware import Channel, Readout, Variability, WeightDevice
+from noisysim.losses import loss_grad
 from noisysim.kernels import rng, step
 from noisysim.network import LayerGrad, Network
 from noisysim.noise import make_noise
@@ -122,7 +123,8 @@ def test_defaults_of_the_new_options_change_nothing(tmp_path):
     explicit.write_text(TINY.replace('[optimizer]\n', '[optimizer]\ndevice = "ideal"\n'
                                      'states = 64\nasymmetry = 0.0\nwrite_noise = 0.0\n')
                         .replace('sigma = 0.01\n', 'sigma = 0.01\nvariability = '
-                                 '{amplitude = 0.0}\n')
+                                 '{amplitude = 0.0, p_flip = 0.0, gain = 0.0, '
+                                 'offset = 0.0}\n')
                         + '\n[measurement]\nnoise_std = 0.0\nbits = 0\nloss_bits = 0\n')
     a, b = load_config(plain), load_config(explicit)
     assert a.to_dict() == b.to_dict()
@@ -406,6 +408,29 @@ def test_variability_reaches_the_checkpoint_in_the_trajectory(tmp_path):
                                  "noise.variability.amplitude=0.1"]))
 
 
+def test_switching_and_node_variability_from_config_reach_the_checkpoint(tmp_path):
+    """noise.variability's p_flip, gain and offset keys, set one by one, build a device
+    whose per-node values the trajectory's checkpoint holds; they follow from the seed."""
+    cfg = load_config(None, ["noise.model=telegraph", "noise.p_flip=0.1",
+                             "noise.amplitude=0.02", "noise.variability.p_flip=0.3",
+                             "noise.variability.gain=0.1", "noise.variability.offset=0.05",
+                             "train.epochs=1", "data.n_train=100", "data.n_test=50",
+                             "backend.name=cpu"])
+    assert cfg.to_dict()["noise"]["variability"] == {
+        "amplitude": 0.0, "distribution": "lognormal", "p_flip": 0.3, "gain": 0.1,
+        "offset": 0.05}
+    path = tmp_path / "var.h5"
+    run(cfg.to_dict(), tmp_path, path=path)
+    state = Trajectory(path).checkpoint()["device"]
+    want = build(cfg).device.state_dict()
+    assert "variability" not in state  # no amplitude spread: no factors drawn
+    for key in ("variability_p_flip", "variability_gain", "variability_offset"):
+        for l, v in want[key].items():
+            np.testing.assert_array_equal(state[key][l], v)
+    p = state["variability_p_flip"]["1"]
+    assert np.all((p > 0) & (p <= 1)) and np.std(p) > 0
+
+
 def test_variability_stays_when_the_noise_model_changes(tmp_path):
     """noise.variability is a key of the noise group, not an option of one noise model:
     switching the model (in a later layer, or from a model file) keeps it, while the
@@ -424,9 +449,155 @@ def test_variability_stays_when_the_noise_model_changes(tmp_path):
     assert shipped.to_dict()["noise"]["variability"]["amplitude"] == 0.1
 
 
+def test_flip_probability_variability_is_drawn_apart_from_the_amplitude():
+    """p_i = min(1, p F(s, z_i)) with z at counter 1 of STREAM_VARIABILITY: adding a p_flip
+    spread leaves the amplitude factors (counter 0) as they were; both reach the state."""
+    net = Network([5, 4, 3], seed=1, dtype="float64")
+    telegraph = make_noise("telegraph", p_flip=0.4, amplitude=0.1)
+    amp = Device(net, noise=telegraph, seed=SEED, variability=Variability(0.2)).state_dict()
+    both = Device(net, noise=telegraph, seed=SEED,
+                  variability=Variability(0.2, "normal", p_flip=0.9)).state_dict()
+    np.testing.assert_array_equal(amp["variability"]["1"], Variability(0.2).factors(SEED, 1, 3))
+    z = rng.normal_array(SEED, rng.STREAM_VARIABILITY, 1, 1, (3,))
+    np.testing.assert_array_equal(both["variability_p_flip"]["1"],
+                                  np.minimum(1.0, 0.4 * np.maximum(0.0, 1.0 + 0.9 * z)))
+    z0 = rng.normal_array(SEED, rng.STREAM_VARIABILITY, 0, 1, (3,))
+    np.testing.assert_array_equal(both["variability"]["1"], np.maximum(0, 1 + 0.2 * z0))
+    assert "variability_p_flip" not in amp
+    with pytest.raises(NoisysimError, match="switching probability of telegraph"):
+        Device(net, noise=make_noise("gaussian", sigma=0.1), variability=Variability(p_flip=0.1))
+
+
+def _node_twin(net, nodes, x):
+    """Plain-numpy forward of a noise-free pass with node gains and offsets:
+    (pre-activations, outputs) with u = g a + o rounded as the device rounds it."""
+    pre, h = [], x
+    for l, p in enumerate(net.layers):
+        a = h @ p.W.T + p.b
+        pre.append(a)
+        g, o = nodes[l]
+        h = np.tanh((a * g) + o)
+    return pre, h
+
+
+def test_node_gain_and_offset_forward_bp_and_fg_on_both_backends(backend):
+    """x_i = f(g_i a_i + o_i) with g lognormal (counter 2) and o normal (counter 3) of
+    STREAM_VARIABILITY: the device's pre-activations and outputs equal a plain-numpy twin;
+    BP's estimate equals the twin's backpropagation with d x / d a = g f'(g a + o) and
+    central finite differences of the device's own loss; FG's estimate is BP's gradient
+    projected on its tangent."""
+    K = kernels(backend)
+    net = Network([4, 5, 3], activation="tanh", output_activation="tanh", seed=1,
+                  dtype="float64")
+    gen = np.random.default_rng(3)
+    x, y = gen.random((6, 4)), gen.integers(0, 3, 6)
+    var = Variability(gain=0.3, offset=0.2)
+    device = device_on(Device(net, seed=SEED, variability=var), backend)
+    state = device.state_dict()
+    nodes = []
+    for l, w in enumerate((5, 3)):
+        z2 = rng.normal_array(SEED, rng.STREAM_VARIABILITY, 2, l, (w,))
+        z3 = rng.normal_array(SEED, rng.STREAM_VARIABILITY, 3, l, (w,))
+        nodes.append((np.exp(0.3 * z2 - 0.045), 0.2 * z3))
+        np.testing.assert_array_equal(state["variability_gain"][str(l)], nodes[l][0])
+        np.testing.assert_array_equal(state["variability_offset"][str(l)], nodes[l][1])
+    m = device.measure(x, y, samples=0)
+    pre, out = _node_twin(net, nodes, x)
+    # float64 throughout; only BLAS summation order and libm's tanh may differ (few ulps)
+    for l in range(2):
+        np.testing.assert_allclose(_host(K, m.pre[l])[0], pre[l], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(_host(K, m.outputs)[0], out, rtol=1e-12, atol=1e-14)
+    # twin backpropagation: delta_l = upstream * g f'(g a + o), f = tanh
+    delta = loss_grad("cross_entropy", out, y) / len(y)
+    want = [None, None]
+    for l in (1, 0):
+        g, o = nodes[l]
+        delta = delta * (1.0 - np.tanh(pre[l] * g + o) ** 2) * g
+        h = x if l == 0 else np.tanh(pre[0] * nodes[0][0] + nodes[0][1])
+        want[l] = delta.T @ h
+        delta = delta @ net.layers[l].W
+    bp = host_grads(make_rule("bp").estimate(m, net), backend)
+    for l in range(2):
+        np.testing.assert_allclose(bp[l].W, want[l], rtol=1e-10, atol=1e-15)
+    # central finite differences of the device's noise-free loss (smooth here): with
+    # h = 1e-5 they err by h^2 |third derivative| / 6 ~ 1e-11 plus rounding eps |L| / h
+    # ~ 1e-11; 1e-8 is a generous bound that a missing gain (a 30% error) cannot pass
+    W = net.layers[0].W
+    for i, j in ((0, 0), (2, 3), (4, 1)):
+        w0 = W[i, j]
+        f = []
+        for h in (1e-5, -1e-5):
+            W[i, j] = w0 + h
+            device.push()
+            f.append(device.loss(x, y).mean())
+        W[i, j] = w0
+        device.push()
+        assert abs((f[0] - f[1]) / 2e-5 - bp[0].W[i, j]) <= 1e-8, (i, j)
+    # FG: g = (grad . v) v with grad . v by forward mode through g f'(u)
+    fg = make_rule("fg", samples=1, seed=4)
+    Vs, vbs = fg.tangents(net, 0)
+    est = host_grads(fg.estimate(m, net), backend)
+    d = sum(float(np.sum(bp[l].W * Vs[l][0]) + np.sum(bp[l].b * vbs[l][0])) for l in range(2))
+    np.testing.assert_allclose(est[0].W, d * Vs[0][0], rtol=1e-9, atol=1e-14)
+
+
+def test_node_variation_defaults_off_and_rules_never_read_it(backend):
+    """Spreads of 0 give the device without variability bit for bit; with gains, offsets,
+    noise and a read-out, the perturbation rules' estimates are the same when the
+    Measurement's ``nodes`` are removed (they never read them), while BP's change."""
+    K = kernels(backend)
+    net = Network([5, 4, 3], seed=1, dtype="float32")
+    g = np.random.default_rng(1)
+    x, y = g.random((6, 5)), g.integers(0, 3, 6)
+    kw = dict(perturb="nodes", sigma=0.01, samples=2, clean_pass=False)
+    ro = Readout(noise_std=0.02, bits=8, range=(-3.0, 3.0))
+    zero_var = Variability(0.0, p_flip=0.0, gain=0.0, offset=0.0)
+    plain = device_on(_device(net, ro), backend).measure(x, y, **kw)
+    zero = device_on(Device(net, noise=make_noise("gaussian", sigma=0.05), seed=SEED,
+                            readout=ro, variability=zero_var), backend).measure(x, y, **kw)
+    for a, b in zip(plain.pre + (plain.outputs,), zero.pre + (zero.outputs,)):
+        np.testing.assert_array_equal(_host(K, a), _host(K, b))
+    assert zero.nodes is None
+    varied = device_on(Device(net, noise=make_noise("gaussian", sigma=0.05), seed=SEED,
+                              readout=ro, variability=Variability(gain=0.2, offset=0.1)),
+                       backend)
+    m = varied.measure(x, y, **kw)
+    blind = dataclasses.replace(m, nodes=None)
+    for name in ("np", "anp", "danp"):
+        rule = make_rule(name, sigma=0.01, samples=2, clean_pass=False)
+        for a, b in zip(host_grads(rule.estimate(m, net), backend),
+                        host_grads(rule.estimate(blind, net), backend)):
+            np.testing.assert_array_equal(a.W, b.W)
+    bp = make_rule("bp")
+    assert not np.array_equal(host_grads(bp.estimate(m, net), backend)[0].W,
+                              host_grads(bp.estimate(blind, net), backend)[0].W)
+
+
+def test_alignment_oracle_differentiates_the_varied_device(tmp_path):
+    """With activation gain and offset variability the oracle's exact gradient is the
+    device's (g f'(g a + o)): BP through a clean reference pass is aligned with it to
+    rounding (cosine 1 - O(1e-6) in float32), while the nominal network's gradient is not."""
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    cfg = load_config(path, ["rule.name=bp", "noise.variability.gain=0.5",
+                             "noise.variability.offset=0.2", "train.alignment_every=1"])
+    rows, _ = _rows(cfg)
+    cosines = [r[f"layer_{l}"] for r in rows["alignment"] for l in range(2)]
+    assert len(cosines) == 16 and min(cosines) > 1 - 1e-5, cosines
+    b = build(cfg)
+    x, y = b.data.x_train[:50], b.data.y_train[:50]
+    m = b.device.measure(x, y, samples=0)
+    varied = make_rule("bp").estimate(m, b.network)
+    nominal = exact_gradient(b.network, x, y)
+    cos = float(np.sum(varied[0].W * nominal[0].W) / np.linalg.norm(varied[0].W)
+                / np.linalg.norm(nominal[0].W))
+    assert cos < 0.99
+
+
 def _hardware_trainer(backend):
-    """A tiny trainer with every non-ideality on: noisy 6-bit read-out, 20% variability,
-    an asymmetric noisy constant-step weight device."""
+    """A tiny trainer with every non-ideality on: noisy 6-bit read-out, 20% noise and 10%
+    activation gain variability with offsets, an asymmetric noisy constant-step weight
+    device."""
     g = np.random.default_rng(0)
     x = g.random((8, 6)).astype(np.float32)
     y = g.integers(0, 4, 8)
@@ -436,7 +607,7 @@ def _hardware_trainer(backend):
     device = Device(net, noise=make_noise("gaussian", sigma=0.05), seed=2,
                     readout=Readout(noise_std=0.01, bits=6, range=(-4.0, 4.0),
                                     loss_noise_std=0.01, loss_bits=8),
-                    variability=Variability(0.2))
+                    variability=Variability(0.2, gain=0.1, offset=0.05))
     opt = make_optimizer("adam", lr=3e-2, weight_device=WeightDevice(
         "constant_step", states=33, bounds=(-1.0, 1.0), asymmetry=0.1, write_noise=0.01,
         seed=2))

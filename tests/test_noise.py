@@ -109,6 +109,66 @@ def test_kernel_matches_reference(name, dtype):
             assert not np.array_equal(got, a)
 
 
+SWITCHING = sorted(n for n in CASES if NOISE_MODELS[n].switching)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", SWITCHING)
+def test_per_node_switching_probability_matches_reference(name, dtype):
+    """Device-to-device variability of p_flip (or p): node n switches with node_p[n]; the
+    kernels follow the reference over a gap and a grown batch (the edge values 0 and 1
+    included), and node_p equal to the model's p everywhere is the scalar path bit for
+    bit."""
+    model = make_noise(name, **CASES[name])
+    width = 5
+    node_p = np.array([0.0, 0.05, 0.3, 0.77, 1.0])
+    base = np.random.default_rng(0)
+    state = model.init_state(SEED, LAYER, 2, width)
+    ref_state = naive.init_state(model, SEED, LAYER, 2, width)
+    scalar_state = model.init_state(SEED, LAYER, 2, width)
+    same_state = model.init_state(SEED, LAYER, 2, width)
+    same_p = np.full(width, getattr(model, model.switching))
+    for times, n_slots in (([0, 1], 3), ([4, 5, 9], 4)):
+        times = np.array(times, dtype=np.int64)
+        a = base.uniform(-1, 1, size=(len(times), n_slots, width)).astype(dtype)
+        want, ref_state = naive.reference(model, a, times, ref_state, SEED, LAYER, node_p)
+        got = a.copy()
+        model.apply(got, times, state, SEED, LAYER, node_p)
+        _assert_close(got, want, dtype, scale=max(1.0, float(np.abs(want).max())))
+        _check_states(model, state, ref_state)
+        scalar, same = a.copy(), a.copy()
+        model.apply(scalar, times, scalar_state, SEED, LAYER)
+        model.apply(same, times, same_state, SEED, LAYER, same_p)
+        np.testing.assert_array_equal(same, scalar)
+
+
+def test_per_node_flip_and_on_rates_match_their_probabilities():
+    """Telegraph node i flips with its own p_i at every step: its flip count over n
+    transitions (T - 1 steps times B slots) is Binomial(n, p_i), so |k/n - p_i| <=
+    Z sqrt(p_i (1 - p_i) / n) (Z = 5 per node); a bernoulli node is on with its p_i, the
+    same bound over T B draws."""
+    width = 6
+    node_p = np.array([0.005, 0.02, 0.08, 0.2, 0.45, 0.7])
+    T, B = 3000, 10
+    s = _draw(make_noise("telegraph", p_flip=0.1, amplitude=1.0), (T, B, width),
+              np.arange(T), calls=2, node_p=node_p)
+    flips = s[1:] != s[:-1]
+    on = _draw(make_noise("bernoulli", p=0.5, amplitude=1.0), (T, B, width), np.arange(T),
+               node_p=node_p) > 0.5
+    for i, p in enumerate(node_p):
+        _assert_rate(int(flips[:, :, i].sum()), flips[:, :, i].size, p, f"flip rate {i}")
+        _assert_rate(int(on[:, :, i].sum()), on[:, :, i].size, p, f"on rate {i}")
+
+
+def test_per_node_switching_probability_is_checked():
+    with pytest.raises(NoisysimError, match="no switching probability"):
+        make_noise("gaussian", sigma=1.0).apply(np.zeros((1, 1, 3)), [0], {}, 0, 0,
+                                                 np.full(3, 0.1))
+    with pytest.raises(NoisysimError, match=r"3 probabilities in \[0, 1\]"):
+        make_noise("bernoulli", p=0.1, amplitude=1.0).apply(np.zeros((1, 1, 3)), [0], {}, 0,
+                                                            0, np.array([0.1, 1.2, 0.3]))
+
+
 def test_initial_states_use_the_init_stream():
     model = make_noise("telegraph", p_flip=0.1, amplitude=1.0, n_sources=2)
     spin = model.init_state(SEED, LAYER, 3, 4)["spin"]
@@ -236,14 +296,14 @@ def _assert_rate(k, n, q, what):
     assert abs(k / n - q) <= Z * math.sqrt(q * (1 - q) / n), f"{what}: {k / n} vs {q}"
 
 
-def _draw(model, shape, times, seed=SEED, calls=1):
+def _draw(model, shape, times, seed=SEED, calls=1, node_p=None):
     """Noise alone (a = 0) for passes at ``times``, applied in ``calls`` consecutive calls."""
     times = np.asarray(times, dtype=np.int64)
     state = model.init_state(seed, LAYER, shape[1], shape[2])
     out = np.zeros((len(times),) + tuple(shape[1:]))
     for idx in np.array_split(np.arange(len(times)), calls):
         a = np.zeros((len(idx),) + tuple(shape[1:]))
-        model.apply(a, times[idx], state, seed, LAYER)
+        model.apply(a, times[idx], state, seed, LAYER, node_p)
         out[idx] = a
     return out
 

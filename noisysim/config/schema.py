@@ -160,9 +160,11 @@ SCHEMA: tuple[Key, ...] = (
         "where fitted noise parameters came from (trace, sha256, dt, standard errors); kept "
         "in every trajectory"),
     Key("noise.variability", "table", {},
-        "device-to-device variability: a fixed per-node factor on the noise, "
-        "`{amplitude = 0.1}` (relative spread), distribution = lognormal (mean 1) or normal "
-        "(1 + s z, floored at 0); drawn once from the seed"),
+        "device-to-device variability, per-node values drawn once from the seed: "
+        "`{amplitude = 0.1}` (a factor on the noise), `p_flip = 0.2` (the switching "
+        "probability of telegraph/smtj/bernoulli noise), `gain = 0.1` (x = f(g a + o)) as "
+        "relative spreads, distribution = lognormal (mean 1) or normal (1 + s z, floored at "
+        "0); `offset = 0.05` (o, normal, absolute std)"),
     Key("noise.<param>", "per model", _NO_DEFAULT,
         "parameters of the noise model (" + _param_list(
             (n, _noise_params(n)) for n in NOISE_MODELS if _noise_params(n)) + ")",

@@ -309,7 +309,7 @@ class _Resolver:
             return Variability(**table)
         except TypeError:
             self.fail(blame, f"noise.variability = {_short(table)}: accepted keys are "
-                             "amplitude and distribution")
+                             "amplitude, p_flip, gain, offset and distribution")
         except NoisysimError as exc:
             self.fail(blame, str(exc))
 

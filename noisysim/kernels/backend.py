@@ -109,9 +109,10 @@ class CpuKernels:
         """out = f(a) for (n, B, N) stacked passes, pass p's stochastic draws at times[p]."""
         act.apply(a, out, seed, layer, times)
 
-    def add_noise(self, model, a, times, state, seed, layer) -> None:
-        """a (n, B, N) += the intrinsic noise of ``model`` at pass times ``times``."""
-        model.apply(a, times, state, seed, layer)
+    def add_noise(self, model, a, times, state, seed, layer, node_p=None) -> None:
+        """a (n, B, N) += the intrinsic noise of ``model`` at pass times ``times``; node_p:
+        None or per-node switching probabilities (``NoiseModel.apply``)."""
+        model.apply(a, times, state, seed, layer, node_p)
 
     def noise_state(self, model, host_state: dict) -> dict:
         return {k: np.array(v) for k, v in host_state.items()}

@@ -92,7 +92,7 @@ _RNG = _device_twins(rng, ("mix64", "key", "random_bits", "_unit_from_bits", "un
                            "_log_unit", "_sin_kernel", "_cos_kernel", "_sincos_turn",
                            "_box_muller", "normal_pair", "normal"))
 _CPU = _device_twins(cpu, ("_sigmoid", "activation_scalar", "derivative_scalar"))
-_NOISE = _device_twins(_noise, ("pow_geometric",))
+_NOISE = _device_twins(_noise, ("pow_geometric", "flip_probability"))
 _STEP = _device_twins(_stepmod, ("grad_sq", "grad_bad", "param_bad", "decor_sq", "decor_bad",
                                   "grad_norm_sq", "verdict", "blocked", "record"))
 
@@ -103,6 +103,7 @@ d_normal_pair = _RNG["normal_pair"]
 d_activation = _CPU["activation_scalar"]
 d_derivative = _CPU["derivative_scalar"]
 d_pow_geometric = _NOISE["pow_geometric"]
+d_flip_probability = _NOISE["flip_probability"]
 d_grad_norm_sq = _STEP["grad_norm_sq"]
 d_blocked = _STEP["blocked"]
 d_record = _STEP["record"]
@@ -184,32 +185,36 @@ def _gaussian(a, seed, t0, layer, mean, sigma, multiplicative):
 
 
 @exact_kernel
-def _bernoulli(a, seed, t0, layer, prob, amplitude, offset, n_sources, centred):
+def _bernoulli(a, seed, t0, layer, prob, amplitude, offset, n_sources, centred, node_p,
+               width, varied):
+    """varied: node i's probability is node_p[i % width] (else ``prob`` everywhere)."""
     n_pass, m = a.shape
-    shift = -n_sources * prob if centred else 0.0
     base = 0.0 if centred else offset
     for t in range(cuda.grid(1), n_pass * m, cuda.gridsize(1)):
         p = t // m
         i = t - p * m
+        pr = node_p[i % width] if varied else prob
+        shift = -n_sources * pr if centred else 0.0
         k = d_key(seed, _NOISE, t0 + p, layer)
         count = 0
         for s in range(n_sources):
-            count += 1 if d_uniform(k, i * n_sources + s) < prob else 0
+            count += 1 if d_uniform(k, i * n_sources + s) < pr else 0
         a[p, i] = float(a[p, i]) + (base + amplitude * (count + shift))
 
 
 @exact_kernel
 def _telegraph(a, seed, t0, layer, last_time, spin, width, n_src, p_flip, amplitude, offset,
-               sigma, scale, thermal):
-    """One thread per (slot, node) carries its n_src states through the P passes."""
+               sigma, scale, thermal, node_p, varied):
+    """One thread per (slot, node) carries its n_src states through the P passes; varied:
+    node i flips with node_p[i % width] (else ``p_flip`` everywhere)."""
     n_pass, m = a.shape
-    r = 1.0 - 2.0 * p_flip
     for i in range(cuda.grid(1), m, cuda.gridsize(1)):
         prev = last_time[i // width]
+        pf = node_p[i % width] if varied else p_flip
         for p in range(n_pass):
             n = t0 + p - prev
             prev = t0 + p
-            q = p_flip * d_pow_geometric(r, n)[1]
+            q = d_flip_probability(pf, n)
             k = d_key(seed, _NOISE, t0 + p, layer)
             tot = 0
             zs = 0.0
@@ -705,23 +710,32 @@ def gaussian_apply(a, times, seed, layer, mean, sigma, multiplicative) -> None:
                float(mean), float(sigma), bool(multiplicative))
 
 
-def bernoulli_apply(a, times, seed, layer, prob, amplitude, offset, n_sources, centred) -> None:
+def bernoulli_apply(a, times, seed, layer, prob, amplitude, offset, n_sources, centred,
+                    node_p=None) -> None:
+    """node_p: None, or a float64 device array (N,) of per-node probabilities."""
+    varied = node_p is not None
+    node_p = node_p if varied else _dummy(a, 1, np.float64)
     for i, t0, count in runs(times):
         a2 = a[i:i + count].reshape(count, -1)
         launch(_bernoulli, a2.size, a2, _u64(seed), np.int64(t0), _u64(layer), float(prob),
-               float(amplitude), float(offset), np.int64(n_sources), bool(centred))
+               float(amplitude), float(offset), np.int64(n_sources), bool(centred), node_p,
+               np.int64(a.shape[2]), varied)
 
 
 def telegraph_apply(a, times, last_time, spin, seed, layer, p_flip, amplitude, offset, sigma,
-                    scale, thermal) -> None:
+                    scale, thermal, node_p=None) -> None:
     """spin (slots >= B, N, n_sources) int8 and last_time (slots,) int64 device arrays,
-    updated in place for the first B slots."""
+    updated in place for the first B slots; node_p: None, or a float64 device array (N,)
+    of per-node flip probabilities."""
     n_slots, width = a.shape[1], a.shape[2]
+    varied = node_p is not None
+    node_p = node_p if varied else _dummy(a, 1, np.float64)
     for i, t0, count in runs(times):
         a2 = a[i:i + count].reshape(count, -1)
         launch(_telegraph, a2.shape[1], a2, _u64(seed), np.int64(t0), _u64(layer), last_time,
                _flat(spin), np.int64(width), np.int64(spin.shape[2]), float(p_flip),
-               float(amplitude), float(offset), float(sigma), float(scale), bool(thermal))
+               float(amplitude), float(offset), float(sigma), float(scale), bool(thermal),
+               node_p, varied)
         launch(_set_last_time, n_slots, last_time, np.int64(n_slots),
                np.int64(t0 + count - 1))
 

@@ -122,9 +122,11 @@ class CudaKernels:
             return
         K.activation_forward(a, out, act.code, *act.kernel_params, seed, layer, times)
 
-    def add_noise(self, model, a, times, state, seed, layer) -> None:
+    def add_noise(self, model, a, times, state, seed, layer, node_p=None) -> None:
         """a (n, B, N) += noise of the n passes at host int64 ``times``, with the CUDA twin
-        of the model's CPU kernel (the same draws at the same keys)."""
+        of the model's CPU kernel (the same draws at the same keys); node_p: None, or
+        per-node switching probabilities (N,) float64 on the device (checked by the
+        Device that drew them)."""
         times = np.ascontiguousarray(times, dtype=np.int64)
         if a.size == 0 or isinstance(model, _noise.NoNoise):
             return
@@ -137,17 +139,18 @@ class CudaKernels:
         elif isinstance(m, _noise.MultiplicativeNoise):
             K.gaussian_apply(a, times, seed, layer, 0.0, m.sigma, True)
         elif isinstance(m, _noise.CentredBernoulliNoise):
-            K.bernoulli_apply(a, times, seed, layer, m.p, m.amplitude, 0.0, m.n_sources, True)
+            K.bernoulli_apply(a, times, seed, layer, m.p, m.amplitude, 0.0, m.n_sources, True,
+                              node_p)
         elif isinstance(m, _noise.BernoulliNoise):
             K.bernoulli_apply(a, times, seed, layer, m.p, m.amplitude, m.offset, m.n_sources,
-                              False)
+                              False, node_p)
         elif isinstance(m, _noise.SMTJNoise):
             K.telegraph_apply(a, times, state["last_time"], state["spin"], seed, layer,
                               m.p_flip, m.amplitude, m.n_sources * m.mean, m.sigma, m.scale,
-                              True)
+                              True, node_p)
         elif isinstance(m, _noise.TelegraphNoise):
             K.telegraph_apply(a, times, state["last_time"], state["spin"], seed, layer,
-                              m.p_flip, m.amplitude, m.offset, 0.0, 1.0, False)
+                              m.p_flip, m.amplitude, m.offset, 0.0, 1.0, False, node_p)
         elif isinstance(m, _noise._OUBase):
             consts = self._constants(m, lambda: tuple(self.asarray(c) for c in m._constants))
             K.ou_apply(a, times, state["last_time"], state["x"], seed, layer, *consts, m.mean)

@@ -77,6 +77,13 @@ def pow_geometric(r, n):
 
 
 @njit(**_OPTS)
+def flip_probability(p_flip, n):
+    """q_n = p_flip * sum_{k<n} (1 - 2 p_flip)^k = (1 - (1 - 2 p_flip)^n) / 2: the
+    probability that a telegraph state flipping with p_flip per step is flipped after n."""
+    return p_flip * pow_geometric(1.0 - 2.0 * p_flip, n)[1]
+
+
+@njit(**_OPTS)
 def _advance_steps(times, last_time, n_slots):
     """n[p, b]: steps slot b advances at pass p. Only the first pass of a call can differ
     between slots, so the caller computes transition constants for (p > 0, b = 0) once."""
@@ -116,10 +123,16 @@ def gaussian_apply(a, times, seed, layer, mean, sigma, multiplicative):
 
 
 @njit(**_PAR)
-def bernoulli_apply(a, times, seed, layer, prob, amplitude, offset, n_sources, centred):
+def bernoulli_apply(a, times, seed, layer, prob, amplitude, offset, n_sources, centred,
+                    node_p):
     """a += offset + amplitude * sum_s 1[u_s < prob]  or, centred,
     a += amplitude * (sum_s 1[u_s < prob] - n_sources * prob);
-    u_s = uniform(key(seed, STREAM_NOISE, t, layer), (slot * N + node) * n_sources + s)."""
+    u_s = uniform(key(seed, STREAM_NOISE, t, layer), (slot * N + node) * n_sources + s).
+    node_p (N,): node i uses prob = node_p[i] (device-to-device variability); empty: the
+    scalar ``prob`` for every node."""
+    if node_p.shape[0] > 0:
+        _bernoulli_nodes(a, times, seed, layer, amplitude, offset, n_sources, centred, node_p)
+        return
     n_pass, n_slots, width = a.shape
     m = n_slots * width
     nb = (m + BLOCK - 1) // BLOCK
@@ -141,12 +154,33 @@ def bernoulli_apply(a, times, seed, layer, prob, amplitude, offset, n_sources, c
             seg[i] = seg[i] + (base + amplitude * (count + shift))
 
 
+@njit(**_OPTS)
+def _bernoulli_nodes(a, times, seed, layer, amplitude, offset, n_sources, centred, node_p):
+    """``bernoulli_apply`` with a probability per node (one serial loop: variability runs
+    are small, and the per-node branch would keep the scalar loop from vectorising)."""
+    n_pass, n_slots, width = a.shape
+    m = n_slots * width
+    a2 = a.reshape((n_pass, m))
+    base = 0.0 if centred else offset
+    u = np.empty(m * n_sources)
+    for p in range(n_pass):
+        key = rng.key(seed, rng.STREAM_NOISE, times[p], layer)
+        rng.fill_uniform_serial(u, key, 0)
+        for i in range(m):
+            prob = node_p[i % width]
+            shift = -n_sources * prob if centred else 0.0
+            count = 0
+            for s in range(n_sources):
+                count += 1 if u[i * n_sources + s] < prob else 0
+            a2[p, i] = a2[p, i] + (base + amplitude * (count + shift))
+
+
 # ----------------------------------------------------------------------------- stateful
 
 
 @njit(**_PAR)
 def telegraph_apply(a, times, last_time, spin, seed, layer, p_flip, amplitude, offset,
-                    sigma, scale, thermal):
+                    sigma, scale, thermal, node_p):
     """Random telegraph (sum of n_sources states s in {-1, +1}), optionally with a thermal
     Gaussian part per source (the stochastic MTJ):
 
@@ -158,19 +192,21 @@ def telegraph_apply(a, times, last_time, spin, seed, layer, p_flip, amplitude, o
     domain-separated key). Plain telegraph: scale = 1, sigma = 0, thermal = False (no normals
     are drawn; the formula then reduces exactly to offset + amplitude * sum_s s).
     spin: (slots, N, n_sources) int8 and last_time: (slots,) int64, updated in place.
+    node_p (N,): node i flips with p_flip = node_p[i] (device-to-device variability; q_n
+    per node by ``flip_probability``); empty: the scalar ``p_flip`` for every node.
     """
     n_pass, n_slots, width = a.shape
     n_src = spin.shape[2]
     m = n_slots * width
     n = _advance_steps(times, last_time, n_slots)
-    r = 1.0 - 2.0 * p_flip
+    varied = node_p.shape[0] > 0
     q = np.empty((n_pass, n_slots))
     for p in range(n_pass):
         for b in range(n_slots):
             if b > 0 and p > 0:
                 q[p, b] = q[p, 0]
             else:
-                q[p, b] = p_flip * pow_geometric(r, n[p, b])[1]
+                q[p, b] = flip_probability(p_flip, n[p, b])
     a2 = a.reshape((n_pass, m))
     sp = spin.reshape(spin.size)
     nb = (m + BLOCK - 1) // BLOCK
@@ -193,8 +229,14 @@ def telegraph_apply(a, times, last_time, spin, seed, layer, p_flip, amplitude, o
                 qb = q[p, b]
                 ss = sb[(i - start) * n_src:(i_end - start) * n_src]
                 us = u[(i - start) * n_src:(i_end - start) * n_src]
-                for j in range(ss.shape[0]):
-                    ss[j] = -ss[j] if us[j] < qb else ss[j]
+                if varied:  # q per node: its own p_flip over the slot's n steps
+                    nb_steps = n[p, b]
+                    for j in range(ss.shape[0]):
+                        qj = flip_probability(node_p[(i + j // n_src) % width], nb_steps)
+                        ss[j] = -ss[j] if us[j] < qj else ss[j]
+                else:
+                    for j in range(ss.shape[0]):
+                        ss[j] = -ss[j] if us[j] < qb else ss[j]
                 i = i_end
             seg = a2[p, start:stop]
             if n_src == 1:

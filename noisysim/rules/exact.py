@@ -1,15 +1,17 @@
 """Rules that differentiate the measured reference pass exactly: BP and the forward gradient.
 
-Both ask the device for the reference pass alone (``samples=0``) and use the network's
-derivatives at the measured pre-activations, so with discontinuous activations (derivative
-zero almost everywhere) they pass no signal upstream, by design. BP's ``surrogate="ste"``
+Both ask the device for the reference pass alone (``samples=0``) and use the device's
+derivatives at the measured pre-activations (the network's activations, with the nodes'
+activation gains and offsets when they vary: ``Measurement.nodes``), so with discontinuous
+activations (derivative zero almost everywhere) they pass no signal upstream, by design. BP's ``surrogate="ste"``
 replaces the true derivatives with straight-through ones.
 
 Forward gradient (exact directional derivative, no finite-difference bias): draw a tangent
 v ~ N(0, I) over all weights and biases, propagate it forward through the reference pass
 
     dA_l  = X*_{l-1} V_l^T + dX*_{l-1} W_l^T + v_{b,l}     (dX*_{-1} = 0: the input is fixed)
-    dX_l  = f'_l(a_l) * dA_l
+    dX_l  = f'_l(a_l) * dA_l                               (gain_l f'_l(gain_l a_l + offset_l)
+                                                            when the nodes vary)
     dX*_l = dX_l R_{l+1}^T                                 (when layer l+1 decorrelates)
 
 and take the per-sample directional derivative of the loss d_n = (d ell_n / d z_n) . dZ_n
@@ -23,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..kernels import rng
-from ..network import LayerGrad, Network, backward
+from ..network import LayerGrad, Network, backward, node_derivative
 from .base import Rule, direction_gradient, kernels_of, reference
 
 
@@ -46,7 +48,7 @@ class Backprop(Rule):
         dout = K.loss_grad(network.loss, m.outputs[0], m.targets)
         layers = m.layers if m.layers is not None else network.layers
         return backward(K, layers, network.activations, reference(m.inputs), reference(m.pre),
-                        dout, surrogate=self.options["surrogate"] == "ste")
+                        dout, surrogate=self.options["surrogate"] == "ste", nodes=m.nodes)
 
 
 class ForwardGradientState(NamedTuple):
@@ -103,7 +105,8 @@ class ForwardGradient(Rule):
                 da += xp.matmul(dx_star, p.W.T)
             if vbs is not None:
                 da += vbs[l][:, None, :]
-            dx = K.derivative(network.activations[l], m.pre[l][0]) * da
+            node = m.nodes[l] if m.nodes is not None else None
+            dx = node_derivative(K, network.activations[l], m.pre[l][0], node) * da
             nxt = layers[l + 1].R if l + 1 < L else None
             dx_star = xp.matmul(dx, nxt.T) if nxt is not None else dx
         dout = K.loss_grad(network.loss, m.outputs[0], m.targets)
