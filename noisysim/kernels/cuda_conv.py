@@ -38,6 +38,27 @@ POOL_KINDS = {"max": MAX, "avg": AVG}
 
 
 @cuda.jit(device=True)
+def _divmod(a, b):
+    """(a // b, a % b) of non-negative integers."""
+    q = a // b
+    return q, a - q * b
+
+
+@cuda.jit(device=True)
+def _pixel(e, W, C):
+    """(y, x, c) of column e of an (H, W, C) image row."""
+    y, rest = _divmod(e, W * C)
+    xx, c = _divmod(rest, C)
+    return y, xx, c
+
+
+@cuda.jit(device=True)
+def _out_size(n, k, stride, pad):
+    """Window positions along an axis of n: (n + 2 p - k) // s + 1."""
+    return (n + 2 * pad - k) // stride + 1
+
+
+@cuda.jit(device=True)
 def _first(y, pad, k, stride):
     """Smallest output index i >= 0 whose window [i s - p, i s - p + k) contains y: the
     ceiling of (y + p - k + 1) / s, taken as -floor(-num / s) (num may be negative)."""
@@ -72,22 +93,15 @@ def _first_max(x, r, W, C, c, size, stride, i, j):
 
 @exact_kernel
 def _im2col(x, H, W, C, k, stride, pad, out):
-    Ho = (H + 2 * pad - k) // stride + 1
-    Wo = (W + 2 * pad - k) // stride + 1
-    L = Ho * Wo
-    kC = k * C
+    Wo = _out_size(W, k, stride, pad)
+    L = _out_size(H, k, stride, pad) * Wo
     n_rows, width = out.shape
     for t in range(cuda.grid(1), n_rows * width, cuda.gridsize(1)):
-        row = t // width
-        col = t - row * width
-        r = row // L
-        pos = row - r * L
-        i = pos // Wo
-        j = pos - i * Wo
-        u = col // kC
-        rest = col - u * kC
-        v = rest // C
-        c = rest - v * C
+        row, col = _divmod(t, width)
+        r, pos = _divmod(row, L)
+        i, j = _divmod(pos, Wo)
+        u, rest = _divmod(col, k * C)
+        v, c = _divmod(rest, C)
         y = i * stride + u - pad
         xx = j * stride + v - pad
         if 0 <= y < H and 0 <= xx < W:
@@ -98,37 +112,29 @@ def _im2col(x, H, W, C, k, stride, pad, out):
 
 @exact_kernel
 def _col2im(cols, H, W, C, k, stride, pad, out):
-    Ho = (H + 2 * pad - k) // stride + 1
-    Wo = (W + 2 * pad - k) // stride + 1
-    L = Ho * Wo
+    Ho = _out_size(H, k, stride, pad)
+    Wo = _out_size(W, k, stride, pad)
     n_img, width = out.shape
     for t in range(cuda.grid(1), n_img * width, cuda.gridsize(1)):
-        r = t // width
-        e = t - r * width
-        y = e // (W * C)
-        rest = e - y * (W * C)
-        xx = rest // C
-        c = rest - xx * C
+        r, e = _divmod(t, width)
+        y, xx, c = _pixel(e, W, C)
         acc = 0.0
         for i in range(_first(y, pad, k, stride), _last(y, pad, stride, Ho) + 1):
             u = y + pad - i * stride
             for j in range(_first(xx, pad, k, stride), _last(xx, pad, stride, Wo) + 1):
                 v = xx + pad - j * stride
-                acc += float(cols[r * L + i * Wo + j, (u * k + v) * C + c])
+                acc += float(cols[(r * Ho + i) * Wo + j, (u * k + v) * C + c])
         out[r, e] = acc
 
 
 @exact_kernel
 def _pool_forward(x, H, W, C, kind, size, stride, out):
-    Wo = (W - size) // stride + 1
+    Wo = _out_size(W, size, stride, 0)
     n_img, width = out.shape
     for t in range(cuda.grid(1), n_img * width, cuda.gridsize(1)):
-        r = t // width
-        e = t - r * width
-        pos = e // C
-        c = e - pos * C
-        i = pos // Wo
-        j = pos - i * Wo
+        r, e = _divmod(t, width)
+        pos, c = _divmod(e, C)
+        i, j = _divmod(pos, Wo)
         if kind == MAX:
             u, v = _first_max(x, r, W, C, c, size, stride, i, j)
             out[r, e] = x[r, ((i * stride + u) * W + j * stride + v) * C + c]
@@ -142,16 +148,12 @@ def _pool_forward(x, H, W, C, kind, size, stride, out):
 
 @exact_kernel
 def _pool_backward(g, x, H, W, C, kind, size, stride, out):
-    Ho = (H - size) // stride + 1
-    Wo = (W - size) // stride + 1
+    Ho = _out_size(H, size, stride, 0)
+    Wo = _out_size(W, size, stride, 0)
     n_img, width = out.shape
     for t in range(cuda.grid(1), n_img * width, cuda.gridsize(1)):
-        r = t // width
-        e = t - r * width
-        y = e // (W * C)
-        rest = e - y * (W * C)
-        xx = rest // C
-        c = rest - xx * C
+        r, e = _divmod(t, width)
+        y, xx, c = _pixel(e, W, C)
         acc = 0.0
         for i in range(_first(y, 0, size, stride), _last(y, 0, stride, Ho) + 1):
             for j in range(_first(xx, 0, size, stride), _last(xx, 0, stride, Wo) + 1):
