@@ -150,8 +150,11 @@ def _grid_sum(buf, partials, ticket, value):
     ticket sees every partial: its thread t adds partials t, t + T, ... (T threads) from
     0.0, the block reduces those as a tree, and thread 0 resets the ticket for the next
     launch. (All threads of that block share the work, not thread 0 alone: at 65535 blocks
-    a serial sum would be 65535 dependent loads.) Returns (True, total) in thread 0 of the
-    last block, (False, value of no meaning) in every other thread."""
+    a serial sum would be 65535 dependent loads.) This is the CUDA programming guide's
+    "last block" pattern (Memory Fence Functions): a block's store, fence and ticket, seen
+    by the last block through its own ticket, barrier and fence, orders that store before
+    the last block's loads. Returns (True, total) in thread 0 of the last block, (False,
+    value of no meaning) in every other thread."""
     total = _block_sum(buf, value)
     tid = cuda.threadIdx.x
     n_blocks = cuda.gridDim.x
