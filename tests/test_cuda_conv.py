@@ -8,11 +8,11 @@ runs the same tests on a GPU.
 Tolerances. im2col copies, max pooling selects, and col2im and max pooling's backward sum
 their float64 terms in the order the twin does (windows i ascending, then j), rounding
 once to the output dtype: all of them equal the twin's float64 result rounded to the
-dtype, exactly. Average pooling sums and divides in another order than the twin (numpy's
-mean; the twin's backward divides every term): two evaluations of m terms t with unit
-roundoff u = 2^-53 differ by at most 2 (m + 1) u sum|t| (each of the m - 1 additions and
-the division round once, first order in u), plus half an ulp of the result, 2^-24 |ref|,
-when the output is float32.
+dtype, exactly. Average pooling rounds in other places than the twin (numpy's mean; the
+twin's backward adds g / size^2, the kernel g * (1 / size^2)): two evaluations of m terms t
+with unit roundoff u = 2^-53 differ by at most 2 (m + 1) u sum|t| (m - 1 additions each,
+and at most three roundings of a term's scaling between them, each once, first order in
+u), plus half an ulp of the result, 2^-24 |ref|, when the output is float32.
 """
 
 from __future__ import annotations
@@ -139,3 +139,40 @@ def test_gathers_do_not_depend_on_the_launch_grid():
         results.append((K.to_host(out_c), K.to_host(out_p)))
     for a, b in zip(*results):
         assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_conv_kernels_equal_the_cpu_kernels_bit_for_bit(dtype):
+    """The CPU kernels (noisysim.kernels.conv) sum the same float64 terms in the same order
+    and round once: every op gives the same bytes on both backends."""
+    cpu, K = kernels("cpu"), kernels("cuda")
+    if not hasattr(cpu, "im2col"):
+        pytest.skip("CpuKernels has no conv kernels here (they come with issue 14's CPU side)")
+    rng = np.random.default_rng(11)
+    for H, W, C, k, s, p in CONV_SHAPES:
+        shape = (H, W, C)
+        L = naive.out_size(H, k, s, p) * naive.out_size(W, k, s, p)
+        x = _images(rng, H, W, C, dtype)
+        cols = rng.standard_normal((R * L, k * k * C)).astype(dtype)
+        for method, arg, out_shape in (("im2col", x, (R * L, k * k * C)),
+                                       ("col2im", cols, x.shape)):
+            want = np.full(out_shape, np.nan, dtype=dtype)
+            getattr(cpu, method)(arg, shape, k, s, p, want)
+            got = _run(method, arg, shape, k, s, p, out_shape=out_shape, dtype=dtype)
+            assert got.tobytes() == want.tobytes(), (method, shape, k, s, p)
+    for H, W, C, size, s in POOL_SHAPES:
+        shape = (H, W, C)
+        n_out = naive.out_size(H, size, s, 0) * naive.out_size(W, size, s, 0) * C
+        for kind in ("max", "avg"):
+            x = _images(rng, H, W, C, dtype, ties=kind == "max")
+            g = rng.standard_normal((R, n_out)).astype(dtype)
+            want = np.full((R, n_out), np.nan, dtype=dtype)
+            cpu.pool_forward(x, shape, kind, size, s, want)
+            got = _run("pool_forward", x, shape, kind, size, s, out_shape=(R, n_out),
+                       dtype=dtype)
+            assert got.tobytes() == want.tobytes(), ("pool_forward", kind, shape, size, s)
+            want = np.full(x.shape, np.nan, dtype=dtype)
+            cpu.pool_backward(g, x, shape, kind, size, s, want)
+            got = _run("pool_backward", g, x, shape, kind, size, s, out_shape=x.shape,
+                       dtype=dtype)
+            assert got.tobytes() == want.tobytes(), ("pool_backward", kind, shape, size, s)

@@ -19,9 +19,10 @@ Determinism without atomics: every kernel is a gather over its OUTPUT elements, 
 per element in a grid-stride loop. A thread sums its terms in a fixed order (windows i
 ascending, then j ascending), in float64, and rounds once to the output's dtype, so the
 result depends neither on the launch configuration nor on the order blocks run in. That
-order and arithmetic are the CPU kernels' (sums of float64 terms, the average's division
-by size^2 after the sum), and the kernels are compiled without FMA contraction
-(``exact_kernel``), so a GPU result equals a CPU result computed the same way bit for bit.
+order and arithmetic are the CPU kernels' (``noisysim.kernels.conv``: float64 sums, the
+average pool divided by size^2 after its sum, its backward adding g * (1 / size^2) per
+window), and the kernels are compiled without FMA contraction (``exact_kernel``), so both
+backends give the same bytes (tests/test_cuda_conv.py).
 """
 
 from __future__ import annotations
@@ -154,6 +155,7 @@ def _pool_backward(g, x, H, W, C, kind, size, stride, out):
     for t in range(cuda.grid(1), n_img * width, cuda.gridsize(1)):
         r, e = _divmod(t, width)
         y, xx, c = _pixel(e, W, C)
+        scale = 1.0 / (size * size) if kind == AVG else 1.0
         acc = 0.0
         for i in range(_first(y, 0, size, stride), _last(y, 0, stride, Ho) + 1):
             for j in range(_first(xx, 0, size, stride), _last(xx, 0, stride, Wo) + 1):
@@ -161,9 +163,7 @@ def _pool_backward(g, x, H, W, C, kind, size, stride, out):
                     u, v = _first_max(x, r, W, C, c, size, stride, i, j)
                     if i * stride + u != y or j * stride + v != xx:
                         continue
-                acc += float(g[r, (i * Wo + j) * C + c])
-        if kind == AVG:
-            acc = acc / (size * size)
+                acc += float(g[r, (i * Wo + j) * C + c]) * scale
         out[r, e] = acc
 
 
