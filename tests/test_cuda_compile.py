@@ -10,9 +10,9 @@ script) so that the stand-ins never reach the pytest process, whose numba may be
 simulator mode.
 
 - ``test_machine_code_has_no_contracted_fma``: every kernel the cuda wrappers launch (and
-  every ``exact_kernel`` of noisysim.kernels.cuda and cuda_hardware must be among them) is
-  compiled through its dispatcher's ``compile`` (what a first launch calls) and linked as a
-  launch links it. Its PTX holds no ``fma`` (libm kernels excepted: libdevice's own code
+  every ``exact_kernel`` of noisysim.kernels.cuda, cuda_conv and cuda_hardware must be among
+  them) is compiled through its dispatcher's ``compile`` (what a first launch calls) and
+  linked as a launch links it. Its PTX holds no ``fma`` (libm kernels excepted: libdevice's own code
   uses FMA), it is not linked through LTO, and its cubin is byte for byte the reference: the
   same PTX linked with contraction switched off in ptxas (``-fmad=false``). (Where the bytes
   differ, the SASS of both must hold the same FMA instructions.) The FMA that the SASS does
@@ -227,11 +227,12 @@ def _controls() -> None:
 
 def _launched_kernels() -> dict:
     """{(kernel name, numba signature): dispatcher} of every kernel the wrappers of
-    noisysim.kernels.cuda and noisysim.kernels.cuda_hardware launch, recorded by calling
+    noisysim.kernels.cuda, cuda_conv and cuda_hardware launch, recorded by calling
     each wrapper once with numpy stand-ins and a ``launch`` that only records."""
     import numba
 
     from noisysim.kernels import cuda as K
+    from noisysim.kernels import cuda_conv as C
     from noisysim.kernels import cuda_hardware as H
 
     launched = {}
@@ -240,7 +241,7 @@ def _launched_kernels() -> dict:
         sig = tuple(numba.typeof(K._nb(a)) for a in args)
         launched.setdefault((kernel.py_func.__name__, sig), kernel)
 
-    K.launch = H.launch = record
+    K.launch = H.launch = C.launch = record
     f32, i64 = np.float32, np.int64
     a = np.zeros((2, 3, 5), f32)
     t = np.array([0, 1])
@@ -283,6 +284,12 @@ def _launched_kernels() -> dict:
     H.readout(a, a.copy(), 0.1, 255.0, -4.0, 8.0 / 255, 1, 0, t)
     args = (1, 0.1, -1.0, 1.0, 0.2, 0.01, 256.0, False)  # WeightDevice.kernel_args()
     H.weight_write(a[0], a[0].copy(), args, 1, 2, flag, stats, 9, 10)
+    for dtype in (f32, np.float64):  # the conv kernels: images (2, 4 * 4 * 2), k = 3
+        x, cols = np.zeros((2, 32), dtype), np.zeros((8, 18), dtype)
+        C.im2col(x, (4, 4, 2), 3, 1, 0, cols)
+        C.col2im(cols, (4, 4, 2), 3, 1, 0, x.copy())
+        C.pool_forward(x, (4, 4, 2), "max", 2, 2, np.zeros((2, 8), dtype))
+        C.pool_backward(np.zeros((2, 8), dtype), x, (4, 4, 2), "avg", 2, 2, x.copy())
     return launched
 
 
@@ -292,14 +299,15 @@ def _run_machine_code() -> int:
     _device_stand_in()
     _controls()
     from noisysim.kernels import cuda as K
+    from noisysim.kernels import cuda_conv as C
     from noisysim.kernels import cuda_hardware as H
     from noisysim.kernels.cuda_compile import ExactDispatcher
 
     launched = _launched_kernels()
-    kernels = {name for module in (K, H) for name, v in vars(module).items()
+    kernels = {name for module in (K, C, H) for name, v in vars(module).items()
                if isinstance(v, ExactDispatcher)}
     missing = sorted(kernels - {name for name, _ in launched})
-    _emit(kernel="(every exact kernel of noisysim.kernels.cuda and cuda_hardware)",
+    _emit(kernel="(every exact kernel of noisysim.kernels.cuda, cuda_conv, cuda_hardware)",
           ok=not missing,
           detail=f"no wrapper call in _launched_kernels launches {missing}")
     for (name, sig), dispatcher in launched.items():

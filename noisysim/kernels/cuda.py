@@ -23,7 +23,11 @@ bit for bit, because
 
 libm-based math (tanh, exp, log in activations and losses) and every reduction whose order
 differs from numpy's (sums over nodes and samples, and all matrix products, which go to
-cuBLAS) agree with the CPU to floating-point tolerance only.
+cuBLAS) agree with the CPU to floating-point tolerance only. The kernels' own float
+reductions still repeat bit for bit from run to run: each sums in an order fixed by the
+launch configuration (``_block_sum`` within a block, ``_grid_sum`` across blocks), never
+by float atomics, whose order is the order blocks happen to finish in. Atomic adds remain
+only for counts (integers, exact in float64 in any order) and for ``_grid_sum``'s ticket.
 
 Arrays are anything numba.cuda accepts: numba device arrays, CuPy arrays (through the CUDA
 array interface, without the implicit stream synchronisation), or numpy arrays under the
@@ -45,7 +49,8 @@ from . import cpu, rng
 from . import noise as _noise
 from . import step as _stepmod
 from .cuda_compile import SIMULATED, exact_kernel
-from .cuda_launch import MAX_BLOCKS, _dummy, _flat, _nb, _u64, launch, runs  # noqa: F401
+from .cuda_launch import (MAX_BLOCKS, _dummy, _flat, _nb, _reduction_scratch,  # noqa: F401
+                          _u64, launch, runs)
 
 _SHARED = 256  # shared-memory slots of the block reductions (>= THREADS)
 
@@ -131,6 +136,46 @@ def _block_sum(buf, value):
     total = buf[0]
     cuda.syncthreads()
     return total
+
+
+@cuda.jit(device=True)
+def _grid_sum(buf, partials, ticket, value):
+    """Sum of ``value`` over every thread of the grid, in an order fixed by the launch
+    configuration alone. A float atomic add per block instead would sum in the order the
+    blocks happen to finish, which varies from run to run on a GPU (issue 10: same seed,
+    same trajectory bit for bit).
+
+    Every thread calls it. Each block reduces its threads' values (``_block_sum``'s tree)
+    and thread 0 stores the result in partials[block], makes it visible to the grid
+    (threadfence) and takes a ticket (an integer atomic). The block that draws the last
+    ticket sees every partial: its thread t adds partials t, t + T, ... (T threads) from
+    0.0, the block reduces those as a tree, and thread 0 resets the ticket for the next
+    launch. (All threads of that block share the work, not thread 0 alone: at 65535 blocks
+    a serial sum would be 65535 dependent loads.) This is the CUDA programming guide's
+    "last block" pattern (Memory Fence Functions): a block's store, fence and ticket, seen
+    by the last block through its own ticket, barrier and fence, orders that store before
+    the last block's loads. Returns (True, total) in thread 0 of the last block, (False,
+    value of no meaning) in every other thread."""
+    total = _block_sum(buf, value)
+    tid = cuda.threadIdx.x
+    n_blocks = cuda.gridDim.x
+    if tid == 0:
+        partials[cuda.blockIdx.x] = total
+        cuda.threadfence()
+        buf[0] = 1.0 if cuda.atomic.add(ticket, 0, 1) == n_blocks - 1 else 0.0
+    cuda.syncthreads()
+    last = buf[0] != 0.0
+    cuda.syncthreads()  # every thread has read the flag before buf is reused
+    if not last:  # the same in every thread of the block: no divergent syncthreads
+        return False, total
+    cuda.threadfence()
+    s = 0.0
+    for b in range(tid, n_blocks, cuda.blockDim.x):
+        s += partials[b]
+    total = _block_sum(buf, s)
+    if tid == 0:
+        ticket[0] = 0
+    return tid == 0, total
 
 
 # ------------------------------------------------------------------------------- generator
@@ -469,9 +514,9 @@ def _node_coefficients(vec, first, diff, scale, inv, out):
 
 
 @exact_kernel
-def _sum_squares(x, out, idx, bad_idx):
-    """out[idx] += sum float64(x)^2 over a 1-D array, out[bad_idx] += its non-finite
-    elements (atomic per block)."""
+def _sum_squares(x, out, idx, bad_idx, partials, ticket):
+    """out[idx] += sum float64(x)^2 over a 1-D array (``_grid_sum``), out[bad_idx] += its
+    non-finite elements (an atomic add per block: a count, exact in any order)."""
     buf = cuda.shared.array(_SHARED, np.float64)
     acc = 0.0
     nb = 0.0
@@ -480,12 +525,12 @@ def _sum_squares(x, out, idx, bad_idx):
         acc += v * v
         if not math.isfinite(v):
             nb += 1.0
-    total = _block_sum(buf, acc)
     n_bad = _block_sum(buf, nb)
-    if cuda.threadIdx.x == 0:
-        cuda.atomic.add(out, idx, total)
-        if n_bad > 0.0:
-            cuda.atomic.add(out, bad_idx, n_bad)
+    if cuda.threadIdx.x == 0 and n_bad > 0.0:
+        cuda.atomic.add(out, bad_idx, n_bad)
+    last, total = _grid_sum(buf, partials, ticket, acc)
+    if last:
+        out[idx] += total
 
 
 @exact_kernel
@@ -555,10 +600,10 @@ def _update_gate(stats, failure, n_layers, clip, scale, gate):
 
 @exact_kernel
 def _adam(p, g, m, v, scale, gate, b1, omb1, b2, omb2, inv_c2, eps, lr_c1, stats, sq_idx,
-          bad_idx):
+          bad_idx, partials, ticket):
     """Adam in the parameters' dtype, in numpy's operation order (noisysim.optim.Adam),
-    when gate[0]; stats[sq_idx] += ||Delta p||^2, stats[bad_idx] = 1 when p is no longer
-    finite."""
+    when gate[0]; stats[sq_idx] += ||Delta p||^2 (``_grid_sum``), stats[bad_idx] = 1 when
+    p is no longer finite."""
     if gate[0] == 0:
         return
     buf = cuda.shared.array(_SHARED, np.float64)
@@ -584,15 +629,16 @@ def _adam(p, g, m, v, scale, gate, b1, omb1, b2, omb2, inv_c2, eps, lr_c1, stats
         acc += float(delta) * float(delta)
         if not math.isfinite(pi):
             stats[bad_idx] = 1.0
-    total = _block_sum(buf, acc)
-    if cuda.threadIdx.x == 0:
-        cuda.atomic.add(stats, sq_idx, total)
+    last, total = _grid_sum(buf, partials, ticket, acc)
+    if last:
+        stats[sq_idx] += total
 
 
 @exact_kernel
 def _sgd(p, g, vel, has_vel, scale, gate, wd, has_wd, mu, nesterov, lr, stats, sq_idx,
-         bad_idx):
-    """SGD (momentum, Nesterov, coupled weight decay) as noisysim.optim.SGD, when gate[0]."""
+         bad_idx, partials, ticket):
+    """SGD (momentum, Nesterov, coupled weight decay) as noisysim.optim.SGD, when gate[0];
+    the norm and flag as ``_adam``'s."""
     if gate[0] == 0:
         return
     buf = cuda.shared.array(_SHARED, np.float64)
@@ -617,16 +663,16 @@ def _sgd(p, g, vel, has_vel, scale, gate, wd, has_wd, mu, nesterov, lr, stats, s
         acc += float(delta) * float(delta)
         if not math.isfinite(pi):
             stats[bad_idx] = 1.0
-    total = _block_sum(buf, acc)
-    if cuda.threadIdx.x == 0:
-        cuda.atomic.add(stats, sq_idx, total)
+    last, total = _grid_sum(buf, partials, ticket, acc)
+    if last:
+        stats[sq_idx] += total
 
 
 @exact_kernel
 def _decorrelation_delta(delta, second, R, c1, c2, kappa, has_kappa, lr, stats, failure,
-                         n_layers, layer):
+                         n_layers, layer, partials, ticket):
     """delta <- lr * (c1 * delta + c2 * (second[:, None] * R) - kappa * R) in R's dtype, as
-    the CPU's decorrelation step; stats[decor_sq(layer)] += ||delta||^2,
+    the CPU's decorrelation step; stats[decor_sq(layer)] += ||delta||^2 (``_grid_sum``),
     stats[decor_bad(layer)] = 1 where R - delta is not finite. Nothing when the step is
     blocked before layer ``layer``'s R."""
     if d_blocked(stats, failure, n_layers, layer):
@@ -649,9 +695,9 @@ def _decorrelation_delta(delta, second, R, c1, c2, kappa, has_kappa, lr, stats, 
         acc += float(v) * float(v)
         if not math.isfinite(R[i, j] - v):
             stats[bad_idx] = 1.0
-    total = _block_sum(buf, acc)
-    if cuda.threadIdx.x == 0:
-        cuda.atomic.add(stats, idx, total)
+    last, total = _grid_sum(buf, partials, ticket, acc)
+    if last:
+        stats[idx] += total
 
 
 @exact_kernel
@@ -840,7 +886,8 @@ def node_coefficients(vec, first, diff, scale, inv, out) -> None:
 def sum_squares(x, out, idx, bad_idx) -> None:
     """out[idx] += sum of x^2 (float64 accumulation; out float64), out[bad_idx] += the
     non-finite elements of x."""
-    launch(_sum_squares, x.size, _flat(x), out, np.int64(idx), np.int64(bad_idx))
+    launch(_sum_squares, x.size, _flat(x), out, np.int64(idx), np.int64(bad_idx),
+           *_reduction_scratch(out))
 
 
 def step_stats(losses, outputs, labels, out, has_labels=True) -> None:
@@ -859,21 +906,23 @@ def update_gate(stats, failure, n_layers, clip, scale, gate) -> None:
 def adam_update(p, g, m, v, scale, gate, b1, omb1, b2, omb2, inv_c2, eps, lr_c1, stats,
                 sq_idx, bad_idx) -> None:
     launch(_adam, p.size, _flat(p), _flat(g), _flat(m), _flat(v), scale, gate, b1, omb1, b2,
-           omb2, inv_c2, eps, lr_c1, stats, np.int64(sq_idx), np.int64(bad_idx))
+           omb2, inv_c2, eps, lr_c1, stats, np.int64(sq_idx), np.int64(bad_idx),
+           *_reduction_scratch(stats))
 
 
 def sgd_update(p, g, vel, scale, gate, wd, mu, nesterov, lr, stats, sq_idx, bad_idx) -> None:
     t = p.dtype.type
     launch(_sgd, p.size, _flat(p), _flat(g), _flat(vel) if vel is not None else _dummy(p, 1),
            vel is not None, scale, gate, t(wd), bool(wd), t(mu), bool(nesterov), t(lr),
-           stats, np.int64(sq_idx), np.int64(bad_idx))
+           stats, np.int64(sq_idx), np.int64(bad_idx), *_reduction_scratch(stats))
 
 
 def decorrelation_delta(delta, second, R, c1, c2, kappa, lr, stats, failure, n_layers,
                         layer) -> None:
     t = R.dtype.type
     launch(_decorrelation_delta, R.size, delta, second, R, t(c1), t(c2), t(kappa),
-           bool(kappa), t(lr), stats, failure, np.int64(n_layers), np.int64(layer))
+           bool(kappa), t(lr), stats, failure, np.int64(n_layers), np.int64(layer),
+           *_reduction_scratch(stats))
 
 
 def apply_delta(R, delta, stats, failure, n_layers, layer) -> None:

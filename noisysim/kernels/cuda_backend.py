@@ -22,6 +22,7 @@ from .. import noise as _noise
 from ..errors import NoisysimError
 from . import cpu, rng
 from . import cuda as K
+from . import cuda_conv as _conv
 from . import step as _step
 from . import cuda_hardware as _H
 from . import hardware as _hw
@@ -325,6 +326,23 @@ class CudaKernels:
         K.decorrelation_delta(scratch, second, R, (1.0 - kappa) / n, 2.0 * kappa - 1.0,
                               kappa, lr, stats, failure, n_layers, layer)
         K.apply_delta(R, scratch, stats, failure, n_layers, layer)
+
+    # -- convolutional layers (noisysim.kernels.cuda_conv) --------------------------------
+    def im2col(self, x, shape, k, stride, pad, out) -> None:
+        """out (R L, k k C) = patch rows of the images x (R, H W C), shape = (H, W, C)."""
+        _conv.im2col(x, shape, k, stride, pad, out)
+
+    def col2im(self, cols, shape, k, stride, pad, out) -> None:
+        """out (R, H W C) = the adjoint of ``im2col`` applied to cols (R L, k k C)."""
+        _conv.col2im(cols, shape, k, stride, pad, out)
+
+    def pool_forward(self, x, shape, kind, size, stride, out) -> None:
+        """out (R, H_out W_out C) = max or mean of each size x size window of x."""
+        _conv.pool_forward(x, shape, kind, size, stride, out)
+
+    def pool_backward(self, g, x, shape, kind, size, stride, out) -> None:
+        """out (R, H W C) = d sum(g * pool(x)) / dx (max: to each window's first max)."""
+        _conv.pool_backward(g, x, shape, kind, size, stride, out)
 
     # -- hardware realism (noisysim.hardware): read-out channel, weight devices -----------
     def readout(self, channel, src, dst, seed, layer, times) -> None:

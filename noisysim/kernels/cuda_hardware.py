@@ -5,8 +5,8 @@ The scalar functions are the CPU module's, compiled as device functions
 without FMA contraction (``noisysim.kernels.cuda_compile.exact_kernel``) and launched by
 ``noisysim.kernels.cuda_launch.launch``, so measured values and written
 weights equal the CPU's bit for bit. The write count is exact too (a sum of small integers
-in float64); the clipped amount is a block reduction, equal to the CPU's serial sum to
-rounding.
+in float64); the clipped amount is a grid reduction in a fixed order (``cuda._grid_sum``),
+the same bits on every run, equal to the CPU's serial sum to rounding.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from numba import cuda
 from . import cuda as _cuda
 from . import hardware, rng
 from .cuda_compile import exact_kernel
-from .cuda_launch import _dummy, _flat, _u64, launch, runs
+from .cuda_launch import _dummy, _flat, _reduction_scratch, _u64, launch, runs
 
 _TWINS = _cuda._device_twins(hardware, ("readout_scalar", "write_scalar", "_segment",
                                         "table_value", "table_slope"))
@@ -28,6 +28,7 @@ d_table_slope = _TWINS["table_slope"]
 _READOUT = rng.STREAM_READOUT
 _SHARED = _cuda._SHARED
 d_key, d_normal, d_uniform = _cuda.d_key, _cuda.d_normal, _cuda.d_uniform
+_grid_sum = _cuda._grid_sum
 
 
 @exact_kernel
@@ -44,9 +45,10 @@ def _readout(src, dst, std, levels, lo, delta, seed, t0, layer):
 
 @exact_kernel
 def _weight_write(p, old, kind, delta, lo, hi, asym, noise, max_pulses, snap, ku, kz, gate,
-                  stats, writes_idx, clipped_idx):
+                  stats, writes_idx, clipped_idx, partials, ticket):
     """p[i] <- write_scalar(old[i], p[i] - old[i], ...) when gate[0] (the optimiser's update
-    ran); stats[writes_idx] += writes, stats[clipped_idx] += clipped (atomic per block)."""
+    ran); stats[writes_idx] += writes (an atomic add per block: a count, exact in any
+    order), stats[clipped_idx] += clipped (``cuda._grid_sum``: a fixed order)."""
     if gate[0] == 0:
         return
     buf = cuda.shared.array(_SHARED, np.float64)
@@ -62,10 +64,11 @@ def _weight_write(p, old, kind, delta, lo, hi, asym, noise, max_pulses, snap, ku
         n_writes += n
         n_clipped += c
     total_w = _cuda._block_sum(buf, n_writes)
-    total_c = _cuda._block_sum(buf, n_clipped)
     if cuda.threadIdx.x == 0:
         cuda.atomic.add(stats, writes_idx, total_w)
-        cuda.atomic.add(stats, clipped_idx, total_c)
+    last, total_c = _grid_sum(buf, partials, ticket, n_clipped)
+    if last:
+        stats[clipped_idx] += total_c
 
 
 @exact_kernel
@@ -117,4 +120,4 @@ def weight_write(p, old, args, ku, kz, gate, stats, writes_idx, clipped_idx) -> 
     launch(_weight_write, p.size, _flat(p), _flat(old), np.int64(kind),
                  float(delta), float(lo), float(hi), float(asym), float(noise),
                  float(max_pulses), bool(snap), np.uint64(ku), np.uint64(kz), gate, stats,
-                 np.int64(writes_idx), np.int64(clipped_idx))
+                 np.int64(writes_idx), np.int64(clipped_idx), *_reduction_scratch(stats))

@@ -93,6 +93,21 @@ def _dummy(like, ndim: int, dtype=None):
     return _DUMMIES[k]
 
 
+_SCRATCH: dict = {}
+
+
+def _reduction_scratch(like):
+    """(partials, ticket) of the deterministic grid reductions (``cuda._grid_sum``): one
+    float64 slot per block (MAX_BLOCKS) and an int32 counter that every reduction leaves
+    at 0, on the device kind ``like`` is. One pair serves every kernel: launches on the
+    stream run one after another, and each reads its partials before it ends."""
+    k = isinstance(like, np.ndarray)
+    if k not in _SCRATCH:
+        _SCRATCH[k] = (_to_device(np.zeros(MAX_BLOCKS), like),
+                       _to_device(np.zeros(1, dtype=np.int32), like))
+    return _SCRATCH[k]
+
+
 def runs(times):
     """(index, t0, count) of the maximal runs of consecutive integers in ``times``: pass p
     of a run has time t0 + p, so kernels derive their keys on the device (no copies)."""
