@@ -1,0 +1,172 @@
+"""CPU kernels of convolutional layers: im2col, its adjoint col2im, pooling and its backward.
+
+Pure Numba over 2-D C-contiguous arrays; no configuration, no I/O. Layout (the one of
+tests/naive_conv.py, their plain-numpy twins): a batch of R images of shape (H, W, C) is an
+(R, H W C) array, element (i, j, c) of image r at column (i W + j) C + c ("NHWC-flat").
+
+A k x k convolution with stride s and zero padding p has H_out = (H + 2 p - k) // s + 1
+(likewise W_out) and L = H_out W_out positions. ``im2col`` forms one patch row per
+(image, position) in (r, i, j) order, columns (u, v, c) for u, v < k, c < C:
+
+    cols[r L + i W_out + j, (u k + v) C + c] = x[r, i s + u - p, j s + v - p, c]   (0 outside)
+
+so that a convolution with weights Wt (C_out, k k C) is the product ``cols @ Wt.T``, whose
+(R L, C_out) memory is the (R, H_out W_out C_out) output. ``col2im`` is the adjoint: every
+input element receives the sum of the patch entries that copied it.
+
+Pooling (max or average) over size x size windows with a stride, no padding:
+H_out = (H - size) // stride + 1. Max pooling's backward routes each window's gradient to
+the window's FIRST maximum in (row, column) order; overlapping windows add up.
+
+Determinism: every kernel is a gather. Each output element is written by one thread,
+summing its terms in a fixed order (in float64, rounded once), so results do not depend on
+the number of threads. Small arrays take serial twins (``PARALLEL_MIN_SIZE``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from . import PARALLEL_MIN_SIZE, serial_twin
+
+_OPTS = dict(cache=True, error_model="numpy")
+_PARALLEL = dict(_OPTS, parallel=True)
+
+#: pooling kinds (the integer codes the kernels take)
+MAX, AVG = 0, 1
+POOL_KINDS = {"max": MAX, "avg": AVG}
+
+
+def out_size(n: int, k: int, stride: int, pad: int) -> int:
+    """Output positions along one axis: (n + 2 pad - k) // stride + 1."""
+    return (n + 2 * pad - k) // stride + 1
+
+
+@njit(**_OPTS, inline="always")
+def _first(y, pad, k, stride):
+    """Smallest output index i >= 0 whose window [i s - p, i s - p + k) contains y."""
+    num = y + pad - k + 1  # i s >= y + p - k + 1; ceil division of a possibly negative num
+    return max(0, -((-num) // stride))
+
+
+@njit(**_PARALLEL)
+def _im2col(x, H, W, C, k, stride, pad, out):
+    Ho, Wo = (H + 2 * pad - k) // stride + 1, (W + 2 * pad - k) // stride + 1
+    L = Ho * Wo
+    for row in prange(out.shape[0]):
+        r, pos = row // L, row % L
+        i, j = pos // Wo, pos % Wo
+        for u in range(k):
+            y = i * stride + u - pad
+            for v in range(k):
+                xx = j * stride + v - pad
+                base = (u * k + v) * C
+                if 0 <= y < H and 0 <= xx < W:
+                    src = (y * W + xx) * C
+                    for c in range(C):
+                        out[row, base + c] = x[r, src + c]
+                else:
+                    for c in range(C):
+                        out[row, base + c] = 0.0
+
+
+@njit(**_PARALLEL)
+def _col2im(cols, H, W, C, k, stride, pad, out):
+    Ho, Wo = (H + 2 * pad - k) // stride + 1, (W + 2 * pad - k) // stride + 1
+    L = Ho * Wo
+    for line in prange(out.shape[0] * H):  # one thread owns one image row of the output
+        r, y = line // H, line % H
+        acc = np.zeros(W * C)
+        i_hi = min(Ho - 1, (y + pad) // stride)
+        for i in range(_first(y, pad, k, stride), i_hi + 1):
+            u = y + pad - i * stride
+            for xx in range(W):
+                j_hi = min(Wo - 1, (xx + pad) // stride)
+                for j in range(_first(xx, pad, k, stride), j_hi + 1):
+                    v = xx + pad - j * stride
+                    src, row = (u * k + v) * C, r * L + i * Wo + j
+                    for c in range(C):
+                        acc[xx * C + c] += cols[row, src + c]
+        base = y * W * C
+        for e in range(W * C):
+            out[r, base + e] = acc[e]
+
+
+@njit(**_PARALLEL)
+def _pool_forward(x, H, W, C, kind, size, stride, out):
+    Ho, Wo = (H - size) // stride + 1, (W - size) // stride + 1
+    for line in prange(out.shape[0] * Ho):
+        r, i = line // Ho, line % Ho
+        for j in range(Wo):
+            dst = (i * Wo + j) * C
+            for c in range(C):
+                first = ((i * stride) * W + j * stride) * C + c
+                best, acc = x[r, first], 0.0
+                for u in range(size):
+                    for v in range(size):
+                        value = x[r, ((i * stride + u) * W + j * stride + v) * C + c]
+                        acc += value
+                        if value > best:
+                            best = value
+                out[r, dst + c] = best if kind == MAX else acc / (size * size)
+
+
+@njit(**_OPTS, inline="always")
+def _is_first_max(x, r, W, C, c, size, stride, i, j, y, xx):
+    """Whether (y, xx) is the first maximum, in (row, column) order, of window (i, j)."""
+    bu, bv = 0, 0
+    best = x[r, ((i * stride) * W + j * stride) * C + c]
+    for u in range(size):
+        for v in range(size):
+            value = x[r, ((i * stride + u) * W + j * stride + v) * C + c]
+            if value > best:
+                best, bu, bv = value, u, v
+    return i * stride + bu == y and j * stride + bv == xx
+
+
+@njit(**_PARALLEL)
+def _pool_backward(g, x, H, W, C, kind, size, stride, out):
+    Ho, Wo = (H - size) // stride + 1, (W - size) // stride + 1
+    for line in prange(out.shape[0] * H):
+        r, y = line // H, line % H
+        i_hi = min(Ho - 1, y // stride)
+        for xx in range(W):
+            j_hi = min(Wo - 1, xx // stride)
+            for c in range(C):
+                acc = 0.0
+                for i in range(_first(y, 0, size, stride), i_hi + 1):
+                    for j in range(_first(xx, 0, size, stride), j_hi + 1):
+                        if kind == AVG or _is_first_max(x, r, W, C, c, size, stride, i, j,
+                                                        y, xx):
+                            acc += g[r, (i * Wo + j) * C + c]
+                if kind == AVG:
+                    acc /= size * size
+                out[r, (y * W + xx) * C + c] = acc
+
+
+_SERIAL = {k: serial_twin(k, **_OPTS) for k in (_im2col, _col2im, _pool_forward, _pool_backward)}
+
+
+def _pick(kernel, size):
+    return kernel if size >= PARALLEL_MIN_SIZE else _SERIAL[kernel]
+
+
+def im2col(x, H, W, C, k, stride, pad, out) -> None:
+    """out (R L, k k C) = the patch rows of the images x (R, H W C) (module docstring)."""
+    _pick(_im2col, out.size)(x, H, W, C, k, stride, pad, out)
+
+
+def col2im(cols, H, W, C, k, stride, pad, out) -> None:
+    """out (R, H W C) = the adjoint of im2col applied to cols (R L, k k C), overwritten."""
+    _pick(_col2im, cols.size)(cols, H, W, C, k, stride, pad, out)
+
+
+def pool_forward(x, H, W, C, kind, size, stride, out) -> None:
+    """out (R, H_out W_out C) = max (kind MAX) or mean (AVG) of each window of x."""
+    _pick(_pool_forward, x.size)(x, H, W, C, kind, size, stride, out)
+
+
+def pool_backward(g, x, H, W, C, kind, size, stride, out) -> None:
+    """out (R, H W C) = d sum(g * pool(x)) / dx for g (R, H_out W_out C), overwritten."""
+    _pick(_pool_backward, x.size)(g, x, H, W, C, kind, size, stride, out)
