@@ -172,14 +172,17 @@ class CpuKernels:
     def node_gradient(self, scale, v: Vectors, x_ref, has_bias):
         """(g_W, g_b): g_W = mean_{k,n} scale_{k,n} v_{k,n} x*_n^T, g_b = mean_{k,n}
         scale_{k,n} v_{k,n}, in the dtype of v. The means' 1/(K B) scales the (B, N) factor
-        once, never the (N, N') gradient."""
+        once, never the (N, N') gradient. A conv layer's x_ref holds B L patch rows: c is
+        viewed as rows (B L, C_out) and g_W = rows^T x*, g_b = column sums of rows, sums
+        over positions with the batch mean still over the B samples."""
         vectors = v.value()
         n_passes, batch = scale.shape
         dtype = vectors.dtype
         c = np.einsum("kb,kbn->bn", scale.astype(dtype), vectors)
         c *= dtype.type(1.0 / (n_passes * batch))
-        g_W = c.T @ x_ref.astype(dtype, copy=False)
-        g_b = c.sum(axis=0) if has_bias else None
+        rows = c.reshape(x_ref.shape[0], -1)  # c itself for a dense layer (L = 1)
+        g_W = rows.T @ x_ref.astype(dtype, copy=False)
+        g_b = rows.sum(axis=0) if has_bias else None
         return g_W, g_b
 
     # -- the step's statistics -------------------------------------------------------------
