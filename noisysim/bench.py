@@ -30,10 +30,13 @@ FLOP_COUNTING = (
 )
 
 
-def step_products(rule, widths, batch, random_layers=()) -> list[tuple[int, int, int]]:
+def step_products(rule, widths, batch, random_layers=(), maps=None
+                  ) -> list[tuple[int, int, int]]:
     """The (m, k, n) shapes of the matrix products of one step (see FLOP_COUNTING) on a
     device whose layers ``random_layers`` draw intrinsic randomness in every pass
-    (``Device.random_layers``: then INP's passes recompute every layer from there up)."""
+    (``Device.random_layers``: then INP's passes recompute every layer from there up).
+    With the network's input ``maps`` a conv layer counts as a dense layer of d inputs
+    and C_out outputs on B L rows (``noisysim.layers``)."""
     from .device import pass_layout
 
     L = len(widths) - 1
@@ -43,21 +46,24 @@ def step_products(rule, widths, batch, random_layers=()) -> list[tuple[int, int,
                                 random_layers)
     prods = []
     for l in range(L):
-        n_in, n_out = widths[l], widths[l + 1]
+        n_in, n_out, m = widths[l], widths[l + 1], batch  # m: rows per pass
+        if maps is not None:
+            n_in, n_out = maps[l].patch_size, widths[l + 1] // maps[l].positions
+            m = batch * maps[l].positions
         passes = rows[l]
         if rule.decorrelated:
-            prods.append((passes * batch, n_in, n_in))          # x R^T
-        prods.append((passes * batch, n_in, n_out))              # forward
+            prods.append((passes * m, n_in, n_in))          # x R^T
+        prods.append((passes * m, n_in, n_out))              # forward
         if rule.family in ("bp", "fg"):
-            prods.append((n_out, batch, n_in))                   # gradient / tangent product
+            prods.append((n_out, m, n_in))                   # gradient / tangent product
             if l > 0:
-                prods.append((batch, n_out, n_in))               # delta W / tangent forward
+                prods.append((m, n_out, n_in))               # delta W / tangent forward
         elif rule.family != "wp":  # wp's estimate is a weighted sum of its perturbations
             # the K perturbed passes' per-sample scales are averaged before one outer product
-            prods.append((n_out, batch, n_in))
+            prods.append((n_out, m, n_in))
         if rule.decorrelated:
-            prods.append((batch, n_in, n_in))                    # X R
-            prods.append((n_in, batch, n_in))                    # X^T (X R)
+            prods.append((m, n_in, n_in))                    # X R
+            prods.append((n_in, m, n_in))                    # X^T (X R)
     return prods
 
 

@@ -26,6 +26,7 @@ validating it once with one-line errors that name the layer and the sizes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -177,12 +178,12 @@ def dense_maps(widths: Sequence[int]) -> tuple:
 def is_table_spec(spec) -> bool:
     """Whether a layer list is in table form (conv/pool/dense tables), not widths."""
     return (isinstance(spec, (list, tuple)) and len(spec) > 0
-            and any(isinstance(s, dict) for s in spec))
+            and any(isinstance(s, Mapping) for s in spec))
 
 
 def describe(entry) -> str:
     """A layer table as the error messages name it: "conv 64, kernel 5"."""
-    if not isinstance(entry, dict):
+    if not isinstance(entry, Mapping):
         return repr(entry)
     return ", ".join(f"{k} {v}" for k, v in entry.items())
 
@@ -254,14 +255,18 @@ def _check_input_shape(shape) -> tuple:
 
 
 def _kind(entry, where) -> str:
-    if not isinstance(entry, dict):
+    if not isinstance(entry, Mapping):
         raise NoisysimError(f"{where}: a layer list in table form takes tables like "
                             "{conv = 32, kernel = 3}, {pool = \"max\", size = 2} or "
                             "{dense = 10} only")
     kinds = [k for k in LAYER_KEYS if k in entry]
-    if len(kinds) != 1:
-        raise NoisysimError(f"{where}: a layer must name exactly one kind (conv, pool or "
-                            f"dense), found {kinds or 'none'}")
+    if not kinds:
+        first = next(iter(entry), None)
+        raise NoisysimError(f"{where}: unknown layer kind {first!r}; valid kinds: "
+                            f"{', '.join(LAYER_KEYS)}, e.g. {{conv = 16, kernel = 3}}")
+    if len(kinds) > 1:
+        raise NoisysimError(f"{where}: a layer is one kind, found {' and '.join(kinds)}; "
+                            "give each its own table")
     kind = kinds[0]
     unknown = [k for k in entry if k not in LAYER_KEYS[kind]]
     if unknown:
@@ -273,8 +278,8 @@ def _kind(entry, where) -> str:
 def _int(entry, key, where, default, lo) -> int:
     if key not in entry:
         if default is None:
-            raise NoisysimError(f"{where}: missing {key}; e.g. {{{describe(entry)}, "
-                                f"{key} = 3}}")
+            given = ", ".join(f"{k} = {v!r}" for k, v in entry.items())
+            raise NoisysimError(f"{where}: missing {key}; e.g. {{{given}, {key} = 3}}")
         return default
     v = entry[key]
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
