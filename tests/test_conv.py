@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -9,8 +10,13 @@ import textwrap
 
 import numpy as np
 import pytest
+import scipy.stats
 
+from noisysim.device import Device, exact_gradient
+from noisysim.kernels import rng
 from noisysim.kernels.backend import CPU
+from noisysim.network import Network
+from noisysim.rules import make_rule
 
 import naive_conv
 
@@ -87,7 +93,11 @@ def test_col2im_is_the_adjoint_of_im2col():
 KERNEL_SCRIPT = textwrap.dedent(
     """
     import hashlib, numpy as np
-    from noisysim.kernels.backend import CPU
+    from noisysim.device import Device, exact_gradient
+from noisysim.kernels import rng
+from noisysim.kernels.backend import CPU
+from noisysim.network import Network
+from noisysim.rules import make_rule
     h = hashlib.sha256()
     rng = np.random.default_rng(1)
     # 64 images of 24 x 24 x 8: above PARALLEL_MIN_SIZE, so the parallel kernels run
@@ -119,3 +129,249 @@ def test_conv_kernels_give_the_same_bytes_with_one_and_two_threads():
                              capture_output=True, check=True, timeout=600)
         digests.append(out.stdout.strip().splitlines()[-1])
     assert len(digests[0]) == 64 and digests[0] == digests[1]
+
+
+# --------------------------------------------------------------------------- networks
+
+# 6x6x2 -> conv 3 k3 p1 -> 6x6x3 -> maxpool 2 -> 3x3x3 -> conv 2 k2 -> 2x2x2
+#       -> avgpool 2 s1 -> 1x1x2 -> dense 3: conv, both pools, stride/padding, a dense head
+TINY = [{"conv": 3, "kernel": 3, "padding": 1}, {"pool": "max", "size": 2},
+        {"conv": 2, "kernel": 2}, {"pool": "avg", "size": 2, "stride": 1}, {"dense": 3}]
+TINY_SHAPE = (6, 6, 2)
+
+
+# 5x5x1 -> conv 2 k2 -> 4x4x2 -> maxpool 2 s1 (overlapping) -> 3x3x2 -> conv 2 k2 -> 2x2x2
+#       -> avgpool 2 -> 1x1x2 -> dense 3: few nodes, so that NP's variance stays small
+SMALL = [{"conv": 2, "kernel": 2}, {"pool": "max", "size": 2, "stride": 1},
+         {"conv": 2, "kernel": 2}, {"pool": "avg", "size": 2}, {"dense": 3}]
+SMALL_SHAPE = (5, 5, 1)
+
+
+def tiny_convnet(decorrelation=True, seed=1, spec=TINY, shape=TINY_SHAPE):
+    """A float64 tanh convnet; with decorrelation its R matrices are not the identity."""
+    net = Network(spec, input_shape=shape, activation="tanh", dtype="float64", seed=seed,
+                  decorrelation=decorrelation)
+    g = np.random.default_rng(seed + 10)
+    for p in net.layers:
+        p.b[:] = 0.1 * g.normal(size=p.b.shape)
+        if p.R is not None:
+            p.R[:] = np.eye(p.R.shape[0]) + 0.1 * g.normal(size=p.R.shape)
+    return net
+
+
+def tiny_batch(net, B=4, seed=0, positive=False):
+    """B inputs (|N(0, 1)| like image intensities when ``positive``), labels 0, 1, ..."""
+    x = np.random.default_rng(seed).normal(size=(B, net.widths[0]))
+    return np.abs(x) if positive else x, np.arange(B) % net.widths[-1]
+
+
+def naive_forward(net, x):
+    """Direct convolution (tests/naive_conv.py) with folded weights W R, tanh hidden units:
+    per layer the patch rows x* (what the weight gradient multiplies), the pre-activations
+    and the activities."""
+    h, stars, pres, acts = np.asarray(x, np.float64), [], [], []
+    for l, (m, p) in enumerate(zip(net.maps, net.layers)):
+        src = h if m.pool is None else naive_conv.pool(h, m.shape, m.pool, m.pool_size,
+                                                      m.pool_stride)
+        R = np.eye(m.patch_size) if p.R is None else p.R
+        if m.is_conv:
+            rows = naive_conv.im2col(src, m.pooled_shape, m.kernel, m.stride, m.padding)
+            a = naive_conv.conv(src, m.pooled_shape, p.W @ R, p.b, m.kernel, m.stride,
+                                m.padding)
+        else:
+            rows = src
+            a = src @ (p.W @ R).T + p.b
+        stars.append(rows @ R.T)
+        pres.append(a)
+        h = np.tanh(a) if l < net.n_layers - 1 else a
+        acts.append(h)
+    return stars, pres, acts
+
+
+def naive_backward(net, x, y):
+    """Per-sample node deltas d ell_n / d a_l (B, N_l) of the cross-entropy loss and the
+    batch-mean gradients, by the chain rule through naive_conv's col2im and pool_backward."""
+    stars, pres, acts = naive_forward(net, x)
+    B = x.shape[0]
+    z = pres[-1] - pres[-1].max(axis=1, keepdims=True)
+    delta = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    delta[np.arange(B), y] -= 1.0
+    deltas, grads = [None] * net.n_layers, [None] * net.n_layers
+    for l in range(net.n_layers - 1, -1, -1):
+        m, p = net.maps[l], net.layers[l]
+        deltas[l] = delta
+        rows = delta.reshape(stars[l].shape[0], -1)
+        grads[l] = (rows.T @ stars[l] / B, rows.sum(axis=0) / B)
+        if l == 0:
+            break
+        up = rows @ p.W @ (np.eye(m.patch_size) if p.R is None else p.R)
+        if m.is_conv:
+            up = naive_conv.col2im(up, m.pooled_shape, m.kernel, m.stride, m.padding)
+        if m.pool is not None:
+            up = naive_conv.pool_backward(up, acts[l - 1], m.shape, m.pool, m.pool_size,
+                                          m.pool_stride)
+        delta = up * (1.0 - acts[l - 1] ** 2)
+    return deltas, grads
+
+
+def test_layer_shapes_and_weights_of_the_tiny_convnet():
+    net = tiny_convnet()
+    assert net.widths == (72, 108, 8, 3)
+    assert [p.W.shape for p in net.layers] == [(3, 18), (2, 12), (3, 2)]
+    assert [p.R.shape for p in net.layers] == [(18, 18), (12, 12), (2, 2)]
+
+
+def test_conv_forward_equals_direct_convolution():
+    net = tiny_convnet()
+    x, y = tiny_batch(net)
+    m = Device(net).measure(x, y)
+    stars, pres, acts = naive_forward(net, x)
+    for l in range(net.n_layers):
+        np.testing.assert_allclose(m.inputs[l][0], stars[l], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(m.pre[l][0], pres[l], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(m.activity[l][0], acts[l], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(Device(net).infer(x), acts[-1], rtol=1e-12, atol=1e-12)
+
+
+def test_exact_conv_gradient_equals_naive_backprop_and_finite_differences():
+    net = tiny_convnet()
+    x, y = tiny_batch(net)
+    G = exact_gradient(net, x, y)
+    _, naive = naive_backward(net, x, y)
+    for g, (gW, gb) in zip(G, naive):
+        np.testing.assert_allclose(g.W, gW, rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(g.b, gb, rtol=1e-10, atol=1e-13)
+    # Central differences, h = 1e-5: truncation h^2 |f'''| / 6 ~ 1e-11 and rounding
+    # eps |f| / h ~ 1e-11 for a loss of O(1); max-pool windows keep their maximum (the
+    # gaps between window values, ~0.1, dwarf the moves of ~1e-5).
+    dev, h = Device(net), 1e-5
+    for l, p in enumerate(net.layers):
+        for name in ("W", "b"):
+            arr, fd = getattr(p, name), np.zeros_like(getattr(p, name))
+            for idx in np.ndindex(arr.shape):
+                old = arr[idx]
+                arr[idx] = old + h
+                up = dev.loss(x, y).mean()
+                arr[idx] = old - h
+                down = dev.loss(x, y).mean()
+                arr[idx] = old
+                fd[idx] = (up - down) / (2 * h)
+            np.testing.assert_allclose(getattr(G[l], name), fd, rtol=0, atol=1e-8)
+
+
+# --------------------------------------------------------------------------- estimators
+#
+# The number of draws follows tests/test_rules.py (read its derivation first): the mean of
+# D draws is G + e with E||e||^2 = V / D, and cos >= 0.95 needs D >= (V / ||G||^2) /
+# (1 / 0.95^2 - 1), times the 99.9% quantile of chi2_k / k (k = 1 for node rules, k = n_l
+# for WP and FG). A conv layer's per-sample estimate is M_n c: the node vector c (N_l) of
+# sample n mapped to parameters by M_n (node (position, o) adds x~_pos = (x*_pos, 1) to
+# row o of (W, b)), so ||M_n||_F^2 = C_out sum_pos ||x~_pos||^2 and M_n delta_{l,n} =
+# g_{l,n}, the sample's exact gradient. With Cov(c) from test_rules.py:
+#   NP  Cov c = ||delta||^2 I + delta delta^T (delta over all layers):
+#       V_l = sum_n (||delta_n||^2 ||M_n||^2 + ||g_{l,n}||^2) / B^2
+#   INP c = N (u . delta_l) u, u uniform on the sphere of R^N (N = N_l), E[u u^T] = I / N,
+#       E[(u . d)^2 u u^T] = (||d||^2 I + 2 d d^T) / (N (N + 2)):
+#       V_l = sum_n (N / (N + 2) (||delta_l||^2 ||M_n||^2 + 2 ||g_{l,n}||^2)
+#                    - ||g_{l,n}||^2) / B^2
+#   (both reduce to test_rules.py's formulas for a dense layer, ||M_n||^2 = N_l ||x~||^2)
+#   ANP has NP's magnitude; WP, FG as in test_rules.py (parameters are parameters).
+# The decorrelated forms (dnp, dinp, danp) run the same estimators on x* = rows R^T: the
+# network here has R != I in every layer.
+
+COS_MIN = 0.95
+
+
+def draws_needed(var_ratio, dof=1):
+    safety = scipy.stats.chi2.ppf(0.999, dof) / dof
+    return math.ceil(safety * var_ratio / (1 / COS_MIN**2 - 1))
+
+
+def layer_vector(g):
+    return np.concatenate([np.ravel(g[0]), np.ravel(g[1])])
+
+
+def cosine(a, b):
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def variance_ratios(name, net, x, y, G):
+    Gv = [layer_vector(g) for g in G]
+    if name in ("wp", "fg"):
+        total = sum(g @ g for g in Gv)
+        return [(g.size * total + g @ g) / (g @ g) for g in Gv]
+    deltas, _ = naive_backward(net, x, y)
+    stars, _, _ = naive_forward(net, x)
+    B = x.shape[0]
+    out = []
+    for l, m in enumerate(net.maps):
+        N, C_out, V = net.widths[l + 1], net.layers[l].W.shape[0], 0.0
+        rows = stars[l].reshape(B, m.positions, -1)
+        for n in range(B):
+            M2 = C_out * (np.sum(rows[n] ** 2) + m.positions)
+            d = deltas[l][n].reshape(m.positions, C_out)
+            g2 = np.sum((d.T @ rows[n]) ** 2) + np.sum(d.sum(axis=0) ** 2)
+            dl2 = np.sum(deltas[l][n] ** 2)
+            if name == "inp":
+                V += N / (N + 2) * (dl2 * M2 + 2 * g2) - g2
+            else:
+                V += sum(np.sum(dd[n] ** 2) for dd in deltas) * M2 + g2
+        out.append(V / B**2 / (Gv[l] @ Gv[l]))
+    return out
+
+
+def mean_estimate(name, net, x, y, D, sigma=1e-4):
+    if name in ("np", "inp", "anp"):
+        rule = make_rule(name, sigma=sigma)
+        m = Device(net, seed=21).measure(np.tile(x, (D, 1)), np.tile(y, D), **rule.request())
+        return rule.estimate(m, net)
+    if name == "fg":
+        rule = make_rule("fg", samples=D, seed=21)
+        return rule.estimate(Device(net).measure(x, y, **rule.request()), net)
+    # wp: D passes, drawn in one call per layer and injected as values (see test_rules.py)
+    z = [rng.normal_array(21, rng.STREAM_USER, 1, l, (D, p.W.size + p.W.shape[0]))
+         for l, p in enumerate(net.layers)]
+    rule = make_rule("wp", sigma=sigma, samples=D)
+    m = Device(net).measure(
+        x, y, perturb="weights", samples=D,
+        values=[sigma * zl[:, :p.W.size].reshape((D,) + p.W.shape)
+                for zl, p in zip(z, net.layers)],
+        bias_values=[sigma * zl[:, p.W.size:] for zl, p in zip(z, net.layers)])
+    return rule.estimate(m, net)
+
+
+def isotropic_convnet():
+    """ANP is biased (README "ANP's bias"; tests/test_rules.py): to first order its mean
+    is sum_{j<=l} J_lj J_lj^T delta_l, J_lj = d a_l / d a_j, which points along delta_l
+    only when J J^T is proportional to I. As tests/test_rules.py does for MLPs, ANP is
+    checked where that holds: 1x1 convolutions and a dense head with orthonormal rows
+    (W W^T = I), disjoint max pooling (P P^T = I) and average pooling (P P^T = I / 4),
+    tanh near its linear range (inputs 0.2 |N(0, 1)|), no R. A generic convnet gives
+    ANP cosines down to ~0.6 in some layers (conv patches and overlapping windows make
+    J J^T far from isotropic): the bias, reproduced, not fixed. One sample: with two,
+    cancellations between their gradients make D ~100x larger."""
+    spec = [{"conv": 3, "kernel": 1}, {"pool": "max", "size": 2}, {"conv": 2, "kernel": 1},
+            {"pool": "avg", "size": 2}, {"dense": 2}]
+    g = np.random.default_rng(1)
+    Ws = [np.linalg.qr(g.normal(size=(n_in, n_out)))[0].T
+          for n_out, n_in in [(3, 3), (2, 3), (2, 2)]]
+    net = Network(spec, input_shape=(4, 4, 3), activation="tanh", dtype="float64", init=Ws)
+    return net, 0.2 * np.abs(g.normal(size=(1, 48))), np.arange(1)
+
+
+@pytest.mark.parametrize("name", ["np", "inp", "anp", "wp", "fg"])
+def test_mean_conv_estimate_aligns_with_exact_gradient(name):
+    # positive inputs: conv gradients that sum over positions cancel less (V / ||G||^2,
+    # and with it D, is ~100x smaller than for centred inputs on this net)
+    net = tiny_convnet(spec=SMALL, shape=SMALL_SHAPE)
+    x, y = tiny_batch(net, B=2, seed=1, positive=True)
+    if name == "anp":
+        net, x, y = isotropic_convnet()
+    G = exact_gradient(net, x, y)
+    G = [(g.W, g.b) for g in G]
+    dofs = [layer_vector(g).size if name in ("wp", "fg") else 1 for g in G]
+    D = max(draws_needed(r, k) for r, k in zip(variance_ratios(name, net, x, y, G), dofs))
+    est = mean_estimate(name, net, x, y, D)
+    cos = [cosine(layer_vector((e.W, e.b)), layer_vector(g)) for e, g in zip(est, G)]
+    print(f"{name}: D = {D}, cosines per layer {np.round(cos, 4).tolist()}")
+    assert min(cos) >= COS_MIN, (name, D, cos)
