@@ -94,12 +94,7 @@ def test_col2im_is_the_adjoint_of_im2col():
 KERNEL_SCRIPT = textwrap.dedent(
     """
     import hashlib, numpy as np
-    from noisysim.decorrelation import Decorrelator
-from noisysim.device import Device, exact_gradient
-from noisysim.kernels import rng
-from noisysim.kernels.backend import CPU
-from noisysim.network import Network
-from noisysim.rules import make_rule
+    from noisysim.kernels.backend import CPU
     h = hashlib.sha256()
     rng = np.random.default_rng(1)
     # 64 images of 24 x 24 x 8: above PARALLEL_MIN_SIZE, so the parallel kernels run

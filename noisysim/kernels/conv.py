@@ -18,9 +18,11 @@ Pooling (max or average) over size x size windows with a stride, no padding:
 H_out = (H - size) // stride + 1. Max pooling's backward routes each window's gradient to
 the window's FIRST maximum in (row, column) order; overlapping windows add up.
 
-Determinism: every kernel is a gather. Each output element is written by one thread,
-summing its terms in a fixed order (in float64, rounded once), so results do not depend on
-the number of threads. Small arrays take serial twins (``PARALLEL_MIN_SIZE``).
+Determinism: each output element is written by one thread, summing its terms in a fixed
+order (in float64, rounded once), so results do not depend on the number of threads:
+im2col, col2im and pooling gather; pooling's backward gives each thread whole images and
+adds the windows in (row, column) order, which finds each window's maximum once instead of
+once per element. Small arrays take serial twins (``PARALLEL_MIN_SIZE``).
 """
 
 from __future__ import annotations
@@ -112,37 +114,32 @@ def _pool_forward(x, H, W, C, kind, size, stride, out):
                 out[r, dst + c] = best if kind == MAX else acc / (size * size)
 
 
-@njit(**_OPTS, inline="always")
-def _is_first_max(x, r, W, C, c, size, stride, i, j, y, xx):
-    """Whether (y, xx) is the first maximum, in (row, column) order, of window (i, j)."""
-    bu, bv = 0, 0
-    best = x[r, ((i * stride) * W + j * stride) * C + c]
-    for u in range(size):
-        for v in range(size):
-            value = x[r, ((i * stride + u) * W + j * stride + v) * C + c]
-            if value > best:
-                best, bu, bv = value, u, v
-    return i * stride + bu == y and j * stride + bv == xx
-
-
 @njit(**_PARALLEL)
 def _pool_backward(g, x, H, W, C, kind, size, stride, out):
     Ho, Wo = (H - size) // stride + 1, (W - size) // stride + 1
-    for line in prange(out.shape[0] * H):
-        r, y = line // H, line % H
-        i_hi = min(Ho - 1, y // stride)
-        for xx in range(W):
-            j_hi = min(Wo - 1, xx // stride)
-            for c in range(C):
-                acc = 0.0
-                for i in range(_first(y, 0, size, stride), i_hi + 1):
-                    for j in range(_first(xx, 0, size, stride), j_hi + 1):
-                        if kind == AVG or _is_first_max(x, r, W, C, c, size, stride, i, j,
-                                                        y, xx):
-                            acc += g[r, (i * Wo + j) * C + c]
-                if kind == AVG:
-                    acc /= size * size
-                out[r, (y * W + xx) * C + c] = acc
+    scale = 1.0 / (size * size)
+    for r in prange(out.shape[0]):  # one thread owns one image: windows add in (i, j) order
+        acc = np.zeros(H * W * C)
+        for i in range(Ho):
+            for j in range(Wo):
+                for c in range(C):
+                    grad = g[r, (i * Wo + j) * C + c]
+                    if kind == AVG:
+                        for u in range(size):
+                            for v in range(size):
+                                acc[((i * stride + u) * W + j * stride + v) * C + c] += (
+                                    grad * scale)
+                        continue
+                    first = ((i * stride) * W + j * stride) * C + c
+                    best, at = x[r, first], first
+                    for u in range(size):
+                        for v in range(size):
+                            e = ((i * stride + u) * W + j * stride + v) * C + c
+                            if x[r, e] > best:  # strict: the first maximum keeps the gradient
+                                best, at = x[r, e], e
+                    acc[at] += grad
+        for e in range(H * W * C):
+            out[r, e] = acc[e]
 
 
 _SERIAL = {k: serial_twin(k, **_OPTS) for k in (_im2col, _col2im, _pool_forward, _pool_backward)}
