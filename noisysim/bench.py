@@ -79,11 +79,28 @@ def median_time(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def random_data_trainer(rule, layers, batch, noise, dtype, backend="cpu"):
+def parse_layers(layers) -> list:
+    """Widths "784,100,10", or a TOML array of layer tables (a conv net, ``noisysim.layers``)
+    such as '[{conv = 16, kernel = 5}, {pool = "max", size = 2}, {dense = 10}]'."""
+    text = str(layers).strip()
+    if text.startswith("["):
+        import tomllib
+
+        try:
+            return list(tomllib.loads(f"layers = {text}")["layers"])
+        except tomllib.TOMLDecodeError as exc:
+            raise NoisysimError(f"layers {text!r} is not a TOML array of layer tables ({exc}); "
+                                "e.g. [{conv = 16, kernel = 5}, {dense = 10}]") from None
+    return [int(check_number("layer width", int(w), 1, None, integer=True))
+            for w in text.split(",")]
+
+
+def random_data_trainer(rule, layers, batch, noise, dtype, backend="cpu", input_shape=None):
     """The benchmark's setup, shared by the backends: a Trainer for ``rule`` on
-    ``layers`` with intrinsic ``noise`` (gaussian: sigma 0.01), Adam 1e-4, decorrelation
-    lr 1e-7, and one random batch (uniform [0, 1) inputs, random labels) as its training
-    set, on ``backend``. Returns (trainer, widths)."""
+    ``layers`` (``parse_layers``; layer tables need ``input_shape`` (H, W, C)) with
+    intrinsic ``noise`` (gaussian: sigma 0.01), Adam 1e-4, decorrelation lr 1e-7, and one
+    random batch (uniform [0, 1) inputs, random labels) as its training set, on
+    ``backend``. Returns (trainer, widths)."""
     from .data import Dataset
     from .decorrelation import Decorrelator
     from .device import Device
@@ -93,11 +110,11 @@ def random_data_trainer(rule, layers, batch, noise, dtype, backend="cpu"):
     from .rules import make_rule
     from .train import Trainer, TrainSettings
 
-    widths = [int(check_number("layer width", int(w), 1, None, integer=True))
-              for w in str(layers).split(",")]
     batch = int(check_number("batch", batch, 1, None, integer=True))
     r = make_rule(rule)
-    net = Network(widths, dtype=dtype, decorrelation=r.decorrelated, seed=0)
+    net = Network(parse_layers(layers), dtype=dtype, decorrelation=r.decorrelated, seed=0,
+                  input_shape=input_shape)
+    widths = list(net.widths)
     noise_model = make_noise(noise, **({"sigma": 0.01} if noise == "gaussian" else {}))
     device = Device(net, noise=noise_model, seed=0)
     gen = np.random.default_rng(0)
@@ -126,14 +143,17 @@ def timed_step(trainer):
 
 
 def bench(rule="danp", layers="3072,1024,1024,1024,10", batch=1000, steps=5, backend="cpu",
-          noise="gaussian", dtype="float32", verbose=False) -> dict:
+          noise="gaussian", dtype="float32", verbose=False, input_shape=None) -> dict:
     """One JSON-able row: the median step time on ``backend`` ("cpu", "cuda" or "auto")
-    and the backend's matrix-product rate on exactly the step's products."""
+    and the backend's matrix-product rate on exactly the step's products. ``layers`` may
+    be layer tables of a conv net (``parse_layers``) on images of ``input_shape``: its
+    products are the im2col ones (B L rows of d = C_in k k)."""
     from .backends import cuda_status, resolve_backend
 
     backend = resolve_backend(backend)
     steps = int(check_number("steps", steps, 1, None, integer=True))
-    trainer, widths = random_data_trainer(rule, layers, batch, noise, dtype, backend)
+    trainer, widths = random_data_trainer(rule, layers, batch, noise, dtype, backend,
+                                          input_shape)
     K, xp = trainer.kernels, trainer.kernels.xp
     r = trainer.rule
     gen = np.random.default_rng(1)
@@ -141,7 +161,8 @@ def bench(rule="danp", layers="3072,1024,1024,1024,10", batch=1000, steps=5, bac
         print(f"timing {rule} on {widths}, batch {batch} ({backend}): warm-up, then {steps} "
               "steps", flush=True)
     t_step = median_time(timed_step(trainer), steps)
-    prods = step_products(r, widths, batch, trainer.device.random_layers())
+    net = trainer.network
+    prods = step_products(r, widths, batch, trainer.device.random_layers(), net.maps)
     mats = [(K.asarray(gen.random((m, k), dtype=np.float32).astype(dtype)),
              K.asarray(gen.random((k, n), dtype=np.float32).astype(dtype)))
             for m, k, n in prods]
@@ -154,7 +175,8 @@ def bench(rule="danp", layers="3072,1024,1024,1024,10", batch=1000, steps=5, bac
     t_gemm = median_time(gemms, steps)
     flop = float(sum(2.0 * m * k * n for m, k, n in prods))
     row = {
-        "rule": rule, "layers": widths, "batch": batch, "backend": backend, "dtype": dtype,
+        "rule": rule, "layers": widths if net.spec is None else list(net.spec),
+        "widths": widths, "batch": batch, "backend": backend, "dtype": dtype,
         "noise": noise,
         "step_s": round(t_step, 6),
         "samples_per_s": round(batch / t_step, 1),

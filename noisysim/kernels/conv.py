@@ -59,18 +59,23 @@ def _im2col(x, H, W, C, k, stride, pad, out):
     for row in prange(out.shape[0]):
         r, pos = row // L, row % L
         i, j = pos // Wo, pos % Wo
+        left = j * stride - pad  # image column of v = 0
+        v_lo, v_hi = max(0, -left), min(k, W - left)  # kernel columns inside the image
         for u in range(k):
             y = i * stride + u - pad
-            for v in range(k):
-                xx = j * stride + v - pad
-                base = (u * k + v) * C
-                if 0 <= y < H and 0 <= xx < W:
-                    src = (y * W + xx) * C
-                    for c in range(C):
-                        out[row, base + c] = x[r, src + c]
-                else:
-                    for c in range(C):
-                        out[row, base + c] = 0.0
+            base = u * k * C
+            if y < 0 or y >= H or v_lo >= v_hi:
+                for e in range(k * C):
+                    out[row, base + e] = 0.0
+                continue
+            for e in range(v_lo * C):
+                out[row, base + e] = 0.0
+            # kernel columns v_lo..v_hi-1 are one contiguous run in the image row and the patch
+            src = (y * W + left) * C
+            for e in range(v_lo * C, v_hi * C):
+                out[row, base + e] = x[r, src + e]
+            for e in range(v_hi * C, k * C):
+                out[row, base + e] = 0.0
 
 
 @njit(**_PARALLEL)
