@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
@@ -10,16 +9,14 @@ import textwrap
 
 import numpy as np
 import pytest
-import scipy.stats
 
 from noisysim.decorrelation import Decorrelator
 from noisysim.device import Device, exact_gradient
-from noisysim.kernels import rng
 from noisysim.kernels.backend import CPU
 from noisysim.network import Network
-from noisysim.rules import make_rule
 
 import naive_conv
+from test_rules import COS_MIN, cosine, draws_needed, layer_vector, mean_estimate
 
 # (H, W, C, k, stride, pad): square and not, C > 1, stride 2, padding, kernel = image
 CONV_SHAPES = [(5, 5, 1, 3, 1, 0), (6, 7, 3, 3, 2, 1), (4, 9, 2, 2, 1, 2), (7, 5, 4, 5, 3, 2),
@@ -276,22 +273,6 @@ def test_exact_conv_gradient_equals_naive_backprop_and_finite_differences():
 # The decorrelated forms (dnp, dinp, danp) run the same estimators on x* = rows R^T: the
 # network here has R != I in every layer.
 
-COS_MIN = 0.95
-
-
-def draws_needed(var_ratio, dof=1):
-    safety = scipy.stats.chi2.ppf(0.999, dof) / dof
-    return math.ceil(safety * var_ratio / (1 / COS_MIN**2 - 1))
-
-
-def layer_vector(g):
-    return np.concatenate([np.ravel(g[0]), np.ravel(g[1])])
-
-
-def cosine(a, b):
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
 def variance_ratios(name, net, x, y, G):
     Gv = [layer_vector(g) for g in G]
     if name in ("wp", "fg"):
@@ -315,26 +296,6 @@ def variance_ratios(name, net, x, y, G):
                 V += sum(np.sum(dd[n] ** 2) for dd in deltas) * M2 + g2
         out.append(V / B**2 / (Gv[l] @ Gv[l]))
     return out
-
-
-def mean_estimate(name, net, x, y, D, sigma=1e-4):
-    if name in ("np", "inp", "anp"):
-        rule = make_rule(name, sigma=sigma)
-        m = Device(net, seed=21).measure(np.tile(x, (D, 1)), np.tile(y, D), **rule.request())
-        return rule.estimate(m, net)
-    if name == "fg":
-        rule = make_rule("fg", samples=D, seed=21)
-        return rule.estimate(Device(net).measure(x, y, **rule.request()), net)
-    # wp: D passes, drawn in one call per layer and injected as values (see test_rules.py)
-    z = [rng.normal_array(21, rng.STREAM_USER, 1, l, (D, p.W.size + p.W.shape[0]))
-         for l, p in enumerate(net.layers)]
-    rule = make_rule("wp", sigma=sigma, samples=D)
-    m = Device(net).measure(
-        x, y, perturb="weights", samples=D,
-        values=[sigma * zl[:, :p.W.size].reshape((D,) + p.W.shape)
-                for zl, p in zip(z, net.layers)],
-        bias_values=[sigma * zl[:, p.W.size:] for zl, p in zip(z, net.layers)])
-    return rule.estimate(m, net)
 
 
 def isotropic_convnet():
@@ -365,11 +326,10 @@ def test_mean_conv_estimate_aligns_with_exact_gradient(name):
     if name == "anp":
         net, x, y = isotropic_convnet()
     G = exact_gradient(net, x, y)
-    G = [(g.W, g.b) for g in G]
     dofs = [layer_vector(g).size if name in ("wp", "fg") else 1 for g in G]
     D = max(draws_needed(r, k) for r, k in zip(variance_ratios(name, net, x, y, G), dofs))
     est = mean_estimate(name, net, x, y, D)
-    cos = [cosine(layer_vector((e.W, e.b)), layer_vector(g)) for e, g in zip(est, G)]
+    cos = [cosine(layer_vector(e), layer_vector(g)) for e, g in zip(est, G)]
     print(f"{name}: D = {D}, cosines per layer {np.round(cos, 4).tolist()}")
     assert min(cos) >= COS_MIN, (name, D, cos)
 
