@@ -86,15 +86,17 @@ def _col2im(cols, H, W, C, k, stride, pad, out):
         r, y = line // H, line % H
         acc = np.zeros(W * C)
         i_hi = min(Ho - 1, (y + pad) // stride)
-        for i in range(_first(y, pad, k, stride), i_hi + 1):
+        for i in range(_first(y, pad, k, stride), i_hi + 1):  # windows over row y, in order
             u = y + pad - i * stride
-            for xx in range(W):
-                j_hi = min(Wo - 1, (xx + pad) // stride)
-                for j in range(_first(xx, pad, k, stride), j_hi + 1):
-                    v = xx + pad - j * stride
-                    src, row = (u * k + v) * C, r * L + i * Wo + j
-                    for c in range(C):
-                        acc[xx * C + c] += cols[row, src + c]
+            for j in range(Wo):
+                left = j * stride - pad  # image column of v = 0
+                v_lo, v_hi = max(0, -left), min(k, W - left)
+                if v_lo >= v_hi:
+                    continue
+                # kernel columns v_lo..v_hi-1: one contiguous run in the patch and the row
+                row, src, dst = r * L + i * Wo + j, (u * k + v_lo) * C, (left + v_lo) * C
+                for e in range((v_hi - v_lo) * C):
+                    acc[dst + e] += cols[row, src + e]
         base = y * W * C
         for e in range(W * C):
             out[r, base + e] = acc[e]
