@@ -66,6 +66,7 @@ EXPERIMENT_MODULES = (
     "d_noisy_hardware",
     "e_discontinuous",
     "f_noise_level",
+    "h_fashion_convnet",
     "i_hardware",
 )
 
@@ -213,17 +214,26 @@ def estimate(ctx: Context, bench_steps: int = 5) -> float:
     rows = []
     workers = max(1, min(ctx.workers, len(ctx.points)))
 
-    def step_time(rule, layers, batch, noisy, dtype):
-        key = (rule, tuple(layers), batch, noisy, dtype)
+    def step_time(rule, model, batch, noisy, dtype):
+        layers = model["layers"]
+        key = (rule, json.dumps(layers), batch, noisy, dtype)
         if key not in times:
+            shape = []
+            if layers and isinstance(layers[0], dict):  # a conv net: layer tables as TOML
+                text = "[" + ", ".join("{" + ", ".join(f"{k} = {json.dumps(v)}"
+                                                       for k, v in t.items()) + "}"
+                                       for t in layers) + "]"
+                shape = ["--input-shape", ",".join(map(str, model["input_shape"]))]
+            else:
+                text = ",".join(map(str, layers))
             cmd = [sys.executable, "-m", "noisysim.cli", "bench", "--rule", rule,
-                   "--layers", ",".join(map(str, layers)), "--batch", str(batch),
+                   "--layers", text, *shape, "--batch", str(batch),
                    "--steps", str(bench_steps), "--noise", "gaussian" if noisy else "none",
                    "--dtype", dtype, "--json"]
             out = subprocess.run(cmd, cwd=REPO, env=_env(workers), capture_output=True,
                                  text=True, check=True).stdout
             times[key] = json.loads(out.strip().splitlines()[-1])["step_s"]
-            rows.append(f"  {rule:>5} {list(layers)} batch {batch}: "
+            rows.append(f"  {rule:>5} {text} batch {batch}: "
                         f"{times[key] * 1e3:.1f} ms/update")
         return times[key]
 
@@ -233,14 +243,14 @@ def estimate(ctx: Context, bench_steps: int = 5) -> float:
         t, m = cfg["train"], cfg["model"]
         n_train = _n_train(cfg)
         steps = math.ceil(n_train / t["batch_size"]) * t["epochs"]
-        noisy = cfg["noise"]["model"] != "none"
-        train_s += steps * step_time(cfg["rule"]["name"], m["layers"], t["batch_size"], noisy,
+        noisy = cfg["noise"]["model"] != "none" and cfg["noise"].get("sigma") != 0
+        train_s += steps * step_time(cfg["rule"]["name"], m, t["batch_size"], noisy,
                                      m["dtype"])
         # Evaluation: one forward pass over train + test after every epoch (and before the
         # first); a forward pass costs about a third of a BP step per sample.
         n_test = cfg["data"].get("n_test") or DATASET_SHAPES.get(
             cfg["data"]["name"], {}).get("n_test") or 0
-        bp = step_time("bp", m["layers"], t["batch_size"], False, m["dtype"])
+        bp = step_time("bp", m, t["batch_size"], False, m["dtype"])
         eval_s += (t["epochs"] + 1) * (n_train + n_test) * bp / (3 * t["batch_size"])
     total = train_s + eval_s
     wall = total / workers

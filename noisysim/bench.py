@@ -30,10 +30,13 @@ FLOP_COUNTING = (
 )
 
 
-def step_products(rule, widths, batch, random_layers=()) -> list[tuple[int, int, int]]:
+def step_products(rule, widths, batch, random_layers=(), maps=None
+                  ) -> list[tuple[int, int, int]]:
     """The (m, k, n) shapes of the matrix products of one step (see FLOP_COUNTING) on a
     device whose layers ``random_layers`` draw intrinsic randomness in every pass
-    (``Device.random_layers``: then INP's passes recompute every layer from there up)."""
+    (``Device.random_layers``: then INP's passes recompute every layer from there up).
+    With the network's input ``maps`` a conv layer counts as a dense layer of d inputs
+    and C_out outputs on B L rows (``noisysim.layers``)."""
     from .device import pass_layout
 
     L = len(widths) - 1
@@ -43,21 +46,24 @@ def step_products(rule, widths, batch, random_layers=()) -> list[tuple[int, int,
                                 random_layers)
     prods = []
     for l in range(L):
-        n_in, n_out = widths[l], widths[l + 1]
+        n_in, n_out, m = widths[l], widths[l + 1], batch  # m: rows per pass
+        if maps is not None:
+            n_in, n_out = maps[l].patch_size, widths[l + 1] // maps[l].positions
+            m = batch * maps[l].positions
         passes = rows[l]
         if rule.decorrelated:
-            prods.append((passes * batch, n_in, n_in))          # x R^T
-        prods.append((passes * batch, n_in, n_out))              # forward
+            prods.append((passes * m, n_in, n_in))          # x R^T
+        prods.append((passes * m, n_in, n_out))              # forward
         if rule.family in ("bp", "fg"):
-            prods.append((n_out, batch, n_in))                   # gradient / tangent product
+            prods.append((n_out, m, n_in))                   # gradient / tangent product
             if l > 0:
-                prods.append((batch, n_out, n_in))               # delta W / tangent forward
+                prods.append((m, n_out, n_in))               # delta W / tangent forward
         elif rule.family != "wp":  # wp's estimate is a weighted sum of its perturbations
             # the K perturbed passes' per-sample scales are averaged before one outer product
-            prods.append((n_out, batch, n_in))
+            prods.append((n_out, m, n_in))
         if rule.decorrelated:
-            prods.append((batch, n_in, n_in))                    # X R
-            prods.append((n_in, batch, n_in))                    # X^T (X R)
+            prods.append((m, n_in, n_in))                    # X R
+            prods.append((n_in, m, n_in))                    # X^T (X R)
     return prods
 
 
@@ -73,11 +79,28 @@ def median_time(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def random_data_trainer(rule, layers, batch, noise, dtype, backend="cpu"):
+def parse_layers(layers) -> list:
+    """Widths "784,100,10", or a TOML array of layer tables (a conv net, ``noisysim.layers``)
+    such as '[{conv = 16, kernel = 5}, {pool = "max", size = 2}, {dense = 10}]'."""
+    text = str(layers).strip()
+    if text.startswith("["):
+        import tomllib
+
+        try:
+            return list(tomllib.loads(f"layers = {text}")["layers"])
+        except tomllib.TOMLDecodeError as exc:
+            raise NoisysimError(f"layers {text!r} is not a TOML array of layer tables ({exc}); "
+                                "e.g. [{conv = 16, kernel = 5}, {dense = 10}]") from None
+    return [int(check_number("layer width", int(w), 1, None, integer=True))
+            for w in text.split(",")]
+
+
+def random_data_trainer(rule, layers, batch, noise, dtype, backend="cpu", input_shape=None):
     """The benchmark's setup, shared by the backends: a Trainer for ``rule`` on
-    ``layers`` with intrinsic ``noise`` (gaussian: sigma 0.01), Adam 1e-4, decorrelation
-    lr 1e-7, and one random batch (uniform [0, 1) inputs, random labels) as its training
-    set, on ``backend``. Returns (trainer, widths)."""
+    ``layers`` (``parse_layers``; layer tables need ``input_shape`` (H, W, C)) with
+    intrinsic ``noise`` (gaussian: sigma 0.01), Adam 1e-4, decorrelation lr 1e-7, and one
+    random batch (uniform [0, 1) inputs, random labels) as its training set, on
+    ``backend``. Returns (trainer, widths)."""
     from .data import Dataset
     from .decorrelation import Decorrelator
     from .device import Device
@@ -87,11 +110,11 @@ def random_data_trainer(rule, layers, batch, noise, dtype, backend="cpu"):
     from .rules import make_rule
     from .train import Trainer, TrainSettings
 
-    widths = [int(check_number("layer width", int(w), 1, None, integer=True))
-              for w in str(layers).split(",")]
     batch = int(check_number("batch", batch, 1, None, integer=True))
     r = make_rule(rule)
-    net = Network(widths, dtype=dtype, decorrelation=r.decorrelated, seed=0)
+    net = Network(parse_layers(layers), dtype=dtype, decorrelation=r.decorrelated, seed=0,
+                  input_shape=input_shape)
+    widths = list(net.widths)
     noise_model = make_noise(noise, **({"sigma": 0.01} if noise == "gaussian" else {}))
     device = Device(net, noise=noise_model, seed=0)
     gen = np.random.default_rng(0)
@@ -120,14 +143,17 @@ def timed_step(trainer):
 
 
 def bench(rule="danp", layers="3072,1024,1024,1024,10", batch=1000, steps=5, backend="cpu",
-          noise="gaussian", dtype="float32", verbose=False) -> dict:
+          noise="gaussian", dtype="float32", verbose=False, input_shape=None) -> dict:
     """One JSON-able row: the median step time on ``backend`` ("cpu", "cuda" or "auto")
-    and the backend's matrix-product rate on exactly the step's products."""
+    and the backend's matrix-product rate on exactly the step's products. ``layers`` may
+    be layer tables of a conv net (``parse_layers``) on images of ``input_shape``: its
+    products are the im2col ones (B L rows of d = C_in k k)."""
     from .backends import cuda_status, resolve_backend
 
     backend = resolve_backend(backend)
     steps = int(check_number("steps", steps, 1, None, integer=True))
-    trainer, widths = random_data_trainer(rule, layers, batch, noise, dtype, backend)
+    trainer, widths = random_data_trainer(rule, layers, batch, noise, dtype, backend,
+                                          input_shape)
     K, xp = trainer.kernels, trainer.kernels.xp
     r = trainer.rule
     gen = np.random.default_rng(1)
@@ -135,7 +161,8 @@ def bench(rule="danp", layers="3072,1024,1024,1024,10", batch=1000, steps=5, bac
         print(f"timing {rule} on {widths}, batch {batch} ({backend}): warm-up, then {steps} "
               "steps", flush=True)
     t_step = median_time(timed_step(trainer), steps)
-    prods = step_products(r, widths, batch, trainer.device.random_layers())
+    net = trainer.network
+    prods = step_products(r, widths, batch, trainer.device.random_layers(), net.maps)
     mats = [(K.asarray(gen.random((m, k), dtype=np.float32).astype(dtype)),
              K.asarray(gen.random((k, n), dtype=np.float32).astype(dtype)))
             for m, k, n in prods]
@@ -148,7 +175,8 @@ def bench(rule="danp", layers="3072,1024,1024,1024,10", batch=1000, steps=5, bac
     t_gemm = median_time(gemms, steps)
     flop = float(sum(2.0 * m * k * n for m, k, n in prods))
     row = {
-        "rule": rule, "layers": widths, "batch": batch, "backend": backend, "dtype": dtype,
+        "rule": rule, "layers": widths if net.spec is None else list(net.spec),
+        "widths": widths, "batch": batch, "backend": backend, "dtype": dtype,
         "noise": noise,
         "step_s": round(t_step, 6),
         "samples_per_s": round(batch / t_step, 1),

@@ -225,7 +225,11 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", parents=[common], help="time full training steps",
                        description=_bench_description())
     b.add_argument("--rule", default="danp")
-    b.add_argument("--layers", default="3072,1024,1024,1024,10")
+    b.add_argument("--layers", default="3072,1024,1024,1024,10",
+                   help="widths, or a TOML array of layer tables for a conv net, e.g. "
+                   "'[{conv = 16, kernel = 5}, {pool = \"max\", size = 2}, {dense = 10}]'")
+    b.add_argument("--input-shape", default=None,
+                   help="H,W,C of the input images of a conv net, e.g. 28,28,1")
     b.add_argument("--batch", type=int, default=1000)
     b.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     b.add_argument("--backend", default="cpu", choices=BACKENDS)
@@ -420,9 +424,10 @@ def _bench_description() -> str:
 def _cmd_bench(args) -> int:
     from .bench import bench
 
+    shape = None if args.input_shape is None else args.input_shape.split(",")  # Network checks
     result = bench(rule=args.rule, layers=args.layers, batch=args.batch, steps=args.steps,
                    backend=args.backend, noise=args.noise, dtype=args.dtype,
-                   verbose=not args.json)
+                   verbose=not args.json, input_shape=shape)
     print(json.dumps(result))
     return 0
 

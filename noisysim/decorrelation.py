@@ -22,7 +22,8 @@ Cost O(B d^2), never O(d^3): with D = diag(mean_n x*_n^2),
 so  Delta R = lr * [ (1 - kappa) M + (2 kappa - 1) D R - kappa R ].
 
 The input must be the reference pass's x* (computed with the current R), e.g.
-``measurement.inputs[l][0]``. At inference the pair (W, R) folds into one matrix,
+``measurement.inputs[l][0]``. A conv layer's x* are its (B L, d) patch rows, one R shared
+by the positions (``noisysim.layers``); ``positions`` = s > 1 keeps every s-th row. At inference the pair (W, R) folds into one matrix,
 W x* = W (R x) = (W R) x: see ``fold``.
 """
 
@@ -46,15 +47,27 @@ class Decorrelator:
     then raises instead of writing non-finite values).
     """
 
-    def __init__(self, lr: float, kappa: float = 0.0):
+    def __init__(self, lr: float, kappa: float = 0.0, positions: int = 1):
         self.lr = check_number("decorrelation lr", lr, 0.0, None,
                                hint="0 freezes R; typical values are 1e-7 to 1e-3")
         self.kappa = check_number("kappa", kappa, 0.0, 1.0,
                                   hint="0 = pure decorrelation, > 0 also drives unit variance")
+        self.positions = check_number("decorrelation positions", positions, 1, None,
+                                      integer=True, hint="1 = every patch row, s = every s-th")
         self._buffers: dict = {}
 
     def __repr__(self) -> str:
-        return f"Decorrelator(lr={self.lr!r}, kappa={self.kappa!r})"
+        return (f"Decorrelator(lr={self.lr!r}, kappa={self.kappa!r}, "
+                f"positions={self.positions!r})")
+
+    def patch_rows(self, K, x_star):
+        """The rows a conv layer's R learns from: every ``positions``-th of its (B L, d)
+        patch rows (all of them when positions = 1). The rule's mean over rows is then a
+        mean over a subsample of the same patch distribution: the update's theory is
+        unchanged, its cost falls by the factor ``positions``."""
+        if self.positions == 1:
+            return x_star
+        return K.xp.ascontiguousarray(x_star[::self.positions])
 
     def _scratch(self, K, R):
         """A (d, d) work array for Delta R, kept between calls: a fresh one of R's size

@@ -48,8 +48,10 @@ PERTURBATIONS = ("none", "nodes", "layer", "each_layer", "weights")
 class Measurement:
     """What one ``Device.measure`` call recorded, per pass p (pass 0 = reference).
 
-    inputs[l]   (P, B, N_{l-1})  decorrelated input x*_{l-1} of layer l (layer 0: a
-                                 read-only broadcast view, identical in every pass)
+    inputs[l]   (P, B L, d)      decorrelated input rows x*_{l-1} of layer l (layer 0: a
+                                 read-only broadcast view, identical in every pass); a
+                                 dense layer: (P, B, N_{l-1}); a conv layer: the patch
+                                 rows of its input map (``noisysim.layers``)
     pre[l]      (P, B, N_l)      pre-activation a_l as measured (noise included; through
                                  the device's read-out channel when it has one)
     outputs     (P, B, N_L)      network output f_L(a_L), fed to the loss
@@ -65,6 +67,7 @@ class Measurement:
     nodes       per layer the NodeVariation (activation gain and offset) the passes ran
                 with, None without (``noisysim.hardware.Variability``): for the rules that
                 differentiate the device (BP, FG); perturbation rules never read it
+    activity    per layer (P, B, N_l) outputs x_l = f_l(a_l) (None: not recorded)
     """
 
     inputs: tuple
@@ -79,6 +82,7 @@ class Measurement:
     kernels: object = None
     layers: tuple | None = None
     nodes: tuple | None = None
+    activity: tuple | None = None
 
     @property
     def n_passes(self) -> int:
@@ -289,43 +293,42 @@ class Device:
         w_eps, b_eps = self._weight_perturbations(perturb, sigma, samples, values, bias_values,
                                                   times)
 
-        inputs, pres = [], []
-        R0 = self.layers[0].R
-        x_star = x if R0 is None else xp.matmul(x, R0.T)
-        h = xp.broadcast_to(x_star, (P,) + x_star.shape)  # layer-0 input, shared by passes
+        inputs, pres, acts = [], [], []
+        h = x[None]  # the activity below layer 0: the noise-free input, shared by passes
         for l, params in enumerate(self.layers):
             n, k = n_rows[l], n_products[l]
-            if l > 0 and params.R is not None:
-                h_star = self._buffer(("x*", l), h.shape)
-                xp.matmul(h[:k].reshape(k * batch, -1), params.R.T,
-                          out=h_star[:k].reshape(k * batch, -1))
-                h_star[k:] = h_star[0]
-                h = h_star
+            h = self._layer_input(l, h, k, P)
             inputs.append(h)
+            rows = h.shape[1]  # B L
             a = self._buffer(("a", l), (P, batch, net.widths[l + 1]))
+            a_rows = a.reshape(P, rows, -1)  # (P, B L, C_out): the same memory
             if w_eps is not None:
                 for p in range(P):
                     W = params.W + w_eps[l][p]
-                    xp.matmul(h[p], W.T, out=a[p])
+                    xp.matmul(h[p], W.T, out=a_rows[p])
                     if b_eps is not None:
-                        a[p] += b_eps[l][p]
+                        a_rows[p] += b_eps[l][p]
             else:
-                xp.matmul(h[:k].reshape(k * batch, -1), params.W.T,
-                          out=a[:k].reshape(k * batch, -1))
+                xp.matmul(h[:k].reshape(k * rows, -1), params.W.T,
+                          out=a_rows[:k].reshape(k * rows, -1))
                 a[k:n] = a[0]
+            # per node index b N_l + j == (b L + position) C_out + channel: the draws of the
+            # row view are the per-node draws, and the bias broadcasts over channels
             if draws is not None:  # draw eps ~ N(0, sigma^2) and add it with the bias
-                K.perturb(a[:n], node_eps[l][:n], params.b, sigma, self.seed, l, times[:n],
-                          draws[l][:n])
+                K.perturb(a_rows[:n], node_eps[l][:n].reshape(n, rows, -1), params.b, sigma,
+                          self.seed, l, times[:n], draws[l][:n])
             else:
                 eps = node_eps[l] if node_eps is not None else None
-                K.add_bias_and_perturbation(a[:n], params.b,
-                                            eps[:n] if eps is not None else None)
+                K.add_bias_and_perturbation(a_rows[:n], params.b,
+                                            eps[:n].reshape(n, rows, -1)
+                                            if eps is not None else None)
             self._add_noise(l, a, n, times, clean_pass)
             a[n:] = a[0]
             pres.append(a)
             out = self._buffer(("x", l), a.shape)
             self._activate(l, a[:n], out[:n], times[:n])
             out[n:] = out[0]
+            acts.append(out)
             h = out
 
         flat = h.reshape(P * batch, -1)
@@ -346,6 +349,7 @@ class Device:
             kernels=K,
             layers=tuple(self.layers),
             nodes=tuple(self._nodes.get(l) for l in range(L)) if self._nodes else None,
+            activity=tuple(acts),
         )
 
     def infer(self, x: np.ndarray, noisy: bool = False) -> np.ndarray:
@@ -360,10 +364,10 @@ class Device:
         time = np.array([self.clock], dtype=np.int64)
         h = K.asarray(x)[None]
         for l, params in enumerate(self.layers):
-            if params.R is not None:
-                h = xp.matmul(h, params.R.T)
+            h = self._layer_input(l, h, 1, 1, lambda _, shape: K.empty(shape, net.dtype))
             a = xp.ascontiguousarray(xp.matmul(h, params.W.T), dtype=net.dtype)
             K.add_bias_and_perturbation(a, params.b, None)
+            a = a.reshape(1, x.shape[0], -1)
             if noisy:
                 self._add_noise(l, a, 1, time, clean_pass=False)
             out = K.empty(a.shape, net.dtype)
@@ -390,6 +394,31 @@ class Device:
             raise NoisysimError("the batch is empty: pass at least one sample")
         check_finite_array("inputs", x)
         return np.ascontiguousarray(x, dtype=self.network.dtype)
+
+    def _layer_input(self, l, h, k, P, alloc=None):
+        """x*_{l-1} (P, B L, d) of layer l from the activity below, h (>= k, B, N_{l-1}):
+        the input map's rows (``noisysim.layers``), then x* = rows R^T, for the first k
+        passes; the others equal pass 0 (layer 0's input is noise-free: a broadcast view
+        of one pass). ``alloc(name, shape)`` gives work arrays (default: ``_buffer``)."""
+        K, xp = self.kernels, self.kernels.xp
+        alloc = alloc or self._buffer
+        m, R = self.network.maps[l], self.layers[l].R
+        batch, stored = h.shape[1], 1 if l == 0 else P
+        rows = h
+        if not m.identity:
+            rows = alloc(("rows", l), (stored, batch * m.positions, m.patch_size))
+            m.forward(K, h[:k].reshape(k * batch, -1), rows[:k].reshape(-1, m.patch_size),
+                      lambda shape: alloc(("pooled", l), shape))
+        if R is not None:
+            star = alloc(("x*", l), (stored,) + rows.shape[1:])
+            xp.matmul(rows[:k].reshape(-1, m.patch_size), R.T,
+                      out=star[:k].reshape(-1, m.patch_size))
+            rows = star
+        if l == 0:
+            return xp.broadcast_to(rows[:1], (P,) + rows.shape[1:])
+        if rows is not h:
+            rows[k:] = rows[0]
+        return rows
 
     def _buffer(self, name, shape):
         """An uninitialised array in the network's dtype; reused across calls if allowed."""
@@ -557,7 +586,8 @@ def exact_gradient(network: Network, x: np.ndarray, targets: np.ndarray,
     m = device.measure(x, targets)
     pass0 = lambda arrays: [a[0] for a in arrays]  # noqa: E731
     dout = network.loss_grad(m.outputs[0], m.targets)
-    return network.backward(pass0(m.inputs), pass0(m.pre), dout, nodes=m.nodes)
+    return network.backward(pass0(m.inputs), pass0(m.pre), dout, nodes=m.nodes,
+                            activity=pass0(m.activity))
 
 
 def _noise_gains(variability, noise, seed, network) -> dict:

@@ -58,7 +58,7 @@ def build(config: dict, data=None) -> Built:
         activation_params=model.get("activation_params") or {},
         output_activation=model.get("output_activation", "identity"), bias=model["bias"],
         init=model["init"], decorrelation=rule.decorrelated, dtype=model["dtype"], seed=seed,
-        loss=model["loss"],
+        loss=model["loss"], input_shape=model.get("input_shape"),
     )
     noise_opts = dict(config.get("noise") or {"model": "none"})
     noise_name = noise_opts.pop("model")
@@ -92,7 +92,7 @@ def _backend(name: str, rule, device, optimizer, batch_size: int) -> str:
 
     flop = sum(2.0 * m * k * n for m, k, n in
                step_products(rule, device.network.widths, batch_size,
-                             device.random_layers()))
+                             device.random_layers(), device.network.maps))
     return resolve_backend(name, step_gflop=flop / 1e9)
 
 

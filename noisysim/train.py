@@ -293,6 +293,8 @@ class Trainer:
         if self.decorrelator is not None:
             for l, p in enumerate(layers):
                 x_star = m.inputs[l][0]
+                if net.maps[l].is_conv:
+                    x_star = self.decorrelator.patch_rows(K, x_star)
                 if log_row:  # O(B d^2) on the host: only when the row is recorded
                     decorrelation_loss_[l] = decorrelation_loss(K.to_host(x_star))
                 self.decorrelator.step(K, p.R, x_star, stats, failure, L, l)

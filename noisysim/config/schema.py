@@ -37,10 +37,15 @@ _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$")
 
 #: Input size, number of classes and sizes of the splits of the registered datasets, so that
 #: validation never loads data. ``None``: taken from the options (teacher, cifar100).
+#: ``image``: (H, W, C) of sets whose rows are NHWC-flat images (what conv layers need;
+#: the CIFAR loaders store rows channel-first, so they have none yet).
 DATASET_SHAPES: dict[str, dict] = {
-    "digits": {"inputs": 64, "classes": 10, "n_train": 1500, "n_test": 297},
-    "mnist": {"inputs": 784, "classes": 10, "n_train": 60000, "n_test": 10000},
-    "fashion-mnist": {"inputs": 784, "classes": 10, "n_train": 60000, "n_test": 10000},
+    "digits": {"inputs": 64, "classes": 10, "n_train": 1500, "n_test": 297,
+               "image": (8, 8, 1)},
+    "mnist": {"inputs": 784, "classes": 10, "n_train": 60000, "n_test": 10000,
+              "image": (28, 28, 1)},
+    "fashion-mnist": {"inputs": 784, "classes": 10, "n_train": 60000, "n_test": 10000,
+                      "image": (28, 28, 1)},
     "cifar10": {"inputs": 3072, "classes": 10, "n_train": 50000, "n_test": 10000},
     "cifar100": {"inputs": 3072, "classes": None, "n_train": 50000, "n_test": 10000},
     "teacher": {"inputs": None, "classes": None, "n_train": None, "n_test": None},
@@ -127,7 +132,14 @@ SCHEMA: tuple[Key, ...] = (
     Key("model.file", "path", _NO_DEFAULT,
         "the same include, written inside `[model]` so that this table can override it"),
     Key("model.layers", "list of integers", [64, 64, 10],
-        "widths from input to output: first = dataset input size, last = classes (outputs)"),
+        "widths from input to output: first = dataset input size, last = classes (outputs); "
+        "or a convolutional network as layer tables from the input image on, e.g. "
+        "`[{conv = 16, kernel = 5}, {pool = \"max\", size = 2}, {dense = 10}]` (conv: "
+        "channels, kernel, stride = 1, padding = 0; pool: \"max\" or \"avg\", size, "
+        "stride = size; dense: width; the last gives the classes)"),
+    Key("model.input_shape", "list of integers", _NO_DEFAULT,
+        "[H, W, C] of the input images of a network in table form (default: the "
+        "dataset's image shape: digits [8, 8, 1], mnist and fashion-mnist [28, 28, 1])"),
     Key("model.activation", "string", "leaky_relu", "hidden-layer activation",
         lambda: ACTIVATIONS),
     Key("model.activation_params", "table", {},
@@ -178,6 +190,9 @@ SCHEMA: tuple[Key, ...] = (
         "learning rate of the decorrelation matrices R (dbp, dnp, dinp, danp); 0 freezes R"),
     Key("decorrelation.kappa", "float", 0.0,
         "0 = decorrelate only, up to 1 = also drive input variances to 1"),
+    Key("decorrelation.positions", "integer", _NO_DEFAULT,
+        "conv layers update R from every s-th patch row only (s >= 1; default 1 = all "
+        "B L rows), for speed; dense layers use every sample"),
     Key("optimizer.name", "string", "adam", "optimiser of W and b", lambda: tuple(OPTIMIZERS)),
     Key("optimizer.lr", "float", 1e-4, "learning rate (> 0)"),
     Key("optimizer.<option>", "per optimiser", _NO_DEFAULT,

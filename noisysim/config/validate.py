@@ -22,6 +22,8 @@ from typing import Any, Callable, Sequence
 from noisysim import data as _data
 from noisysim.activations import activation_params, make_activation
 from noisysim.decorrelation import Decorrelator
+from noisysim.layers import build as build_layers
+from noisysim.layers import is_table_spec
 from noisysim.errors import NoisysimError, check_bool, check_choice, check_number
 from noisysim.hardware import WEIGHT_DEVICE_KEYS, Readout, Variability, WeightDevice
 from noisysim.losses import CLASS_LOSSES
@@ -202,7 +204,13 @@ class _Resolver:
 
     def model(self) -> None:
         m: dict[str, Any] = {}
-        m["layers"] = self.typed("model.layers")
+        spec = self.entry("model.layers").value
+        if is_table_spec(spec):  # a conv net: validated against the image shape later
+            m["layers"] = [dict(t) for t in spec]
+        else:
+            m["layers"] = self.typed("model.layers")
+        if "model.input_shape" in self.entries:
+            m["input_shape"] = self.typed("model.input_shape")
         m["activation"] = act = self.typed("model.activation")
         accepted = list(activation_params(act))
         params = self.params("model.activation_params", act, accepted,
@@ -264,11 +272,14 @@ class _Resolver:
 
     def decorrelation(self) -> None:
         lr, kappa = self.typed("decorrelation.lr"), self.typed("decorrelation.kappa")
+        positions = {}
+        if "decorrelation.positions" in self.entries:
+            positions["positions"] = self.typed("decorrelation.positions")
         try:
             Decorrelator(lr, kappa)
         except NoisysimError as exc:  # a check added to Decorrelator after this schema
             raise NoisysimError(f"{self.where('decorrelation.lr')}: {exc}") from None
-        self.out["decorrelation"] = {"lr": lr, "kappa": kappa}
+        self.out["decorrelation"] = {"lr": lr, "kappa": kappa, **positions}
 
     def optimizer(self) -> None:
         name = self.typed("optimizer.name")
@@ -390,7 +401,7 @@ class _Resolver:
 
     def cross_checks(self) -> None:
         m, d = self.out["model"], self.out["data"]
-        layers = m["layers"]
+        layers = self.widths(m, d)
         info = _dataset_info(d)
         if info is not None:
             inputs, want_out, task = info
@@ -408,6 +419,14 @@ class _Resolver:
                     f"{self.defaulted('model.loss')} needs class labels but dataset "
                     f"{d['name']!r} is a regression set (float targets); set [model] loss = "
                     "\"squared_error\" (or [data] task = \"classification\")")
+            if is_table_spec(m["layers"]) and (layers[0] != inputs or layers[-1] != want_out):
+                what = "classes" if task == "classification" else "outputs"
+                bad = (f"input_shape {m['input_shape']} has {layers[0]} inputs, the dataset "
+                       f"{inputs}; fix model.input_shape" if layers[0] != inputs else
+                       f"the last layer has {layers[-1]} outputs, the dataset {want_out} "
+                       f"{what}; end with {{dense = {want_out}}}")
+                raise NoisysimError(f"{self.where('model.layers')}: model.layers does not fit "
+                                    f"dataset {d['name']!r}: {bad}")
             if layers[0] != inputs or layers[-1] != want_out:
                 good = [inputs] + list(layers[1:-1]) + [want_out]
                 what = "classes" if task == "classification" else "outputs"
@@ -432,6 +451,26 @@ class _Resolver:
             if len(set(nl)) != len(nl):
                 self.fail("noise.layers", f"noise.layers = {_toml_value(nl)} lists a layer "
                                           "twice; list each layer once")
+
+    def widths(self, m: dict, d: dict) -> list:
+        """Node counts of the layers: model.layers itself, or those of its tables
+        (``noisysim.layers.build``) on the input image shape (model.input_shape, else the
+        dataset's), which sets m["input_shape"]."""
+        if not is_table_spec(m["layers"]):
+            return m["layers"]
+        shape = m.get("input_shape") or (DATASET_SHAPES.get(d["name"]) or {}).get("image")
+        if shape is None:
+            known = [n for n, v in DATASET_SHAPES.items() if v.get("image")]
+            self.fail("model.layers",
+                      f"model.layers in table form (a conv net) needs input images, and "
+                      f"dataset {d['name']!r} has no image shape; use {', '.join(known)}, "
+                      f"set [model] input_shape = [H, W, C], or give a list of widths")
+        m["input_shape"] = list(shape)
+        try:
+            widths, _ = build_layers(m["layers"], shape)
+        except NoisysimError as exc:
+            raise NoisysimError(f"{self.where('model.layers')}: {exc}") from None
+        return list(widths)
 
     def check_sizes(self) -> None:
         """Sizes against the training set: a batch larger than it cannot mean what it says
@@ -592,6 +631,16 @@ def _check_fixed_value(dotted: str, value: Any) -> Any:
             check_number(f"model.layers[{i}]", w, 1, None, integer=True,
                          hint="every layer needs at least one node")
         return value
+    if dotted == "model.input_shape":
+        if len(value) != 3:
+            raise NoisysimError(f"model.input_shape must be [H, W, C], got "
+                                f"{_toml_value(value)}; e.g. input_shape = [28, 28, 1]")
+        for i, w in enumerate(value):
+            check_number(f"model.input_shape[{i}]", w, 1, None, integer=True)
+        return value
+    if dotted == "decorrelation.positions":
+        return check_number(dotted, value, 1, None, integer=True,
+                            hint="1 = every patch row, s = every s-th")
     if dotted == "decorrelation.lr":
         return check_number(dotted, value, 0.0, None,
                             hint="0 freezes R; typical values are 1e-7 to 1e-3")

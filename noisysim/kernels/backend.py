@@ -22,6 +22,14 @@ step        ``step_stats`` (loss, loss changes, accuracy), ``sum_squares`` (grad
             verdict, see ``noisysim.kernels.step``), ``host_blocked``
 hardware    ``readout`` (the measurement channel), ``weight_write`` and ``program_weights``
             (non-ideal weight devices): ``noisysim.hardware``
+conv        convolutional layers (``noisysim.layers``), images NHWC-flat (R, H W C), every
+            array 2-D C-contiguous in the network dtype, ``shape`` = (H, W, C) the INPUT
+            image shape, ``kind`` "max" | "avg", results written into ``out``:
+            ``im2col(x, shape, k, stride, pad, out)``         x (R, H W C) -> (R L, k k C)
+            ``col2im(cols, shape, k, stride, pad, out)``      its adjoint -> (R, H W C)
+            ``pool_forward(x, shape, kind, size, stride, out)``        -> (R, H_o W_o C)
+            ``pool_backward(g, x, shape, kind, size, stride, out)``    -> (R, H W C)
+            (``noisysim.kernels.conv`` documents the layout; tests/naive_conv.py the twins)
 
 The statistics of a step go into one float64 array on the backend (``noisysim.kernels.step``
 documents the layout) and the host reads it when it needs it: every step on the CPU, only on
@@ -34,7 +42,7 @@ import math
 
 import numpy as np
 
-from . import cpu, step
+from . import conv, cpu, step
 from . import hardware as _hw
 from .cpu import adam_update as _adam_update
 from .cpu import decorrelation_delta as _decorrelation_delta
@@ -165,14 +173,17 @@ class CpuKernels:
     def node_gradient(self, scale, v: Vectors, x_ref, has_bias):
         """(g_W, g_b): g_W = mean_{k,n} scale_{k,n} v_{k,n} x*_n^T, g_b = mean_{k,n}
         scale_{k,n} v_{k,n}, in the dtype of v. The means' 1/(K B) scales the (B, N) factor
-        once, never the (N, N') gradient."""
+        once, never the (N, N') gradient. A conv layer's x_ref holds B L patch rows: c is
+        viewed as rows (B L, C_out) and g_W = rows^T x*, g_b = column sums of rows, sums
+        over positions with the batch mean still over the B samples."""
         vectors = v.value()
         n_passes, batch = scale.shape
         dtype = vectors.dtype
         c = np.einsum("kb,kbn->bn", scale.astype(dtype), vectors)
         c *= dtype.type(1.0 / (n_passes * batch))
-        g_W = c.T @ x_ref.astype(dtype, copy=False)
-        g_b = c.sum(axis=0) if has_bias else None
+        rows = c.reshape(x_ref.shape[0], -1)  # c itself for a dense layer (L = 1)
+        g_W = rows.T @ x_ref.astype(dtype, copy=False)
+        g_b = rows.sum(axis=0) if has_bias else None
         return g_W, g_b
 
     # -- the step's statistics -------------------------------------------------------------
@@ -268,6 +279,23 @@ class CpuKernels:
             return
         stats[step.decor_sq(n_layers, layer)] = sq
         R -= scratch
+
+    # -- convolutional layers (noisysim.kernels.conv) -------------------------------------
+    def im2col(self, x, shape, k, stride, pad, out) -> None:
+        """out (R L, k k C) = patch rows of the images x (R, H W C), shape = (H, W, C)."""
+        conv.im2col(x, *shape, k, stride, pad, out)
+
+    def col2im(self, cols, shape, k, stride, pad, out) -> None:
+        """out (R, H W C) = the adjoint of ``im2col`` applied to cols (R L, k k C)."""
+        conv.col2im(cols, *shape, k, stride, pad, out)
+
+    def pool_forward(self, x, shape, kind, size, stride, out) -> None:
+        """out (R, H_out W_out C) = max or mean of each size x size window of x."""
+        conv.pool_forward(x, *shape, conv.POOL_KINDS[kind], size, stride, out)
+
+    def pool_backward(self, g, x, shape, kind, size, stride, out) -> None:
+        """out (R, H W C) = d sum(g * pool(x)) / dx (max: to each window's first max)."""
+        conv.pool_backward(g, x, *shape, conv.POOL_KINDS[kind], size, stride, out)
 
     # -- hardware realism (noisysim.hardware): read-out channel, weight devices -----------
     def readout(self, channel, src, dst, seed, layer, times) -> None:

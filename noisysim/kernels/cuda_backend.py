@@ -257,14 +257,17 @@ class CudaKernels:
 
     def node_gradient(self, scale, v: Vectors, x_ref, has_bias):
         """As the CPU's: c = (sum_k scale_k v_k) / (K B) in the dtype (one fused kernel),
-        g_W = c^T x* (cuBLAS), g_b = column sums of c (a cuBLAS product with ones)."""
+        viewed as rows (B L, C_out) of x_ref's row count (a conv layer; c itself when
+        L = 1), g_W = rows^T x* (cuBLAS), g_b = column sums of rows (a cuBLAS product with
+        ones)."""
         batch, width = v.source.shape[1], v.source.shape[2]
         dtype = v.source.dtype
         c = xp.empty((batch, width), dtype=dtype)
         K.node_coefficients(v.source, v.first, v.diff, scale,
                             dtype.type(1.0 / (v.count * batch)), c)
-        g_W = xp.matmul(c.T, x_ref)
-        g_b = xp.matmul(self._ones_vector(batch, dtype), c) if has_bias else None
+        rows = c.reshape(x_ref.shape[0], -1)
+        g_W = xp.matmul(rows.T, x_ref)
+        g_b = xp.matmul(self._ones_vector(rows.shape[0], dtype), rows) if has_bias else None
         return g_W, g_b
 
     def _ones_vector(self, n, dtype):

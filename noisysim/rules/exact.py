@@ -12,7 +12,11 @@ v ~ N(0, I) over all weights and biases, propagate it forward through the refere
     dA_l  = X*_{l-1} V_l^T + dX*_{l-1} W_l^T + v_{b,l}     (dX*_{-1} = 0: the input is fixed)
     dX_l  = f'_l(a_l) * dA_l                               (gain_l f'_l(gain_l a_l + offset_l)
                                                             when the nodes vary)
-    dX*_l = dX_l R_{l+1}^T                                 (when layer l+1 decorrelates)
+    dX*_l = M_{l+1}(dX_l) R_{l+1}^T                        (when layer l+1 decorrelates)
+
+where M_{l+1} is layer l+1's input map (identity for dense layers; pooling and im2col for
+conv nets, ``InputMap.tangent``: linear but for max pooling, which passes on the tangent of
+each window's first maximum).
 
 and take the per-sample directional derivative of the loss d_n = (d ell_n / d z_n) . dZ_n
 (z = network output). Then g = mean_n(d_n) v = (grad . v) v; K tangents are averaged.
@@ -48,7 +52,9 @@ class Backprop(Rule):
         dout = K.loss_grad(network.loss, m.outputs[0], m.targets)
         layers = m.layers if m.layers is not None else network.layers
         return backward(K, layers, network.activations, reference(m.inputs), reference(m.pre),
-                        dout, surrogate=self.options["surrogate"] == "ste", nodes=m.nodes)
+                        dout, surrogate=self.options["surrogate"] == "ste", nodes=m.nodes,
+                        maps=network.maps,
+                        activity=None if m.activity is None else reference(m.activity))
 
 
 class ForwardGradientState(NamedTuple):
@@ -98,15 +104,19 @@ class ForwardGradient(Rule):
         self.state = ForwardGradientState(step=np.int64(self.state.step + 1))
         layers = m.layers if m.layers is not None else network.layers
         L = network.n_layers
-        dx_star = None  # dX*_{l-1}: (K, B, N_{l-1})
+        dx_star = None  # dX*_{l-1}: (K, B L, d) rows, (K, B, N_{l-1}) for a dense layer
         for l, p in enumerate(layers):
             da = xp.matmul(m.inputs[l][0], Vs[l].transpose(0, 2, 1))
             if dx_star is not None:
                 da += xp.matmul(dx_star, p.W.T)
             if vbs is not None:
                 da += vbs[l][:, None, :]
+            pre = m.pre[l][0]
             node = m.nodes[l] if m.nodes is not None else None
-            dx = node_derivative(K, network.activations[l], m.pre[l][0], node) * da
+            dx = node_derivative(K, network.activations[l], pre, node) * da.reshape(
+                (-1,) + pre.shape)
+            if l + 1 < L and not network.maps[l + 1].identity:  # pooling, im2col
+                dx = network.maps[l + 1].tangent(K, dx, m.activity[l][0])
             nxt = layers[l + 1].R if l + 1 < L else None
             dx_star = xp.matmul(dx, nxt.T) if nxt is not None else dx
         dout = K.loss_grad(network.loss, m.outputs[0], m.targets)
