@@ -15,7 +15,8 @@ What is checked, per kernel family:
   and stochastic activations;
 - to float tolerance: libm activations and losses, derivatives, perturbation statistics and
   the np / inp / anp / bp estimates, Adam and SGD, decorrelation, Device.measure, and full
-  training steps (bp, np, inp, anp, danp, dbp, dnp, dinp) against the CPU Trainer.
+  training steps (bp, np, inp, anp, danp, dbp, dnp, dinp, and bp, np, danp, fg on a
+  convnet with both kinds of pooling) against the CPU Trainer.
 How the kernels compile (sm_90a machine code without FMA contraction, no GPU needed) is
 checked in tests/test_cuda_compile.py.
 """
@@ -40,10 +41,12 @@ NOISES = ["none", "gaussian", "multiplicative", "bernoulli", "centred_bernoulli"
           "telegraph_sources", "smtj", "smtj_sources", "ou", "pink", "trace_shared",
           "trace_per_node"]
 RULES = ["bp", "np", "inp", "anp", "danp", "dbp", "dnp", "dinp"]
+CONV_RULES = ["bp", "np", "danp", "fg"]
 CHECKS = (["rng_draws", "perturbation_draws", "activations", "derivatives", "losses"]
           + [f"noise_{n}" for n in NOISES]
           + ["estimates", "optimizers", "decorrelation", "measure", "infer"]
           + [f"train_step_{r}" for r in RULES]
+          + [f"train_step_conv_{r}" for r in CONV_RULES]
           + ["session_state", "backend_resolution"])
 
 
@@ -209,6 +212,14 @@ class _Env:
         # differences inherit the products' rounding)
         self.step_opt = "adam" if self.sim else "sgd"
         self.step_tol = 1e-5 if self.sim else 3e-3
+        # a convnet: conv (padding, stride 1) -> max pool -> conv (stride 2) -> avg pool ->
+        # dense, so that every conv kernel (im2col, col2im, both pools) runs in the step
+        c1, c2 = (2, 2) if self.sim else (8, 16)
+        self.conv_shape = (6, 6, 1) if self.sim else (16, 16, 3)
+        self.conv_layers = [{"conv": c1, "kernel": 3, "padding": 1},
+                            {"pool": "max", "size": 2},
+                            {"conv": c2, "kernel": 2, "stride": 1},
+                            {"pool": "avg", "size": 2}, {"dense": 3}]
 
 
 def check_rng_draws(env):
@@ -392,12 +403,14 @@ def _check_noise(env, name):
             + (", also with per-node switching probabilities" if len(node_ps) > 1 else ""))
 
 
-def _network(env, decorrelated, seed=1, noise="telegraph"):
+def _network(env, decorrelated, seed=1, noise="telegraph", conv=False):
     from noisysim.device import Device
     from noisysim.network import Network
     from noisysim.noise import make_noise
 
-    net = Network(env.widths, decorrelation=decorrelated, seed=seed)
+    net = (Network(env.conv_layers, input_shape=env.conv_shape, decorrelation=decorrelated,
+                   seed=seed) if conv else
+           Network(env.widths, decorrelation=decorrelated, seed=seed))
     if decorrelated:  # a non-trivial R
         g = np.random.default_rng(5)
         for p in net.layers:
@@ -407,10 +420,11 @@ def _network(env, decorrelated, seed=1, noise="telegraph"):
     return net, Device(net, noise=models[noise](), seed=2)
 
 
-def _batch(env, n=None, seed=0):
+def _batch(env, n=None, seed=0, widths=None):
     g = np.random.default_rng(seed)
     n = n or env.batch
-    return g.random((n, env.widths[0])).astype(np.float32), g.integers(0, env.widths[-1], n)
+    widths = widths or env.widths
+    return g.random((n, widths[0])).astype(np.float32), g.integers(0, widths[-1], n)
 
 
 def _upload_measurement(env, m, net):
@@ -576,7 +590,7 @@ def check_infer(env):
     return "noise-free and noisy inference"
 
 
-def _trainers(env, rule_name, opt_name="adam", backends=("cpu", "cuda")):
+def _trainers(env, rule_name, opt_name="adam", backends=("cpu", "cuda"), conv=False):
     from noisysim.data import Dataset
     from noisysim.decorrelation import Decorrelator
     from noisysim.optim import make_optimizer
@@ -585,11 +599,12 @@ def _trainers(env, rule_name, opt_name="adam", backends=("cpu", "cuda")):
 
     out = []
     for backend in backends:
-        rule = make_rule(rule_name, **({} if rule_name in ("bp", "dbp") else {"sigma": 1e-2}))
-        net, device = _network(env, rule.decorrelated, noise="gaussian")
-        x, y = _batch(env, 2 * env.batch)
+        rule = make_rule(rule_name, **({} if rule_name in ("bp", "dbp", "fg") else
+                                       {"sigma": 1e-2}))
+        net, device = _network(env, rule.decorrelated, noise="gaussian", conv=conv)
+        x, y = _batch(env, 2 * env.batch, widths=net.widths)
         data = Dataset(name="r", x_train=x, y_train=y, x_test=x[:0], y_test=y[:0],
-                       n_classes=env.widths[-1], input_shape=(env.widths[0],))
+                       n_classes=net.widths[-1], input_shape=(net.widths[0],))
         opt = (make_optimizer("adam", lr=1e-2) if opt_name == "adam" else
                make_optimizer("sgd", lr=0.05, momentum=0.9, clip=0.5))
         out.append(Trainer(device, rule, opt, data,
@@ -599,9 +614,9 @@ def _trainers(env, rule_name, opt_name="adam", backends=("cpu", "cuda")):
     return out
 
 
-def _check_train_step(env, rule_name):
+def _check_train_step(env, rule_name, conv=False):
     cpu, gpu = _trainers(env, rule_name,
-                         "sgd" if rule_name in ("inp", "dinp") else env.step_opt)
+                         "sgd" if rule_name in ("inp", "dinp") else env.step_opt, conv=conv)
     for b in range(2):
         f1 = cpu._train_rows(b * env.batch, (b + 1) * env.batch)
         f2 = gpu._train_rows(b * env.batch, (b + 1) * env.batch)
@@ -704,6 +719,8 @@ def _run_checks() -> int:
         return 0
     checks = {f"noise_{n}": (lambda e, n=n: _check_noise(e, n)) for n in NOISES}
     checks.update({f"train_step_{r}": (lambda e, r=r: _check_train_step(e, r)) for r in RULES})
+    checks.update({f"train_step_conv_{r}": (lambda e, r=r: _check_train_step(e, r, conv=True))
+                   for r in CONV_RULES})
     for name in CHECKS:
         fn = checks.get(name) or globals()[f"check_{name}"]
         t = time.perf_counter()
