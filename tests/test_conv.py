@@ -9,16 +9,17 @@ import textwrap
 
 import numpy as np
 import pytest
-import scipy.stats
 
 from noisysim.decorrelation import Decorrelator
 from noisysim.device import Device, exact_gradient
 from noisysim.kernels.backend import CPU
 from noisysim.network import Network
-from noisysim.rules import make_rule
 
 import naive_conv
-from test_rules import COS_MIN, cosine, draws_needed, layer_vector, mean_estimate
+from test_rules import (
+    COS_MIN, assert_projections_anp_biased_np_inp_not, cosine, draws_needed, layer_vector,
+    mean_estimate,
+)
 
 # (H, W, C, k, stride, pad): square and not, C > 1, stride 2, padding, kernel = image
 CONV_SHAPES = [(5, 5, 1, 3, 1, 0), (6, 7, 3, 3, 2, 1), (4, 9, 2, 2, 1, 2), (7, 5, 4, 5, 3, 2),
@@ -345,22 +346,9 @@ def test_conv_anp_projection_is_biased_np_and_inp_are_not():
     layer (the finite-difference bias at sigma = 1e-4 is O(sigma^2), far below the
     standard errors of ~0.02). ANP credits upstream noise to layer l, so its projection
     must leave that bound in every layer."""
-    from noisysim.audit import gradient_projection
-
     net = tiny_convnet(spec=SMALL, shape=SMALL_SHAPE)
     x, y = tiny_batch(net, B=2, seed=1, positive=True)
-    groups = 20
-    t_max = scipy.stats.t.ppf(1 - 0.001 / 2, groups - 1)
-    for name in ("np", "inp", "anp"):
-        p = gradient_projection(make_rule(name, sigma=1e-4), net, x, y, draws=500,
-                                groups=groups)
-        t = (p.mean - 1.0) / p.stderr
-        print(f"{name}: projection {np.round(p.mean, 3).tolist()} +- "
-              f"{np.round(p.stderr, 3).tolist()}")
-        if name == "anp":
-            assert np.all(np.abs(t) > t_max), (p.mean, p.stderr)
-        else:
-            assert np.all(np.abs(t) <= t_max), (name, p.mean, p.stderr)
+    assert_projections_anp_biased_np_inp_not(net, x, y)
 
 
 # --------------------------------------------------------------------------- decorrelation
