@@ -421,13 +421,17 @@ def test_anp_projection_on_the_exact_gradient_is_biased_np_and_inp_are_not():
     holds for an unbiased rule with probability 0.999 per layer. The finite-difference bias
     at sigma = 1e-4 is O(sigma^2) relative, far below the standard errors (~1e-2). ANP's
     bias (noise from lower layers credited to layer l) must exceed that bound in every layer."""
+    net, (x, y) = generic_network()
+    assert_projections_anp_biased_np_inp_not(net, x, y)
+
+
+def assert_projections_anp_biased_np_inp_not(net, x, y, groups=20, draws=500):
+    """The check of the test above on any network (tests/test_conv.py uses it too)."""
     from noisysim.audit import gradient_projection
 
-    net, (x, y) = generic_network()
-    groups = 20
     t_max = scipy.stats.t.ppf(1 - 0.001 / 2, groups - 1)
     for name in ("np", "inp", "anp"):
-        p = gradient_projection(make_rule(name, sigma=1e-4), net, x, y, draws=500,
+        p = gradient_projection(make_rule(name, sigma=1e-4), net, x, y, draws=draws,
                                 groups=groups)
         t = (p.mean - 1.0) / p.stderr
         print(f"{name}: projection {np.round(p.mean, 3).tolist()} +- "
