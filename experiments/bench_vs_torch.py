@@ -4,6 +4,7 @@
                                          [--rules bp,np,anp,inp,danp] [--batches 1000,64]
                                          [--repeats 5] [--rounds 2] [--threads N]
                                          [--torch-adam default|foreach|fused] [--check]
+    python experiments/bench_vs_torch.py --conv [--rules bp,np,anp] [--batches 100]
 
 The network is the paper's CIFAR-10 MLP: leaky ReLU (slope 0.01, the MTJ study's; the DANP
 authors' TF code uses 0.2 at the same cost) hidden units, identity
@@ -43,6 +44,14 @@ bound = torch_step_s / floor_s the largest speedup such a step could reach. On a
 other jobs, thread pools that spin-wait suffer more than the work they do: compare with one
 thread each as well, e.g. ``NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
 python experiments/bench_vs_torch.py --threads 1``, and report the load average (printed).
+
+``--conv``: the same comparison on models/fashion_convnet.toml's convnet (28x28x1 -> conv
+16 5x5 -> max 2 -> conv 32 5x5 -> max 2 -> dense 10, no padding) for bp, np and anp.
+PyTorch's step (``TorchConvStep``) runs ``torch.nn.functional.conv2d`` / ``max_pool2d`` in
+its native NCHW layout; bp with autograd, np / anp under ``torch.no_grad()`` with the two
+passes stacked along the batch (the first conv computed once) and each conv weight estimate
+as ``torch.nn.grad.conv2d_weight(x_ref, W.shape, c) / B`` (the conv weight-gradient
+product), biases ``c.sum((0, 2, 3)) / B``.
 
 ``--check``: the PyTorch bp gradient of one batch equals noisysim's exact gradient on the
 same weights (copied from a noisysim Network) to float32 tolerance; the R update equals
@@ -235,6 +244,91 @@ class TorchStep:
                 R.sub_(M, alpha=self.lr_R)
 
 
+CONV_LAYERS = ('[{conv = 16, kernel = 5}, {pool = "max", size = 2}, {conv = 32, kernel = 5}, '
+               '{pool = "max", size = 2}, {dense = 10}]')
+CONV_INPUT = (28, 28, 1)
+CONV_RULES = ("bp", "np", "anp")
+
+
+class TorchConvStep:
+    """``CONV_LAYERS`` in PyTorch (NCHW): conv 16 5x5, max 2, conv 32 5x5, max 2, dense 10,
+    leaky ReLU hidden units, with the rule, noise and Adam of ``TorchStep``."""
+
+    def __init__(self, rule, seed=0, sigma=SIGMA, noise_sigma=NOISE_SIGMA, lr=LR,
+                 adam="default"):
+        import torch
+        if rule not in CONV_RULES:
+            raise ValueError(f"--conv times {', '.join(CONV_RULES)}, not {rule!r}")
+        self.torch, self.rule = torch, rule
+        self.sigma, self.noise_sigma = sigma, noise_sigma
+        gen = torch.Generator().manual_seed(seed)
+        shapes = [(16, 1, 5, 5), (32, 16, 5, 5), (10, 32 * 4 * 4)]
+        self.W = [torch.nn.Parameter(torch.randn(*s, generator=gen)
+                                     * math.sqrt(2.0 / math.prod(s[1:]))) for s in shapes]
+        self.b = [torch.nn.Parameter(torch.zeros(s[0])) for s in shapes]
+        self.n_nodes = 16 * 24 * 24 + 32 * 8 * 8 + 10
+        variant = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[adam]
+        self.opt = torch.optim.Adam([*self.W, *self.b], lr=lr, **variant)
+
+    def _layer(self, l, h):
+        """Layer l's input map and product: (pool) then conv, or flatten then dense."""
+        F = self.torch.nn.functional
+        if l == 0:
+            return F.conv2d(h, self.W[0], self.b[0])
+        h = F.max_pool2d(h, 2)
+        if l == 1:
+            return F.conv2d(h, self.W[1], self.b[1])
+        return F.linear(h.flatten(1), self.W[2], self.b[2])
+
+    def _input(self, l, h):
+        """What layer l's weights multiply (its pooled input), for the estimates."""
+        return h if l == 0 else self.torch.nn.functional.max_pool2d(h, 2)
+
+    def step(self, x, y):
+        torch, F = self.torch, self.torch.nn.functional
+        x = x.view(-1, 1, 28, 28)
+        if self.rule == "bp":
+            self.opt.zero_grad(set_to_none=True)
+            h = x
+            for l in range(3):
+                a = self._layer(l, h)
+                h = F.leaky_relu(a, SLOPE) if l < 2 else a
+            F.cross_entropy(h, y).backward()
+            self.opt.step()
+            return
+        B = x.shape[0]
+        with torch.no_grad():
+            ins, vec, h = [], [], None
+            for l in range(3):
+                if l == 0:
+                    ins.append(x)
+                    a0 = self._layer(0, x)
+                    a = torch.cat([a0, a0])                  # the first conv computed once
+                else:
+                    ins.append(self._input(l, h[:B]))
+                    a = self._layer(l, h)
+                eps = self.sigma * torch.randn(a[B:].shape)
+                a[B:] += self.noise_sigma * torch.randn(a[B:].shape) + eps
+                vec.append(eps if self.rule == "np" else a[B:] - a[:B])
+                h = F.leaky_relu(a, SLOPE) if l < 2 else a
+            loss = F.cross_entropy(h, y.repeat(2), reduction="none")
+            dell = loss[B:] - loss[:B]
+            if self.rule == "np":
+                scale = dell / self.sigma ** 2
+            else:
+                sq = sum((v * v).flatten(1).sum(dim=1) for v in vec)
+                scale = torch.where(sq > 0, dell * self.n_nodes / sq, torch.zeros_like(sq))
+            for l in range(3):
+                c = scale.view((B,) + (1,) * (vec[l].dim() - 1)) * vec[l]
+                if l < 2:
+                    self.W[l].grad = torch.nn.grad.conv2d_weight(ins[l], self.W[l].shape, c) / B
+                    self.b[l].grad = c.sum(dim=(0, 2, 3)) / B
+                else:
+                    self.W[l].grad = c.T @ ins[l].flatten(1) / B
+                    self.b[l].grad = c.mean(dim=0)
+        self.opt.step()
+
+
 # -- timing ------------------------------------------------------------------------------
 def _batch_data(widths, batch):
     """The inputs and targets noisysim.bench uses (uniform [0, 1) inputs, random labels)."""
@@ -244,11 +338,13 @@ def _batch_data(widths, batch):
     return x, y
 
 
-def time_torch(rule, widths, batch, repeats, adam="default"):
+def time_torch(rule, layers, batch, repeats, adam="default"):
     import torch
+    conv = layers == CONV_LAYERS
+    widths = [math.prod(CONV_INPUT), 10] if conv else [int(w) for w in layers.split(",")]
     x, y = _batch_data(widths, batch)
     x, y = torch.from_numpy(x), torch.from_numpy(y)
-    model = TorchStep(rule, widths, adam=adam)
+    model = TorchConvStep(rule, adam=adam) if conv else TorchStep(rule, widths, adam=adam)
     return median_time(lambda: model.step(x, y), repeats)
 
 
@@ -257,11 +353,14 @@ def time_noisysim(rule, layers, batch, repeats):
     matrix products and Adam: numpy's time for exactly the step's products (as
     ``noisysim bench`` measures it) plus the time to stream Adam's minimal memory traffic
     (read p, g, m, v and write p, m, v once: 3.5 float32 copies of all W and b)."""
-    from noisysim.bench import bench
-    out = bench(rule=rule, layers=layers, batch=batch, steps=repeats)
+    from noisysim.bench import bench, parse_layers
+    from noisysim.network import Network
+    conv = layers == CONV_LAYERS
+    shape = CONV_INPUT if conv else None
+    out = bench(rule=rule, layers=layers, batch=batch, steps=repeats, input_shape=shape)
     gemm_s = out["ratio_to_gemm"] * out["step_s"]  # ratio_to_gemm = products' time / step's
-    widths = [int(w) for w in layers.split(",")]
-    n_params = sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:]))
+    net = Network(parse_layers(layers), input_shape=shape)
+    n_params = sum(p.W.size + p.b.size for p in net.layers)
     src = np.ones(n_params, dtype=np.float32)
     dst = np.empty_like(src)
     stream_s = 3.5 * median_time(lambda: np.copyto(dst, src), repeats)
@@ -277,7 +376,7 @@ def _worker(framework, threads, adam, conn):
     while (job := conn.recv()) is not None:
         rule, layers, batch, repeats = job
         if framework == "torch":
-            t = time_torch(rule, [int(w) for w in layers.split(",")], batch, repeats, adam)
+            t = time_torch(rule, layers, batch, repeats, adam)
         else:
             t = time_noisysim(rule, layers, batch, repeats)
         conn.send(t)
@@ -398,8 +497,9 @@ def check(widths, batch) -> bool:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--layers", default="3072,1024,1024,1024,10")
-    ap.add_argument("--rules", default="bp,np,anp,inp,danp")
-    ap.add_argument("--batches", default="1000,64")
+    ap.add_argument("--rules", default=None, help="default bp,np,anp,inp,danp (--conv: "
+                    "bp,np,anp)")
+    ap.add_argument("--batches", default=None, help="default 1000,64 (--conv: 100)")
     ap.add_argument("--repeats", type=int, default=5,
                     help="timed steps per round at B >= 256 (4x this below)")
     ap.add_argument("--rounds", type=int, default=2,
@@ -409,6 +509,9 @@ def main(argv=None) -> int:
     ap.add_argument("--torch-adam", choices=("default", "foreach", "fused"), default="default",
                     help="PyTorch's Adam implementation (default: PyTorch's own choice, the "
                          "per-tensor loop on CPU)")
+    ap.add_argument("--conv", action="store_true",
+                    help="time the Fashion-MNIST convnet (CONV_LAYERS) instead of the MLP; "
+                         "rules bp, np, anp; default batch 100")
     ap.add_argument("--check", action="store_true",
                     help="check the PyTorch step against noisysim instead of timing")
     args = ap.parse_args(argv)
@@ -416,15 +519,21 @@ def main(argv=None) -> int:
         print(SKIP)
         return 0
 
-    widths = [int(w) for w in args.layers.split(",")]
-    rules = [r.strip() for r in args.rules.split(",") if r.strip()]
+    layers = CONV_LAYERS if args.conv else args.layers
+    widths = layers if args.conv else [int(w) for w in args.layers.split(",")]
+    known = CONV_RULES if args.conv else RULES
+    rules = [r.strip() for r in (args.rules or ",".join(CONV_RULES if args.conv else
+                                                        ("bp", "np", "anp", "inp", "danp")))
+             .split(",") if r.strip()]
     for r in rules:
-        if r not in RULES:
-            ap.error(f"unknown rule {r!r}; choose from {', '.join(RULES)}")
-    batches = [int(b) for b in args.batches.split(",")]
+        if r not in known:
+            ap.error(f"unknown rule {r!r}; choose from {', '.join(known)}")
+    batches = [int(b) for b in (args.batches or ("100" if args.conv else "1000,64")).split(",")]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = args.threads or cpus
 
+    if args.check and args.conv:
+        ap.error("--check checks the MLP step; drop --conv")
     if args.check:
         import torch
         torch.set_num_threads(threads)
@@ -447,7 +556,7 @@ def main(argv=None) -> int:
                     first = ("noisysim", "torch") if order % 2 == 0 else ("torch", "noisysim")
                     order += 1
                     for framework in first:
-                        times[framework].append(workers.time(framework, rule, args.layers, B,
+                        times[framework].append(workers.time(framework, rule, layers, B,
                                                              repeats))
                 t_ns = statistics.median(t for t, _ in times["noisysim"])
                 floor = statistics.median(f for _, f in times["noisysim"])
