@@ -27,6 +27,18 @@ def out_size(n: int, k: int, stride: int, pad: int) -> int:
     return (n + 2 * pad - k) // stride + 1
 
 
+def _taps(H, W, k, stride, pad):
+    """Every (i, j, u, v, r, c): output position (i, j), kernel tap (u, v) and the input
+    pixel (r, c) = (i s + u - p, j s + v - p) it reads, for the taps inside the image."""
+    for i in range(out_size(H, k, stride, pad)):
+        for j in range(out_size(W, k, stride, pad)):
+            for u in range(k):
+                for v in range(k):
+                    r, c = i * stride + u - pad, j * stride + v - pad
+                    if 0 <= r < H and 0 <= c < W:
+                        yield i, j, u, v, r, c
+
+
 def _images(x, shape):
     H, W, C = shape
     x = np.asarray(x, dtype=np.float64)
@@ -42,13 +54,8 @@ def conv(x, shape, Wt, b, k, stride=1, pad=0):
     Wt = np.asarray(Wt, dtype=np.float64).reshape(-1, k, k, C)
     out = np.zeros((R, Ho, Wo, Wt.shape[0]))
     for n in range(R):
-        for i in range(Ho):
-            for j in range(Wo):
-                for u in range(k):
-                    for v in range(k):
-                        r, c = i * stride + u - pad, j * stride + v - pad
-                        if 0 <= r < H and 0 <= c < W:
-                            out[n, i, j] += Wt[:, u, v, :] @ img[n, r, c]
+        for i, j, u, v, r, c in _taps(H, W, k, stride, pad):
+            out[n, i, j] += Wt[:, u, v, :] @ img[n, r, c]
     if b is not None:
         out += np.asarray(b, dtype=np.float64)
     return out.reshape(R, -1)
@@ -61,13 +68,8 @@ def im2col(x, shape, k, stride=1, pad=0):
     Ho, Wo = out_size(H, k, stride, pad), out_size(W, k, stride, pad)
     out = np.zeros((R, Ho, Wo, k, k, C))
     for n in range(R):
-        for i in range(Ho):
-            for j in range(Wo):
-                for u in range(k):
-                    for v in range(k):
-                        r, c = i * stride + u - pad, j * stride + v - pad
-                        if 0 <= r < H and 0 <= c < W:
-                            out[n, i, j, u, v] = img[n, r, c]
+        for i, j, u, v, r, c in _taps(H, W, k, stride, pad):
+            out[n, i, j, u, v] = img[n, r, c]
     return out.reshape(R * Ho * Wo, k * k * C)
 
 
@@ -81,13 +83,8 @@ def col2im(cols, shape, k, stride=1, pad=0):
     patches = cols.reshape(R, Ho, Wo, k, k, C)
     out = np.zeros((R, H, W, C))
     for n in range(R):
-        for i in range(Ho):
-            for j in range(Wo):
-                for u in range(k):
-                    for v in range(k):
-                        r, c = i * stride + u - pad, j * stride + v - pad
-                        if 0 <= r < H and 0 <= c < W:
-                            out[n, r, c] += patches[n, i, j, u, v]
+        for i, j, u, v, r, c in _taps(H, W, k, stride, pad):
+            out[n, r, c] += patches[n, i, j, u, v]
     return out.reshape(R, -1)
 
 

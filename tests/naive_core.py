@@ -145,3 +145,22 @@ def backprop(weights, rs, acts, inputs, pres, dout, surrogate=False):
                 up = up @ rs[l]
             delta = up * derivative(acts[l - 1][0], pres[l - 1], acts[l - 1][1], surrogate)
     return grads
+
+
+def central_differences(params, loss, h):
+    """d loss / d p by central differences, (loss(p + h) - loss(p - h)) / (2 h), for every
+    element of every array in ``params`` (changed in place and restored); ``loss()`` is a
+    float. Returns one array per parameter array."""
+    out = []
+    for arr in params:
+        fd = np.zeros_like(arr, dtype=np.float64)
+        for idx in np.ndindex(arr.shape):
+            old = arr[idx]
+            arr[idx] = old + h
+            up = loss()
+            arr[idx] = old - h
+            down = loss()
+            arr[idx] = old
+            fd[idx] = (up - down) / (2 * h)
+        out.append(fd)
+    return out
