@@ -234,7 +234,7 @@ def build(spec, input_shape) -> tuple[tuple, tuple]:
         shape = m.out_shape(n_out)
         widths.append(int(np.prod(shape)))
     if pending is not None:
-        raise NoisysimError(f"model.layers: the last layer is a pool; a pool must be followed "
+        raise NoisysimError("model.layers: the last layer is a pool; a pool must be followed "
                             "by a conv or dense layer (end with e.g. {dense = 10})")
     if not maps:
         raise NoisysimError("model.layers lists no conv or dense layer; end with e.g. "
