@@ -162,3 +162,25 @@ def test_dask_cluster_runs_points_and_a_failing_point_does_not_stop_the_others(
     assert lines["optimizer.lr=3e-2"].startswith("skipped")
     assert lines["optimizer.lr=1e30"].startswith("diverged")
     assert "0 to run" in again.stdout
+
+
+def test_local_workers_get_their_share_of_blas_threads(monkeypatch):
+    """The BLAS thread variables are set (cores // workers) when the process that forks the
+    workers is made, the user's own settings win, and the environment is restored after."""
+    from noisysim import sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module.os, "cpu_count", lambda: 8)
+    for key in sweep_module.BLAS_THREAD_VARS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")
+    seen = {}
+
+    def context():
+        seen.update({k: os.environ.get(k) for k in sweep_module.BLAS_THREAD_VARS})
+        return sweep_module.multiprocessing.get_context("spawn")
+
+    monkeypatch.setattr(sweep_module, "_context", context)
+    assert sweep_module._on_local([], 4, lambda task, res: None) is False
+    assert seen == {"OPENBLAS_NUM_THREADS": "2", "MKL_NUM_THREADS": "3", "OMP_NUM_THREADS": "2"}
+    assert "OPENBLAS_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in os.environ
+    assert os.environ["MKL_NUM_THREADS"] == "3"
