@@ -278,7 +278,7 @@ def _on_local(todo, workers, report) -> bool:
     threads = max(1, (os.cpu_count() or 1) // workers)
     # The BLAS reads its thread count when numpy loads, i.e. in the process that forks the
     # workers: set it before that process starts, so that `workers` points do not run
-    # workers x cores BLAS threads (oversubscribed, a conv step ran 10x slower on 2 cores).
+    # workers x cores BLAS threads (oversubscribed cores).
     blas = blas_thread_env(threads)
     os.environ.update(blas)
     ctx = _context()
