@@ -11,7 +11,12 @@ One update, in this order (all arithmetic in the parameters' dtype)::
     s       = min(1, clip / ||g||)     when clip > 0, else 1             (global-norm clipping)
     g       <- s * g
     g       <- g + weight_decay * p    (SGD only; coupled L2 on W and b, PyTorch convention)
-    step    = rule below;  Delta p = lr * step;  p <- p - Delta p
+    step    = rule below;  Delta p = lr_t * step;  p <- p - Delta p
+
+lr_t is the learning rate of update t = 1, 2, ...: lr (schedule "constant", the default) or
+lr (1 + cos(pi (t - 1) / T)) / 2 (schedule "cosine", over the run's T updates: the
+``horizon`` the Trainer sets; it starts at lr and falls towards 0, Loshchilov & Hutter's
+SGDR without restarts). It depends on t alone, so a resumed run continues bit for bit.
 
 SGD (PyTorch convention, no dampening; velocity v starts at zero, so v_1 = g_1)::
 
@@ -50,6 +55,10 @@ from .kernels.backend import CPU
 from .network import LayerGrad, LayerParams
 
 
+#: learning-rate schedules (module docstring)
+SCHEDULES = ("constant", "cosine")
+
+
 class SGDState(NamedTuple):
     """State of SGD: ``count`` updates applied so far (np.int64); ``velocity`` one
     ``LayerGrad(W, b)`` of momentum buffers per layer (same shapes and dtype as the
@@ -79,9 +88,12 @@ class Optimizer:
     name = ""
     _slot_names: tuple[str, ...] = ()
 
-    def __init__(self, lr: float, clip: float | None = None):
+    def __init__(self, lr: float, clip: float | None = None, schedule: str = "constant"):
         self.lr = check_number("lr", lr, 0.0, None, lo_open=True,
                                hint="the learning rate must be positive")
+        self.schedule = check_choice("schedule", schedule, SCHEDULES)
+        #: the run's number of updates T (the cosine schedule's length; set by the Trainer)
+        self.horizon: int | None = None
         if clip is None or (not isinstance(clip, bool) and clip == 0
                             and isinstance(clip, (int, float, np.integer, np.floating))):
             self.clip = None
@@ -93,6 +105,20 @@ class Optimizer:
         self.weight_device = WeightDevice()
         self._previous: list = []  # per layer: W before the update (non-ideal devices)
         self._layout: tuple[tuple[tuple[int, ...], tuple[int, ...] | None, np.dtype], ...] = ()
+
+    def lr_at(self, count: int) -> float:
+        """The learning rate of update ``count`` (1, 2, ...): see the module docstring."""
+        if self.schedule == "constant":
+            return self.lr
+        if not self.horizon:
+            raise NoisysimError(
+                f"the {self.schedule} schedule needs the run's number of updates: set "
+                "optimizer.horizon (a Trainer sets it to its total steps)")
+        t = min(count - 1, self.horizon)
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * t / self.horizon))
+
+    def _schedule_option(self) -> dict:
+        return {} if self.schedule == "constant" else {"schedule": self.schedule}
 
     # -- state ---------------------------------------------------------------------------
     def init(self, params: Sequence[LayerParams], kernels=CPU) -> SGDState | AdamState:
@@ -315,8 +341,9 @@ class SGD(Optimizer):
     _slot_names = ("velocity",)
 
     def __init__(self, lr: float, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0, clip: float | None = None):
-        super().__init__(lr, clip)
+                 weight_decay: float = 0.0, clip: float | None = None,
+                 schedule: str = "constant"):
+        super().__init__(lr, clip, schedule)
         self.momentum = check_number("momentum", momentum, 0.0, 1.0, hi_open=True)
         if not isinstance(nesterov, (bool, np.bool_)):
             raise NoisysimError(f"nesterov must be true or false, got {nesterov!r}")
@@ -330,7 +357,8 @@ class SGD(Optimizer):
 
     def options(self) -> dict:
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
-                "weight_decay": self.weight_decay, "clip": self.clip}
+                "weight_decay": self.weight_decay, "clip": self.clip,
+                **self._schedule_option()}
 
     def _init_state(self, params) -> SGDState:
         velocity = self._zeros(params) if self.momentum > 0.0 else None
@@ -348,8 +376,8 @@ class Adam(Optimizer):
     _slot_names = ("m", "v")
 
     def __init__(self, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-                 clip: float | None = None):
-        super().__init__(lr, clip)
+                 clip: float | None = None, schedule: str = "constant"):
+        super().__init__(lr, clip, schedule)
         self.beta1 = check_number("beta1", beta1, 0.0, 1.0, hi_open=True)
         self.beta2 = check_number("beta2", beta2, 0.0, 1.0, hi_open=True)
         self.eps = check_number("eps", eps, 0.0, None, lo_open=True,
@@ -357,7 +385,7 @@ class Adam(Optimizer):
 
     def options(self) -> dict:
         return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
-                "clip": self.clip}
+                "clip": self.clip, **self._schedule_option()}
 
     def _init_state(self, params) -> AdamState:
         return AdamState(count=np.int64(0), m=self._zeros(params), v=self._zeros(params))
@@ -382,8 +410,8 @@ def nonfinite_layer(scalars: dict) -> int | None:
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam}
 _OPTIONS = {
-    "sgd": ("lr", "momentum", "nesterov", "weight_decay", "clip"),
-    "adam": ("lr", "beta1", "beta2", "eps", "clip"),
+    "sgd": ("lr", "momentum", "nesterov", "weight_decay", "clip", "schedule"),
+    "adam": ("lr", "beta1", "beta2", "eps", "clip", "schedule"),
 }
 
 
@@ -398,6 +426,7 @@ def make_optimizer(name: str, weight_device: WeightDevice | None = None,
     adam : lr (> 0, required), beta1 in [0, 1) (0.9), beta2 in [0, 1) (0.999),
            eps > 0 (1e-8), clip
     clip : maximal global gradient norm over all layers' W and b; 0 or None (default) = off.
+    schedule : "constant" (default) or "cosine" (needs ``horizon``, the run's updates).
 
     weight_device : noisysim.hardware.WeightDevice applied to every proposed W (default:
            ideal, W = proposal).

@@ -167,6 +167,7 @@ class Trainer:
         self.kernels = kernels_for(backend)
         if self.kernels is not device.kernels:
             device.use_kernels(self.kernels)
+        self.optimizer.horizon = self.total_steps  # the length of a learning-rate schedule
         self.optimizer.init(device.layers, self.kernels)
         # Position: the next step runs batch `batch` of epoch `epoch`.
         self.step = 0

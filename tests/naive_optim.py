@@ -22,9 +22,21 @@ def clip_by_global_norm(grads, max_norm):
     return [np.asarray(g, np.float64) * scale for g in grads], scale
 
 
+def cosine_lr(lr, t, T):
+    """Cosine annealing without restarts (Loshchilov & Hutter 2017, eta_min = 0): the rate
+    of update t = 1..T is lr (1 + cos(pi (t - 1) / T)) / 2."""
+    return lr * 0.5 * (1.0 + math.cos(math.pi * (t - 1) / T))
+
+
+def _rate(lr, t):
+    """lr: a number, or a function of the update t = 1, 2, ... (a schedule)."""
+    return lr(t) if callable(lr) else lr
+
+
 def sgd_reference(params, grad_steps, lr, momentum=0.0, nesterov=False, weight_decay=0.0,
                   clip=None):
-    """PyTorch's torch.optim.SGD algorithm (dampening 0), step by step.
+    """PyTorch's torch.optim.SGD algorithm (dampening 0), step by step (lr: a number or a
+    function of t).
 
     for t = 1..T:  g = grad (clipped by global norm);  g = g + wd * theta
                    if mu != 0: b = g if t == 1 else mu * b + g
@@ -51,15 +63,16 @@ def sgd_reference(params, grad_steps, lr, momentum=0.0, nesterov=False, weight_d
                     g = g + momentum * buffers[i]
                 else:
                     g = buffers[i]
-            step_updates.append(lr * g)
-            theta[i] = theta[i] - lr * g
+            step_updates.append(_rate(lr, t) * g)
+            theta[i] = theta[i] - _rate(lr, t) * g
         history.append([p.copy() for p in theta])
         updates.append(step_updates)
     return history, updates
 
 
 def adam_reference(params, grad_steps, lr, beta1=0.9, beta2=0.999, eps=1e-8, clip=None):
-    """Adam (Kingma & Ba 2015, Algorithm 1) with eps added to sqrt(v_hat).
+    """Adam (Kingma & Ba 2015, Algorithm 1) with eps added to sqrt(v_hat) (lr: a number or
+    a function of t).
 
     m_0 = v_0 = 0;  for t = 1..T:
         m_t = b1 m_{t-1} + (1 - b1) g_t;   v_t = b2 v_{t-1} + (1 - b2) g_t^2
@@ -79,7 +92,7 @@ def adam_reference(params, grad_steps, lr, beta1=0.9, beta2=0.999, eps=1e-8, cli
             v[i] = beta2 * v[i] + (1 - beta2) * g * g
             m_hat = m[i] / (1 - beta1**t)
             v_hat = v[i] / (1 - beta2**t)
-            u = lr * m_hat / (np.sqrt(v_hat) + eps)
+            u = _rate(lr, t) * m_hat / (np.sqrt(v_hat) + eps)
             step_updates.append(u)
             theta[i] = theta[i] - u
         history.append([p.copy() for p in theta])

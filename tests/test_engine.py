@@ -37,11 +37,12 @@ def _data(n=4 * BATCH, seed=0):
                    n_classes=WIDTHS[-1], input_shape=(WIDTHS[0],))
 
 
-def _trainer(backend, rule="anp", log_every=1, epochs=1, lr=1e-2, recorder=None, noise=True):
+def _trainer(backend, rule="anp", log_every=1, epochs=1, lr=1e-2, recorder=None, noise=True,
+             schedule="constant"):
     r = make_rule(rule, **({} if rule.endswith("bp") else {"sigma": 1e-2}))
     net = Network(WIDTHS, decorrelation=r.decorrelated, seed=1)
     device = Device(net, noise=make_noise("gaussian", sigma=0.01) if noise else None, seed=2)
-    return Trainer(device, r, make_optimizer("adam", lr=lr), _data(),
+    return Trainer(device, r, make_optimizer("adam", lr=lr, schedule=schedule), _data(),
                    TrainSettings(epochs=epochs, batch_size=BATCH, log_every=log_every),
                    decorrelator=Decorrelator(1e-2) if r.decorrelated else None,
                    recorder=recorder or NullRecorder(), backend=backend)
@@ -142,6 +143,15 @@ def test_resume_from_a_checkpoint_continues_bit_for_bit(backend, rule):
     for l, st in want["device"]["noise"].items():
         for k, v in st.items():
             np.testing.assert_array_equal(got["device"]["noise"][l][k], v)
+
+
+def test_cosine_schedule_spans_the_run_and_resumes_bit_for_bit(backend):
+    def make():
+        return _trainer(backend, "anp", epochs=2, schedule="cosine")
+    trainer = make()
+    assert trainer.optimizer.horizon == trainer.total_steps
+    assert trainer.optimizer.lr_at(trainer.total_steps + 1) == 0.0
+    assert_resumes_bit_for_bit(make, 3, BATCH)
 
 
 # Kernel launches of one steady-state cuda step, as the design counts them (L layers,

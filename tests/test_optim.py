@@ -14,9 +14,9 @@ from noisysim.network import LayerGrad, LayerParams
 from noisysim.optim import Adam, AdamState, SGD, SGDState, make_optimizer, nonfinite_layer
 
 try:
-    from naive_optim import adam_reference, clip_by_global_norm, sgd_reference
+    from naive_optim import adam_reference, clip_by_global_norm, cosine_lr, sgd_reference
 except ImportError:  # tests/ imported as a package
-    from tests.naive_optim import adam_reference, clip_by_global_norm, sgd_reference
+    from tests.naive_optim import adam_reference, clip_by_global_norm, cosine_lr, sgd_reference
 
 # two layers: the first with bias and a decorrelation matrix, the second without bias
 SHAPES = [((5, 4), (5,)), ((3, 5), None)]
@@ -130,6 +130,31 @@ def test_adam_matches_reference_every_step(dtype):
     """Steps 1..5 compared one by one, so the bias corrections 1 - beta^t are checked."""
     opt = make_optimizer("adam", lr=0.01, beta1=0.9, beta2=0.99)
     run_and_compare(dtype, opt, adam_reference, lr=0.01, beta1=0.9, beta2=0.99)
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_cosine_schedule_matches_reference_every_step(name):
+    """Update t uses lr (1 + cos(pi (t - 1) / T)) / 2 (the reference's own formula); the
+    horizon T = 4 is shorter than the 5 steps, so the last step runs at rate 0."""
+    T, lr = 4, 0.05
+    opt = make_optimizer(name, lr=lr, schedule="cosine", **({"momentum": 0.9}
+                                                              if name == "sgd" else {}))
+    opt.horizon = T
+    reference = adam_reference if name == "adam" else sgd_reference
+    extra = {} if name == "adam" else {"momentum": 0.9}
+    rate = lambda t: cosine_lr(lr, min(t, T + 1), T)  # noqa: E731 - after T: lr_{T+1} = 0
+    logs = run_and_compare(np.float64, opt, reference, lr=rate, **extra)
+    assert logs["update_norm_l0"] == 0.0
+    assert opt.options()["schedule"] == "cosine"
+    assert "schedule" not in make_optimizer(name, lr=lr).options()  # configs keep their hash
+
+
+def test_cosine_schedule_without_a_horizon_says_what_sets_it():
+    opt = make_optimizer("adam", lr=0.1, schedule="cosine")
+    p = [LayerParams(W=np.zeros((1, 1)), b=None, R=None)]
+    opt.init(p)
+    with pytest.raises(NoisysimError, match="needs the run's number of updates"):
+        opt.update(p, [LayerGrad(W=np.ones((1, 1)), b=None)])
 
 
 def test_adam_first_step_is_lr_times_sign():
@@ -342,6 +367,8 @@ def test_mismatched_gradients_raise():
      r"unknown option 'beta1' for optimizer 'sgd'; valid options: lr, momentum, nesterov"),
     ("Adam", dict(lr=0.1), r"optimizer must be one of 'sgd', 'adam', got 'Adam' \(did you mean 'adam'"),
     ("rmsprop", dict(lr=0.1), r"optimizer must be one of 'sgd', 'adam', got 'rmsprop'"),
+    ("adam", dict(lr=0.1, schedule="cos"),
+     r"schedule must be one of 'constant', 'cosine', got 'cos' \(did you mean 'cosine'"),
 ])
 def test_bad_options_raise_with_name_value_and_range(name, options, match):
     with pytest.raises(NoisysimError, match=match):

@@ -239,7 +239,7 @@ class CpuKernels:
         correction1 = 1.0 - opt.beta1 ** count
         correction2 = 1.0 - opt.beta2 ** count
         sq = _adam_update(p.reshape(-1), np.ascontiguousarray(g).reshape(-1), m.reshape(-1),
-                          v.reshape(-1), opt.beta1, opt.beta2, opt.lr / correction1,
+                          v.reshape(-1), opt.beta1, opt.beta2, opt.lr_at(count) / correction1,
                           1.0 / correction2, opt.eps)
         _add_update(stats, n_layers, layer, sq)
 
@@ -252,12 +252,12 @@ class CpuKernels:
         if opt.weight_decay:
             g = g + t(opt.weight_decay) * p
         if velocity is None:
-            delta = t(opt.lr) * g
+            delta = t(opt.lr_at(count)) * g
         else:
             mu = t(opt.momentum)
             velocity *= mu
             velocity += g
-            delta = t(opt.lr) * (g + mu * velocity if opt.nesterov else velocity)
+            delta = t(opt.lr_at(count)) * (g + mu * velocity if opt.nesterov else velocity)
         p -= delta
         _add_update(stats, n_layers, layer, _sum_squares(delta) if np.isfinite(p).all()
                     else math.nan)

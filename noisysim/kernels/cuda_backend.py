@@ -312,13 +312,13 @@ class CudaKernels:
         c2 = 1.0 - opt.beta2 ** count
         K.adam_update(p, xp.ascontiguousarray(g), m, v, scale, gate, t(opt.beta1),
                       t(1.0 - opt.beta1), t(opt.beta2), t(1.0 - opt.beta2), t(1.0 / c2),
-                      t(opt.eps), t(opt.lr / c1), stats, _step.update_sq(n_layers, layer),
-                      _step.param_bad(n_layers, layer))
+                      t(opt.eps), t(opt.lr_at(count) / c1), stats,
+                      _step.update_sq(n_layers, layer), _step.param_bad(n_layers, layer))
 
     def sgd_update(self, p, g, velocity, opt, count, stats, failure, n_layers, layer) -> None:
         scale, gate = self._gate(p.dtype)
         K.sgd_update(p, xp.ascontiguousarray(g), velocity, scale, gate, opt.weight_decay,
-                     opt.momentum, opt.nesterov, opt.lr, stats,
+                     opt.momentum, opt.nesterov, opt.lr_at(count), stats,
                      _step.update_sq(n_layers, layer), _step.param_bad(n_layers, layer))
 
     def decorrelation_step(self, R, x, lr, kappa, scratch, stats, failure, n_layers,
