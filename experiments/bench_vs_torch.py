@@ -45,7 +45,7 @@ other jobs, thread pools that spin-wait suffer more than the work they do: compa
 thread each as well, e.g. ``NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
 python experiments/bench_vs_torch.py --threads 1``, and report the load average (printed).
 
-``--conv``: the same comparison on models/fashion_convnet.toml's convnet (28x28x1 -> conv
+``--conv``: the same comparison on a convnet (models/fashion_convnet.toml without its dense 128 layer: 28x28x1 -> conv
 16 5x5 -> max 2 -> conv 32 5x5 -> max 2 -> dense 10, no padding) for bp, np and anp.
 PyTorch's step (``TorchConvStep``) runs ``torch.nn.functional.conv2d`` / ``max_pool2d`` in
 its native NCHW layout; bp with autograd, np / anp under ``torch.no_grad()`` with the two
