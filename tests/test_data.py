@@ -368,6 +368,47 @@ def test_cifar10_tarball_in_cache(dirs):
     np.testing.assert_array_equal(img.x_train[1, 0].ravel(), truth["x_train"][1, :1024])
 
 
+def test_cifar_hwc_layout_is_the_pixel_by_pixel_transpose(dirs):
+    make_cifar_tarball(dirs["cache"] / "cifar10" / "cifar-10-python.tar.gz")
+    chw = load_dataset("cifar10", normalize="none")
+    hwc = load_dataset("cifar10", normalize="none", layout="hwc")
+    for a, b in ((chw.x_train, hwc.x_train), (chw.x_test, hwc.x_test)):
+        np.testing.assert_array_equal(b.reshape(-1, 32, 32, 3),
+                                      a.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    # row element (i W + j) C + c is channel c of pixel (i, j): pixel (0, 1)'s green value
+    assert hwc.x_train[2, (0 * 32 + 1) * 3 + 1] == chw.x_train[2, 1 * 1024 + 0 * 32 + 1]
+    assert "NHWC" in hwc.meta["layout"] and "plane" in chw.meta["layout"]
+    with pytest.raises(NoisysimError, match="layout must be one of 'chw', 'hwc', got 'nchw'"):
+        load_dataset("cifar10", layout="nchw")
+
+
+def test_a_conv_net_on_cifar_reads_hwc_rows_and_trains(dirs, tmp_path):
+    """models/cifar_convnet.toml on a CIFAR-format file: the config picks data.layout =
+    "hwc" (an MLP keeps "chw"), and one epoch of anp runs to the end."""
+    from noisysim.config import load_config
+    from noisysim.experiment import run
+    from noisysim.layers import build as build_layers
+    from noisysim.record import Trajectory
+
+    make_cifar_tarball(dirs["cache"] / "cifar10" / "cifar-10-python.tar.gz")
+    mlp = load_config(None, ["data.name=cifar10", "model.layers=[3072, 10]"]).to_dict()
+    assert mlp["data"]["layout"] == "chw"
+    sets = ["model=cifar_convnet", "data.name=cifar10", "rule.name=anp", "train.epochs=1",
+            "train.batch_size=20", "backend.name=cpu", "name=cifar-conv",
+            'model.layers=[{conv = 4, kernel = 3, padding = 1}, {pool = "max", size = 2}, '
+            '{dense = 10}]']
+    config = load_config(None, sets).to_dict()
+    assert config["data"]["layout"] == "hwc" and config["model"]["input_shape"] == [32, 32, 3]
+    result, path = run(config, tmp_path / "runs")
+    assert result.status == "completed"
+    assert len(Trajectory(path).series("eval", "test_accuracy")) >= 1
+    shipped = load_config(None, sets[:2]).to_dict()["model"]
+    widths, _ = build_layers(shipped["layers"], shipped["input_shape"])
+    assert list(widths) == [3072, 32768, 16384, 256, 10]
+    with pytest.raises(NoisysimError, match="a conv net reads pixel by pixel"):
+        load_config(None, sets + ["data.layout=chw"])
+
+
 def test_cifar100_extracted_folder_and_label_modes(dirs):
     truth = make_cifar_tarball(dirs["tmp"] / "unused.tar.gz", kind="cifar100", per_batch=12,
                                extract_to=dirs["data"] / "cifar100")

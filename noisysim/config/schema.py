@@ -38,7 +38,7 @@ _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$")
 #: Input size, number of classes and sizes of the splits of the registered datasets, so that
 #: validation never loads data. ``None``: taken from the options (teacher, cifar100).
 #: ``image``: (H, W, C) of sets whose rows are NHWC-flat images (what conv layers need;
-#: the CIFAR loaders store rows channel-first, so they have none yet).
+#: the CIFAR loaders give such rows with data.layout = "hwc", the default for conv nets).
 DATASET_SHAPES: dict[str, dict] = {
     "digits": {"inputs": 64, "classes": 10, "n_train": 1500, "n_test": 297,
                "image": (8, 8, 1)},
@@ -46,8 +46,10 @@ DATASET_SHAPES: dict[str, dict] = {
               "image": (28, 28, 1)},
     "fashion-mnist": {"inputs": 784, "classes": 10, "n_train": 60000, "n_test": 10000,
                       "image": (28, 28, 1)},
-    "cifar10": {"inputs": 3072, "classes": 10, "n_train": 50000, "n_test": 10000},
-    "cifar100": {"inputs": 3072, "classes": None, "n_train": 50000, "n_test": 10000},
+    "cifar10": {"inputs": 3072, "classes": 10, "n_train": 50000, "n_test": 10000,
+                "image": (32, 32, 3)},
+    "cifar100": {"inputs": 3072, "classes": None, "n_train": 50000, "n_test": 10000,
+                 "image": (32, 32, 3)},
     "teacher": {"inputs": None, "classes": None, "n_train": None, "n_test": None},
 }
 
@@ -139,7 +141,8 @@ SCHEMA: tuple[Key, ...] = (
         "stride = size; dense: width; the last gives the classes)"),
     Key("model.input_shape", "list of integers", _NO_DEFAULT,
         "[H, W, C] of the input images of a network in table form (default: the "
-        "dataset's image shape: digits [8, 8, 1], mnist and fashion-mnist [28, 28, 1])"),
+        "dataset's image shape: digits [8, 8, 1], mnist and fashion-mnist [28, 28, 1], "
+        "cifar10 and cifar100 [32, 32, 3])"),
     Key("model.activation", "string", "leaky_relu", "hidden-layer activation",
         lambda: ACTIVATIONS),
     Key("model.activation_params", "table", {},
@@ -224,7 +227,9 @@ SCHEMA: tuple[Key, ...] = (
     Key("data.<option>", "per dataset", _NO_DEFAULT,
         "loader options: normalize (unit, standard, none), validation (fraction split off), "
         "n_train, n_test (keep the first n), seed (validation split, generated data), dtype; "
-        "downloaded sets: data_dir, mirror, download; cifar100: label_mode; teacher: "
+        "downloaded sets: data_dir, mirror, download; cifar10 and cifar100: layout (chw: "
+        "plane by plane, the default for MLPs; hwc: pixel by pixel, the default and the "
+        "only choice for conv nets); cifar100: label_mode; teacher: "
         "n_inputs, n_outputs, hidden, correlation, task, target_noise, slope", open=True),
     *_train_keys(),
     Key("backend.name", "string", "auto",

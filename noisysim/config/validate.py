@@ -359,6 +359,8 @@ class _Resolver:
                     hint = _unquote_hint(dotted, oe.value, oe.source)
                     raise NoisysimError(f"{oe.source.where(dotted)}: {exc}{hint}") from None
             resolved[opt] = value
+        if "layout" in entry.options and "layout" not in opts:  # CIFAR: conv nets read NHWC
+            resolved["layout"] = "hwc" if is_table_spec(self.out["model"]["layers"]) else "chw"
         if key == "teacher":
             task, n_out = resolved.get("task"), resolved.get("n_outputs")
             if task == "classification" and isinstance(n_out, int) and n_out < 2:
@@ -458,6 +460,10 @@ class _Resolver:
         dataset's), which sets m["input_shape"]."""
         if not is_table_spec(m["layers"]):
             return m["layers"]
+        if d.get("layout", "hwc") != "hwc":
+            self.fail("data.layout", f"data.layout = {d['layout']!r} gives rows plane by "
+                                     "plane; a conv net reads pixel by pixel: set data.layout "
+                                     "= \"hwc\" (the default for conv nets) or remove it")
         shape = m.get("input_shape") or (DATASET_SHAPES.get(d["name"]) or {}).get("image")
         if shape is None:
             known = [n for n, v in DATASET_SHAPES.items() if v.get("image")]
@@ -694,6 +700,7 @@ def _check_str(name: str, value: Any) -> str:
 _DATA_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "normalize": lambda n, v: check_choice(n, v, ("unit", "standard", "none")),
     "flatten": _check_flatten,
+    "layout": lambda n, v: check_choice(n, v, ("chw", "hwc")),
     "validation": lambda n, v: check_number(n, v, 0.0, 1.0, hi_open=True,
                                             hint="the fraction of the training set split off"),
     "dtype": lambda n, v: check_choice(n, v, DTYPES),

@@ -128,8 +128,14 @@ def _cifar_arrays(batches: list[dict], label_key: str, label: str, n_classes: in
     return x, y
 
 
+#: row layouts: "chw" as the files store them (R plane, G plane, B plane), "hwc" NHWC-flat
+#: (pixel by pixel, the layout conv layers read: ``noisysim.layers``)
+LAYOUTS = ("chw", "hwc")
+
+
 def _load_cifar(name, **o) -> Dataset:
     src = CIFAR_SOURCES[name]
+    layout = check_choice("layout", o.get("layout", "chw"), LAYOUTS)
     mode = "fine"
     if name == "cifar100":
         mode = check_choice("label_mode", o.get("label_mode", "fine"), ("fine", "coarse"))
@@ -155,6 +161,9 @@ def _load_cifar(name, **o) -> Dataset:
         meta_b = reader.read(src["meta"])
     finally:
         reader.close()
+    if layout == "hwc":  # (n, 3, 32, 32) -> (n, 32, 32, 3)
+        x_train, x_test = (np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+                           for x in (x_train, x_test))
     names_key = "label_names" if name == "cifar10" else f"{mode}_label_names"
     class_names = [n.decode() if isinstance(n, bytes) else str(n)
                    for n in meta_b.get(names_key, [])]
@@ -163,7 +172,9 @@ def _load_cifar(name, **o) -> Dataset:
         "license": "no license stated by the authors; cite the technical report",
         "files": {src["tarball"]: str(path)},
         "split": "official train/test split",
-        "layout": "channel-first (3, 32, 32), flattened as R plane, G plane, B plane",
+        "layout": ("channel-first (3, 32, 32), flattened as R plane, G plane, B plane"
+                   if layout == "chw" else
+                   "channel-last (32, 32, 3), flattened pixel by pixel (NHWC rows)"),
         "label_mode": mode,
         "class_names": class_names,
     }
@@ -171,8 +182,9 @@ def _load_cifar(name, **o) -> Dataset:
                    unit_scale=255.0, meta=meta)
 
 
-register("cifar10", _COMMON + _FILES, dict(normalize="unit", download=True),
-          "CIFAR-10 32x32x3, 10 classes (python pickle tarball)")(_load_cifar)
-register("cifar100", _COMMON + _FILES + ("label_mode",),
-          dict(normalize="unit", download=True, label_mode="fine"),
-          "CIFAR-100 32x32x3, 100 fine / 20 coarse classes (python pickle tarball)")(_load_cifar)
+register("cifar10", _COMMON + _FILES + ("layout",),
+         dict(normalize="unit", download=True, layout="chw"),
+         "CIFAR-10 32x32x3, 10 classes (python pickle tarball)")(_load_cifar)
+register("cifar100", _COMMON + _FILES + ("label_mode", "layout"),
+         dict(normalize="unit", download=True, label_mode="fine", layout="chw"),
+         "CIFAR-100 32x32x3, 100 fine / 20 coarse classes (python pickle tarball)")(_load_cifar)
