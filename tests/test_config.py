@@ -15,6 +15,7 @@ from noisysim.config import (
     SCHEMA,
     Config,
     config_from_dict,
+    explain_config,
     load_config,
     parse_override,
     resolve_value,
@@ -407,3 +408,11 @@ def test_schema_documents_every_key():
     table = schema_markdown()
     assert table.count("\n") == len(SCHEMA) + 1
     assert "| `rule.name` | string | `\"danp\"` |" in table
+
+
+def test_a_conv_nets_input_shape_is_attributed_to_the_dataset():
+    _, origins = explain_config(None, ["data.name=fashion-mnist", "model=fashion_convnet"])
+    assert origins["model.input_shape"] == "default (data 'fashion-mnist': its image shape)"
+    _, origins = explain_config(None, ["data.name=fashion-mnist", "model=fashion_convnet",
+                                       "model.input_shape=[28, 28, 1]"])
+    assert origins["model.input_shape"] == "--set model.input_shape=[28, 28, 1]"

@@ -58,6 +58,8 @@ def explain_config(path: str | os.PathLike | None = None,
             e = resolver.entries.get(key)
         if dotted == "name" and e is None:
             origins[dotted] = "default (<rule>-<dataset>-<hash of the config>)"
+        elif dotted == "model.input_shape" and e is None:
+            origins[dotted] = f"default (data {lookup(cfg, 'data.name')!r}: its image shape)"
         elif e is None:
             section = dotted.split(".", 1)[0]
             owner = {"rule": "rule.name", "noise": "noise.model", "optimizer": "optimizer.name",
