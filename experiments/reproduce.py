@@ -5,7 +5,7 @@
                                         [--root DIR] [--analyse-only] [--estimate]
                                         [--dry-run] [--fresh] [--docs]
 
-EXP is one of a..f (or ``all``):
+EXP is one of a..i (or ``all``):
 
     a  parameter convergence on a student-teacher problem: ||W R - W*|| against updates
     b  gradient alignment per layer with the exact gradient, every rule
@@ -13,6 +13,9 @@ EXP is one of a..f (or ``all``):
     d  noisy hardware: two noisy passes with simulated sMTJ and Bernoulli device noise
     e  discontinuous activations: step and quantised networks, DANP vs BP (with/without STE)
     f  final accuracy against the level of the device's intrinsic Gaussian noise
+    g  training on a device whose noise model was fitted to a recorded trace (a script)
+    h  Fashion-MNIST convnet: bp, dbp, np, dnp, anp, danp with and without device noise
+    i  hardware realism: ADC bits, node variability, weight devices
 
 Sizes: the default runs on 2 CPU cores in about an hour per experiment (Fashion-MNIST
 subsets, narrower networks, fewer epochs); ``--full`` is the paper's size (CIFAR-10,
