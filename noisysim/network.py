@@ -234,7 +234,7 @@ def backward(kernels, layers, activations, inputs, pre, dout, surrogate=False, n
         p = layers[l]
         rows = delta.reshape(inputs[l].shape[0], -1)  # (B L, C_out); delta itself when L = 1
         gW = xp.matmul(rows.T, inputs[l]).astype(dtype, copy=False)
-        gb = rows.sum(axis=0, dtype=dtype) if p.b is not None else None
+        gb = K.column_sums(rows.astype(dtype, copy=False)) if p.b is not None else None
         grads[l] = LayerGrad(gW, gb)
         if l > 0:
             upstream = xp.matmul(rows, p.W)

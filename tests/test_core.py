@@ -291,3 +291,17 @@ def test_oracle_matches_naive_backprop_with_decorrelation():
 def test_bad_input_errors_name_parameter_value_and_range(build, match):
     with pytest.raises(NoisysimError, match=match):
         build()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(57600, 16), (6400, 32), (100, 10), (1000, 1024), (3, 1)])
+def test_column_sums_are_numpys_axis_0_sums_bit_for_bit(shape, dtype):
+    """The CPU bias-gradient kernel adds row after row, numpy's order for rows.sum(axis=0)
+    on a C-contiguous array, so trajectories stay the same bits (a conv layer's rows)."""
+    from noisysim.kernels.backend import CPU
+
+    rows = (np.random.default_rng(3).standard_normal(shape) * 10).astype(dtype)
+    got = CPU.column_sums(rows)
+    want = rows.sum(axis=0, dtype=dtype)
+    assert got.dtype == dtype
+    assert got.tobytes() == want.tobytes()

@@ -13,7 +13,7 @@ forward     ``perturb`` (draw N(0, sigma^2) node perturbations, add bias and per
             ``add_bias_and_perturbation``, ``activation``, ``add_noise`` (a device noise
             model; its state lives on the backend: ``noise_state`` / ``noise_state_to_host``),
             ``loss``, ``loss_grad``
-backward    ``backprop`` (g * f'(a)), ``derivative``
+backward    ``backprop`` (g * f'(a)), ``derivative``, ``column_sums`` (bias gradients)
 rules       ``squared_norms`` and ``node_gradient`` of ``Vectors`` (node-space directions:
             injected perturbations or measured activity changes), ``loss_scale``
 step        ``step_stats`` (loss, loss changes, accuracy), ``sum_squares`` (gradient norms and
@@ -183,8 +183,14 @@ class CpuKernels:
         c *= dtype.type(1.0 / (n_passes * batch))
         rows = c.reshape(x_ref.shape[0], -1)  # c itself for a dense layer (L = 1)
         g_W = rows.T @ x_ref.astype(dtype, copy=False)
-        g_b = rows.sum(axis=0) if has_bias else None
+        g_b = self.column_sums(rows) if has_bias else None
         return g_W, g_b
+
+    def column_sums(self, rows):
+        """rows.sum(axis=0) of a 2-D array, in its dtype (bias gradients)."""
+        out = np.empty(rows.shape[1], rows.dtype)
+        cpu.column_sums(np.ascontiguousarray(rows), out)
+        return out
 
     # -- the step's statistics -------------------------------------------------------------
     def step_stats(self, losses, outputs, labels, stats) -> None:

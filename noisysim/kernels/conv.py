@@ -139,8 +139,11 @@ def _pool_forward(x, H, W, C, kind, size, stride, out):
 def _pool_backward(g, x, H, W, C, kind, size, stride, out):
     Ho, Wo = (H - size) // stride + 1, (W - size) // stride + 1
     scale = 1.0 / (size * size)
+    overlap = stride < size  # else every input element gets at most one term: no sums
     for r in prange(out.shape[0]):  # one thread owns one image: windows add in (i, j) order
-        acc = np.zeros(H * W * C)
+        acc = np.zeros(H * W * C if overlap else 0)
+        if not overlap:
+            out[r] = 0.0
         at = np.empty(C, np.int64)
         best = np.empty(C, x.dtype)
         for i in range(Ho):
@@ -150,9 +153,14 @@ def _pool_backward(g, x, H, W, C, kind, size, stride, out):
                     for u in range(size):
                         for v in range(size):
                             dst = ((i * stride + u) * W + j * stride + v) * C
-                            into = acc[dst:dst + C]
-                            for c in range(C):
-                                into[c] += grad[c] * scale
+                            if overlap:
+                                into = acc[dst:dst + C]
+                                for c in range(C):
+                                    into[c] += grad[c] * scale
+                            else:  # the same rounding: the float64 product, cast once
+                                into_out = out[r, dst:dst + C]
+                                for c in range(C):
+                                    into_out[c] = grad[c] * scale
                     continue
                 first = ((i * stride) * W + j * stride) * C
                 best[:] = x[r, first:first + C]
@@ -166,9 +174,14 @@ def _pool_backward(g, x, H, W, C, kind, size, stride, out):
                             value = pixel[c]
                             at[c] = src + c if value > best[c] else at[c]
                             best[c] = value if value > best[c] else best[c]
-                for c in range(C):
-                    acc[at[c]] += grad[c]
-        out[r] = acc
+                if overlap:
+                    for c in range(C):
+                        acc[at[c]] += grad[c]
+                else:
+                    for c in range(C):
+                        out[r, at[c]] = grad[c]
+        if overlap:
+            out[r] = acc
 
 
 _SERIAL = {k: serial_twin(k, **_OPTS) for k in (_im2col, _col2im, _pool_forward, _pool_backward)}

@@ -385,6 +385,19 @@ _ADAM_BLOCK = 1 << 14
 
 
 @njit(**_OPTS)
+def column_sums(rows, out):
+    """out[c] = sum_i rows[i, c] in the rows' dtype, adding row after row: numpy's own order
+    for ``rows.sum(axis=0)`` of a C-contiguous array (the same bits), without its per-row
+    overhead on the many short rows of a conv layer (57,600 x 16 at batch 100: 6x faster).
+    Serial: the order must not depend on the number of threads."""
+    out[:] = 0
+    for i in range(rows.shape[0]):
+        row = rows[i]
+        for c in range(out.shape[0]):  # a view indexed from 0: vectorised
+            out[c] += row[c]
+
+
+@njit(**_OPTS)
 def _adam_range(p, g, m, v, b1, one_minus_b1, b2, one_minus_b2, lr_c1, inv_c2, eps, i0, i1):
     """Adam on elements i0..i1-1 in the arrays' dtype, rounded op by op as the equations are
     written (no FMA); returns the sum of squared updates (float64)."""

@@ -270,6 +270,10 @@ class CudaKernels:
         g_b = xp.matmul(self._ones_vector(rows.shape[0], dtype), rows) if has_bias else None
         return g_W, g_b
 
+    def column_sums(self, rows):
+        """rows.sum(axis=0) of a 2-D array, in its dtype (bias gradients; CuPy's sum)."""
+        return rows.sum(axis=0, dtype=rows.dtype)
+
     def _ones_vector(self, n, dtype):
         key = (n, np.dtype(dtype).str)
         if key not in self._ones:
