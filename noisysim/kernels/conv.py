@@ -26,7 +26,7 @@ once per element. Small arrays take serial twins (``PARALLEL_MIN_SIZE``).
 
 Speed: the inner loops run over contiguous runs (channels innermost) through views indexed
 from 0, or slice copies, which LLVM vectorises; indexing a 2-D array at a computed offset
-does not (numba's negative-index wraparound blocks it), which made these kernels 3-5x slower.
+does not (numba's negative-index wraparound blocks it).
 """
 
 from __future__ import annotations
