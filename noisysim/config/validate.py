@@ -700,7 +700,7 @@ def _check_str(name: str, value: Any) -> str:
 _DATA_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "normalize": lambda n, v: check_choice(n, v, ("unit", "standard", "none")),
     "flatten": _check_flatten,
-    "layout": lambda n, v: check_choice(n, v, ("chw", "hwc")),
+    "layout": lambda n, v: check_choice(n, v, _data.cifar.LAYOUTS),
     "validation": lambda n, v: check_number(n, v, 0.0, 1.0, hi_open=True,
                                             hint="the fraction of the training set split off"),
     "dtype": lambda n, v: check_choice(n, v, DTYPES),

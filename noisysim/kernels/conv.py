@@ -89,14 +89,14 @@ def _im2col(x, H, W, C, k, stride, pad, out):
 def _col2im(cols, H, W, C, k, stride, pad, out):
     Ho, Wo = (H + 2 * pad - k) // stride + 1, (W + 2 * pad - k) // stride + 1
     L = Ho * Wo
-    for line in prange(out.shape[0] * H):
+    for line in prange(out.shape[0] * H):  # one thread owns one image row of the output
         r, y = line // H, line % H
         acc = np.zeros(W * C)
         i_hi = min(Ho - 1, (y + pad) // stride)
         for i in range(_first(y, pad, k, stride), i_hi + 1):  # windows over row y, in order
             u = y + pad - i * stride
             for j in range(Wo):
-                left = j * stride - pad
+                left = j * stride - pad  # image column of v = 0
                 v_lo, v_hi = max(0, -left), min(k, W - left)
                 if v_lo >= v_hi:
                     continue
