@@ -34,6 +34,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from . import losses
+from .arena import Arena
 from .errors import NoisysimError, check_choice, check_finite_array, check_number
 from .hardware import Readout, Variability
 from .kernels import rng
@@ -139,6 +140,8 @@ class Device:
         self.clock = 0
         self.kernels = CPU
         self.layers: list[LayerParams] = network.layers
+        #: the layers' W and b as one arena (``noisysim.arena``), on the backend
+        self.parameters = network.parameters
         self._noise_state: dict[int, dict] = {
             l: model.init_state(self.seed, l, 0, network.widths[l + 1])
             for l, model in self.noise.items()
@@ -173,9 +176,15 @@ class Device:
         state = self.state_dict()
         self.kernels = kernels
         self._buffers = {}
-        self.layers = self.network.layers if kernels is CPU else [
-            LayerParams(*(None if a is None else kernels.asarray(a) for a in (p.W, p.b, p.R)))
-            for p in self.network.layers]
+        if kernels is CPU:
+            self.parameters, self.layers = self.network.parameters, self.network.layers
+        else:  # one arena on the backend, filled by one copy (``push``)
+            self.parameters = Arena(kernels, self.network.parameters.layout,
+                                    self.network.dtype)
+            self.layers = [
+                LayerParams(views.W, views.b, None if p.R is None else kernels.asarray(p.R))
+                for views, p in zip(self.parameters.layers, self.network.layers)]
+            self.push()
         self.load_state_dict(state)
         self._to_backend(kernels)
 
@@ -192,19 +201,19 @@ class Device:
         """Write the backend's parameters into the network's arrays (no-op on the CPU)."""
         if self.layers is self.network.layers:
             return
+        self.network.parameters.flat[...] = self.kernels.to_host(self.parameters.flat)
         for host, dev in zip(self.network.layers, self.layers):
-            for name in ("W", "b", "R"):
-                if getattr(host, name) is not None:
-                    getattr(host, name)[...] = self.kernels.to_host(getattr(dev, name))
+            if host.R is not None:
+                host.R[...] = self.kernels.to_host(dev.R)
 
     def push(self) -> None:
         """Copy the network's parameters to the backend (no-op on the CPU)."""
         if self.layers is self.network.layers:
             return
+        self.parameters.flat[...] = self.kernels.asarray(self.network.parameters.flat)
         for host, dev in zip(self.network.layers, self.layers):
-            for name in ("W", "b", "R"):
-                if getattr(host, name) is not None:
-                    getattr(dev, name)[...] = self.kernels.asarray(getattr(host, name))
+            if host.R is not None:
+                dev.R[...] = self.kernels.asarray(host.R)
 
     # -- state as data -------------------------------------------------------------------
     def state_dict(self) -> dict:

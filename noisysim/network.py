@@ -21,6 +21,7 @@ import numpy as np
 
 from . import losses
 from .activations import Activation, make_activation
+from .arena import Arena
 from .errors import NoisysimError, check_choice, check_number
 from .kernels import rng
 from .kernels.backend import CPU
@@ -109,14 +110,15 @@ class Network:
             activation, activation_params or {}, output_activation, self.n_layers
         )
         weights = _initial_weights(init, self.widths, self.maps, self.seed, self.dtype)
-        self.layers = [
-            LayerParams(
-                W=w,
-                b=np.zeros(w.shape[0], dtype=self.dtype) if self.bias else None,
-                R=np.eye(w.shape[1], dtype=self.dtype) if self.decorrelation else None,
-            )
-            for w in weights
-        ]
+        #: every W and b as views of one flat host buffer (``noisysim.arena``); biases 0
+        self.parameters = Arena(CPU, tuple((w.shape, (w.shape[0],) if self.bias else None)
+                                           for w in weights), self.dtype)
+        self.layers = []
+        for w, views in zip(weights, self.parameters.layers):
+            views.W[...] = w
+            self.layers.append(LayerParams(
+                W=views.W, b=views.b,
+                R=np.eye(w.shape[1], dtype=self.dtype) if self.decorrelation else None))
 
     @property
     def n_layers(self) -> int:
@@ -210,13 +212,13 @@ def node_derivative(kernels, act, a, node):
 
 
 def backward(kernels, layers, activations, inputs, pre, dout, surrogate=False, nodes=None,
-             maps=None, activity=None):
+             maps=None, activity=None, out=None):
     """``Network.backward`` on any backend: ``layers`` (LayerParams of the backend's arrays),
     ``activations`` per layer, the pass's inputs x*_{l-1} (rows) and pre-activations a_l,
     the per-sample output gradient dout (B, N_L); ``nodes`` per layer a NodeVariation or
     None (the device's activation gains and offsets; None: none), the input maps (None: an
     MLP) and the activities x_l (needed by max pooling). Returns batch-mean gradients
-    (LayerGrad).
+    (LayerGrad), written into ``out`` (per layer a LayerGrad of arrays) when given.
 
     delta = (1/B) d ell / d a_l: the batch mean's 1/B is applied once, to the (B, N_L)
     output gradient, and carried down linearly, never to an (N, N') product. A conv layer
@@ -233,8 +235,12 @@ def backward(kernels, layers, activations, inputs, pre, dout, surrogate=False, n
     for l in range(len(layers) - 1, -1, -1):
         p = layers[l]
         rows = delta.reshape(inputs[l].shape[0], -1)  # (B L, C_out); delta itself when L = 1
-        gW = xp.matmul(rows.T, inputs[l]).astype(dtype, copy=False)
-        gb = K.column_sums(rows.astype(dtype, copy=False)) if p.b is not None else None
+        if out is None:
+            gW = xp.matmul(rows.T, inputs[l]).astype(dtype, copy=False)
+            gb = K.column_sums(rows.astype(dtype, copy=False)) if p.b is not None else None
+        else:
+            gW = xp.matmul(rows.T, inputs[l], out=out[l].W)
+            gb = K.column_sums(rows, out=out[l].b) if p.b is not None else None
         grads[l] = LayerGrad(gW, gb)
         if l > 0:
             upstream = xp.matmul(rows, p.W)

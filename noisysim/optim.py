@@ -37,8 +37,15 @@ copies and ``load_state_dict()`` restores them, so a run resumed from a checkpoi
 bit for bit. Usage::
 
     opt = make_optimizer("adam", lr=1e-4, clip=1.0)
-    opt.init(net.layers)
+    opt.init(net.layers, arena=net.parameters)
     scalars = opt.update(net.layers, grads)   # {"update_norm_l0": ..., "clip_scale": ...}
+
+Arenas (``noisysim.arena``). The moments, the gradients (``opt.gradients``, which the rules
+write when the engine hands them its views) and, given ``arena``, the parameters are each one
+flat buffer, so the gradient norms and the update are one kernel each for all layers: the
+launches of a GPU step do not grow with the number of layers. Parameters that are not views
+of ``arena`` (or given without one) are copied into the optimiser's own arena before each
+update and back after it; the arithmetic is the same either way.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from .arena import Arena
 from .errors import NoisysimError, check_choice, check_number
 from .hardware import WeightDevice
 from .kernels import step as _step
@@ -101,10 +109,16 @@ class Optimizer:
             self.clip = check_number("clip", clip, 0.0, None, lo_open=True,
                                      hint="the maximal global gradient norm; 0 or None = off")
         self.state: SGDState | AdamState | None = None
+        self._slots: dict[str, Arena] = {}
         #: how the weights take the proposed update (noisysim.hardware; "ideal": as given)
         self.weight_device = WeightDevice()
         self._previous: list = []  # per layer: W before the update (non-ideal devices)
         self._layout: tuple[tuple[tuple[int, ...], tuple[int, ...] | None, np.dtype], ...] = ()
+        #: the parameters' arena, and whether it is the optimiser's own copy of them
+        self._params: Arena | None = None
+        self._staged = False
+        #: the rules' gradient estimates, one arena (``estimate(..., out=opt.gradients.layers)``)
+        self.gradients: Arena | None = None
 
     def lr_at(self, count: int) -> float:
         """The learning rate of update ``count`` (1, 2, ...): see the module docstring."""
@@ -121,10 +135,14 @@ class Optimizer:
         return {} if self.schedule == "constant" else {"schedule": self.schedule}
 
     # -- state ---------------------------------------------------------------------------
-    def init(self, params: Sequence[LayerParams], kernels=CPU) -> SGDState | AdamState:
+    def init(self, params: Sequence[LayerParams], kernels=CPU,
+             arena: Arena | None = None) -> SGDState | AdamState:
         """Create a fresh state (count 0, zero moments) shaped like ``params``, on the
         backend ``kernels`` (the parameters' own: numpy arrays for the CPU, device arrays
-        for the GPU); returns it and keeps it as ``self.state``."""
+        for the GPU); returns it and keeps it as ``self.state``. ``arena``: the
+        ``noisysim.arena.Arena`` whose views ``params`` W and b are (``Network.parameters``,
+        ``Device.parameters``), updated in place by one launch; without it the optimiser
+        keeps its own copy (module docstring)."""
         self.kernels = kernels
         params = list(params)
         if not params:
@@ -137,6 +155,9 @@ class Optimizer:
                 raise NoisysimError(f"W_{l} must be float32 or float64, got {p.W.dtype}")
             if p.b is not None and p.b.dtype != p.W.dtype:
                 raise NoisysimError(f"b_{l} must have W_{l}'s dtype {p.W.dtype}, got {p.b.dtype}")
+        self._staged = arena is None or not arena.holds(params)
+        self._params = Arena.like(kernels, params) if self._staged else arena
+        self.gradients = Arena.like(kernels, params)
         self.state = self._init_state(params)
         if not self.weight_device.ideal:  # the device holds the initial weights
             self._previous = [kernels.empty(p.W.shape, p.W.dtype) for p in params]
@@ -144,13 +165,14 @@ class Optimizer:
                 kernels.program_weights(self.weight_device, p.W)
         return self.state
 
-    def _zeros(self, params: Sequence[LayerParams]) -> tuple[LayerGrad, ...]:
-        K = self.kernels
-        return tuple(
-            LayerGrad(K.zeros(p.W.shape, p.W.dtype),
-                      None if p.b is None else K.zeros(p.b.shape, p.b.dtype))
-            for p in params
-        )
+    def _zeros(self, params: Sequence[LayerParams]) -> Arena:
+        """Zero arrays shaped like ``params``: the views of a new arena, kept as
+        ``self._slots[...]`` by the caller."""
+        return Arena.like(self.kernels, params)
+
+    def _slot(self, name: str) -> Arena | None:
+        """The arena of a state slot (m, v, velocity), None when the slot is unused."""
+        return self._slots.get(name)
 
     def _init_state(self, params):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -234,8 +256,9 @@ class Optimizer:
         arrays = self._pairs(params, grads)
         K, L = self.kernels, len(self._layout)
         stats, failure = K.zeros(_step.size(L), np.float64), _step.new_failure()
-        for l, name, _, g in arrays:
-            K.sum_squares([g], stats, _step.grad_sq(L, l), _step.grad_bad(L, l))
+        if not K.eager:
+            failure = K.asarray(failure)
+        self.gradient_norms(grads, stats, failure)
         host = K.to_host(stats)
         grad_norm = math.sqrt(_step.grad_norm_sq(host, L))
         if not math.isfinite(grad_norm):
@@ -259,28 +282,43 @@ class Optimizer:
             out["weight_clipped"] = float(host[_step.clipped(L)])
         return out
 
+    def gradient_norms(self, grads, stats, failure) -> None:
+        """The engine's first half of an update: copy ``grads`` into ``self.gradients``
+        (nothing to copy for the arena's own views), add each layer's squared norm and
+        non-finite elements to ``stats`` (``noisysim.kernels.step``) and decide on the
+        backend whether the update may run and by what factor it is clipped. One launch on
+        the GPU; reads nothing back."""
+        self._require_state()
+        self.gradients.load(grads)
+        self.kernels.gradient_norms(self.gradients, stats, failure, len(self._layout),
+                                    self.clip)
+
     def apply(self, params, grads, stats, failure) -> None:
-        """The engine's update: every layer's W and b in place, from gradients whose squared
-        norms are in ``stats`` (``noisysim.kernels.step``), unless the step is blocked (a
-        non-finite loss or gradient, or an earlier failure in ``failure``). Adds the update
-        norms and the non-finite parameter flags to ``stats``; reads nothing back."""
+        """The engine's update: every layer's W and b in place, from the gradients that
+        ``gradient_norms`` measured into ``stats`` (``grads``: those same gradients),
+        unless the step is blocked (a non-finite loss or gradient, or an earlier failure in
+        ``failure``). Adds the update norms and the non-finite parameter flags to
+        ``stats``; reads nothing back."""
         K, L = self.kernels, len(self._layout)
         state = self._require_state()
-        if K.update_gate(stats, failure, L, self.clip, params[0].W.dtype):
+        if K.update_gate(stats, failure, L, self.clip, self._params.dtype):
             return
+        self.gradients.load(grads)
+        P = self._params
+        if self._staged:
+            P.load(params)
         count = int(state.count) + 1
         device = self.weight_device
-        for l, (p, g) in enumerate(zip(params, grads)):
-            for j, (value, grad) in enumerate(((p.W, g.W), (p.b, g.b))):
-                if value is None:
-                    continue
-                written = j == 0 and not device.ideal  # W lives in the weight device
-                if written:
-                    self._previous[l][...] = value
-                self._apply(K, state, l, j, value, grad, count, stats, failure)
-                if written:  # the proposal in W becomes what the device writes
-                    K.weight_write(device, value, self._previous[l], count, l, stats,
-                                   failure, L)
+        if not device.ideal:  # W lives in the weight device: keep what it holds
+            for l, views in enumerate(P.layers):
+                self._previous[l][...] = views.W
+        self._update(K, P, count, stats)
+        if not device.ideal:  # the proposal in W becomes what the device writes
+            for l, views in enumerate(P.layers):
+                K.weight_write(device, views.W, self._previous[l], count, l, stats,
+                               failure, L)
+        if self._staged:
+            P.store(params)
         self.state = self.state._replace(count=np.int64(count))
 
     def _pairs(self, params, grads) -> list[tuple[int, str, np.ndarray, np.ndarray]]:
@@ -319,7 +357,8 @@ class Optimizer:
                 out.append((l, name, value, grad.astype(value.dtype, copy=False)))
         return out
 
-    def _apply(self, K, state, l, j, p, g, count, stats, failure) -> None:  # pragma: no cover
+    def _update(self, K, params: Arena, count: int, stats) -> None:  # pragma: no cover
+        """One fused update of every parameter in ``params`` from ``self.gradients``."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -361,12 +400,13 @@ class SGD(Optimizer):
                 **self._schedule_option()}
 
     def _init_state(self, params) -> SGDState:
-        velocity = self._zeros(params) if self.momentum > 0.0 else None
+        self._slots = {"velocity": self._zeros(params)} if self.momentum > 0.0 else {}
+        velocity = tuple(self._slots["velocity"].layers) if self._slots else None
         return SGDState(count=np.int64(0), velocity=velocity)
 
-    def _apply(self, K, state, l, j, p, g, count, stats, failure) -> None:
-        velocity = None if state.velocity is None else state.velocity[l][j]
-        K.sgd_update(p, g, velocity, self, count, stats, failure, len(self._layout), l)
+    def _update(self, K, params, count, stats) -> None:
+        K.sgd_update(params, self.gradients, self._slot("velocity"), self, count, stats,
+                     len(self._layout))
 
 
 class Adam(Optimizer):
@@ -388,13 +428,16 @@ class Adam(Optimizer):
                 "clip": self.clip, **self._schedule_option()}
 
     def _init_state(self, params) -> AdamState:
-        return AdamState(count=np.int64(0), m=self._zeros(params), v=self._zeros(params))
+        self._slots = {"m": self._zeros(params), "v": self._zeros(params)}
+        return AdamState(count=np.int64(0), m=tuple(self._slots["m"].layers),
+                         v=tuple(self._slots["v"].layers))
 
-    def _apply(self, K, state, l, j, p, g, count, stats, failure) -> None:
-        # One fused pass (kernels.cpu.adam_update, or its CUDA twin) with the same rounding
-        # as the equations; bias corrections in float64, then cast.
-        K.adam_update(p, g, state.m[l][j], state.v[l][j], self, count, stats, failure,
-                      len(self._layout), l)
+    def _update(self, K, params, count, stats) -> None:
+        # One fused pass over the arena (kernels.cpu.adam_update per array, or the CUDA
+        # kernel over all of them) with the same rounding as the equations; bias
+        # corrections in float64, then cast.
+        K.adam_update(params, self.gradients, self._slot("m"), self._slot("v"), self, count,
+                      stats, len(self._layout))
 
 
 def nonfinite_layer(scalars: dict) -> int | None:

@@ -2,8 +2,8 @@
 
 One step, in order (ARCHITECTURE.md):
     m = device.measure(x, y, **rule.request())      # the simulated hardware
-    g = rule.estimate(m, network)                    # rules see the Measurement only
-    optimizer.apply(device.layers, g, ...)           # W, b
+    g = rule.estimate(m, network, out=optimizer.gradients.layers)  # the Measurement only
+    optimizer.gradient_norms(g, ...); optimizer.apply(device.layers, g, ...)  # W, b
     decorrelator.step(..., R_l, m.inputs[l][0], ...) # R, from the reference pass
 The exact gradient for the alignment diagnostic comes from the oracle on the same batch and
 the same parameters as the estimate (before the update), outside the rule.
@@ -168,7 +168,7 @@ class Trainer:
         if self.kernels is not device.kernels:
             device.use_kernels(self.kernels)
         self.optimizer.horizon = self.total_steps  # the length of a learning-rate schedule
-        self.optimizer.init(device.layers, self.kernels)
+        self.optimizer.init(device.layers, self.kernels, arena=device.parameters)
         # Position: the next step runs batch `batch` of epoch `epoch`.
         self.step = 0
         self.epoch = 0
@@ -278,14 +278,13 @@ class Trainer:
         L = net.n_layers
         layers = self.device.layers
         m = self.device.measure_checked(x, y, **self.rule.request())
-        grads = self.rule.estimate(m, net)
+        grads = self.rule.estimate(m, net, out=self.optimizer.gradients.layers)
         step = self.step + 1
         stats, failure = self._stats, self._failure
         stats[...] = 0.0
         labels = y if self.data.n_classes and net.widths[-1] > 1 else None
         K.step_stats(m.losses, m.outputs[0], labels, stats)
-        for l, g in enumerate(grads):
-            K.sum_squares((g.W, g.b), stats, _step.grad_sq(L, l), _step.grad_bad(L, l))
+        self.optimizer.gradient_norms(grads, stats, failure)
         if s.alignment_every and step % s.alignment_every == 0:
             self._alignment(step, grads, rows)
         self.optimizer.apply(layers, grads, stats, failure)

@@ -269,11 +269,13 @@ def _launched_kernels() -> dict:
     K.loss_scale(np.zeros((2, 3)), 1, np.zeros((1, 3), f32), sq=np.zeros((1, 3)), factor=3.0)
     K.node_coefficients(a, 1, True, np.zeros((1, 3), f32), f32(0.5), a[0].copy())
     stats, failure = np.zeros(11), np.zeros(3, i64)
-    K.sum_squares(a[0], stats, 1, 2)
+    flat, starts, seg = a[0].reshape(-1), np.array([0, 10, 15], i64), np.zeros(2, i64)
     K.step_stats(np.zeros((2, 3)), a[0], np.zeros(3, i64), stats, True)
-    K.update_gate(stats, failure, 1, 1.0, np.ones(1, f32), flag)
-    K.adam_update(a[0], a[0], a[0], a[0], np.ones(1, f32), flag, *(f32(1),) * 7, stats, 0, 1)
-    K.sgd_update(a[0], a[0], a[0], np.ones(1, f32), flag, 0.0, 0.9, True, 0.1, stats, 0, 1)
+    K.arena_gradient_norms(flat, starts, seg, stats, failure, 1, 1.0, np.ones(1, f32), flag)
+    K.arena_adam(flat, flat, flat, flat, starts, seg, 1, np.ones(1, f32), flag,
+                 *(f32(1),) * 7, stats)
+    K.arena_sgd(flat, flat, flat, starts, seg, 1, np.ones(1, f32), flag, 0.0, 0.9, True, 0.1,
+                stats)
     K.decorrelation_delta(np.zeros((5, 5), f32), np.zeros(5, f32), np.zeros((5, 5), f32),
                           0.1, 0.1, 0.1, 0.1, stats, failure, 1, 0)
     K.apply_delta(np.zeros((5, 5), f32), np.zeros((5, 5), f32), stats, failure, 1, 0)

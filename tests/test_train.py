@@ -144,8 +144,8 @@ def _with_gradients(trainer, change):
     """Let the rule estimate as usual, then ``change(grads)`` before the optimizer sees them."""
     estimate = trainer.rule.estimate
 
-    def patched(m, network):
-        grads = estimate(m, network)
+    def patched(m, network, out=None):
+        grads = estimate(m, network, out)
         change(grads)
         return grads
     trainer.rule.estimate = patched

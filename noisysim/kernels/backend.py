@@ -170,25 +170,29 @@ class CpuKernels:
         np.divide(dell * factor, sq, out=out, where=sq > 0)
         return out
 
-    def node_gradient(self, scale, v: Vectors, x_ref, has_bias):
+    def node_gradient(self, scale, v: Vectors, x_ref, has_bias, out=None):
         """(g_W, g_b): g_W = mean_{k,n} scale_{k,n} v_{k,n} x*_n^T, g_b = mean_{k,n}
         scale_{k,n} v_{k,n}, in the dtype of v. The means' 1/(K B) scales the (B, N) factor
         once, never the (N, N') gradient. A conv layer's x_ref holds B L patch rows: c is
         viewed as rows (B L, C_out) and g_W = rows^T x*, g_b = column sums of rows, sums
-        over positions with the batch mean still over the B samples."""
+        over positions with the batch mean still over the B samples. ``out``: a LayerGrad
+        of arrays to write g_W and g_b into (the engine's gradient arena), or None."""
         vectors = v.value()
         n_passes, batch = scale.shape
         dtype = vectors.dtype
         c = np.einsum("kb,kbn->bn", scale.astype(dtype), vectors)
         c *= dtype.type(1.0 / (n_passes * batch))
         rows = c.reshape(x_ref.shape[0], -1)  # c itself for a dense layer (L = 1)
-        g_W = rows.T @ x_ref.astype(dtype, copy=False)
-        g_b = self.column_sums(rows) if has_bias else None
+        g_W = np.matmul(rows.T, x_ref.astype(dtype, copy=False),
+                        out=None if out is None else out.W)
+        g_b = self.column_sums(rows, None if out is None else out.b) if has_bias else None
         return g_W, g_b
 
-    def column_sums(self, rows):
-        """rows.sum(axis=0) of a 2-D array, in its dtype (bias gradients)."""
-        out = np.empty(rows.shape[1], rows.dtype)
+    def column_sums(self, rows, out=None):
+        """rows.sum(axis=0) of a 2-D array, in its dtype (bias gradients), into ``out``
+        when given."""
+        if out is None:
+            out = np.empty(rows.shape[1], rows.dtype)
         cpu.column_sums(np.ascontiguousarray(rows), out)
         return out
 
@@ -224,6 +228,14 @@ class CpuKernels:
     def record(self, stats, failure, n_layers, step_number) -> None:
         step.record(stats, failure, n_layers, step_number)
 
+    def gradient_norms(self, grads, stats, failure, n_layers, clip) -> None:
+        """For each layer l of the arena ``grads`` (``noisysim.arena``): stats[grad_sq(l)]
+        += ||g_W_l||^2 + ||g_b_l||^2 and stats[grad_bad(l)] += their non-finite elements
+        (the GPU also decides there whether the update may run, and its clip factor)."""
+        for i, (l, _, _) in enumerate(grads.segments):
+            self.sum_squares([grads.segment(i)], stats, step.grad_sq(n_layers, l),
+                             step.grad_bad(n_layers, l))
+
     def update_gate(self, stats, failure, n_layers, clip, dtype) -> bool:
         """Whether the optimiser must skip this step (the GPU decides on the device)."""
         return step.blocked(stats, failure, n_layers, step.BEFORE_UPDATE)
@@ -234,39 +246,47 @@ class CpuKernels:
         norm = math.sqrt(step.grad_norm_sq(stats, n_layers))
         return clip / norm if clip is not None and norm > clip else 1.0
 
-    def adam_update(self, p, g, m, v, opt, count, stats, failure, n_layers, layer) -> None:
-        """One Adam update of parameter p (any shape, C-contiguous) in place, unless the
-        step is blocked: gradient scaled by the clip factor, bias corrections in float64;
-        stats[update_sq(layer)] += ||Delta p||^2, stats[param_bad(layer)] += 1 when p is no
-        longer finite."""
+    def adam_update(self, params, grads, m, v, opt, count, stats, n_layers) -> None:
+        """One Adam update of every array of the arena ``params`` in place (gradients,
+        moments: arenas of the same layout): gradient scaled by the clip factor, bias
+        corrections in float64; per layer stats[update_sq(l)] += ||Delta p||^2, or
+        stats[param_bad(l)] += 1 when p is no longer finite. The caller checked the gate."""
         scale = self.clip_scale(stats, n_layers, opt.clip)
-        if scale != 1.0:
-            g = g * p.dtype.type(scale)
         correction1 = 1.0 - opt.beta1 ** count
         correction2 = 1.0 - opt.beta2 ** count
-        sq = _adam_update(p.reshape(-1), np.ascontiguousarray(g).reshape(-1), m.reshape(-1),
-                          v.reshape(-1), opt.beta1, opt.beta2, opt.lr_at(count) / correction1,
-                          1.0 / correction2, opt.eps)
-        _add_update(stats, n_layers, layer, sq)
+        lr_c1, inv_c2 = opt.lr_at(count) / correction1, 1.0 / correction2
+        t = params.dtype.type
+        for i, (layer, _, _) in enumerate(params.segments):
+            g = grads.segment(i)
+            if scale != 1.0:
+                g = g * t(scale)
+            sq = _adam_update(params.segment(i), g, m.segment(i), v.segment(i), opt.beta1,
+                              opt.beta2, lr_c1, inv_c2, opt.eps)
+            _add_update(stats, n_layers, layer, sq)
 
-    def sgd_update(self, p, g, velocity, opt, count, stats, failure, n_layers, layer) -> None:
-        """One SGD update (momentum, Nesterov, coupled weight decay) of p in place."""
-        t = p.dtype.type
+    def sgd_update(self, params, grads, velocity, opt, count, stats, n_layers) -> None:
+        """One SGD update (momentum, Nesterov, coupled weight decay) of every array of the
+        arena ``params`` in place (``velocity``: an arena, or None without momentum)."""
+        t = params.dtype.type
         scale = self.clip_scale(stats, n_layers, opt.clip)
-        if scale != 1.0:
-            g = g * t(scale)
-        if opt.weight_decay:
-            g = g + t(opt.weight_decay) * p
-        if velocity is None:
-            delta = t(opt.lr_at(count)) * g
-        else:
-            mu = t(opt.momentum)
-            velocity *= mu
-            velocity += g
-            delta = t(opt.lr_at(count)) * (g + mu * velocity if opt.nesterov else velocity)
-        p -= delta
-        _add_update(stats, n_layers, layer, _sum_squares(delta) if np.isfinite(p).all()
-                    else math.nan)
+        lr = t(opt.lr_at(count))
+        for i, (layer, _, _) in enumerate(params.segments):
+            p, g = params.segment(i), grads.segment(i)
+            if scale != 1.0:
+                g = g * t(scale)
+            if opt.weight_decay:
+                g = g + t(opt.weight_decay) * p
+            if velocity is None:
+                delta = lr * g
+            else:
+                mu = t(opt.momentum)
+                vel = velocity.segment(i)
+                vel *= mu
+                vel += g
+                delta = lr * (g + mu * vel if opt.nesterov else vel)
+            p -= delta
+            _add_update(stats, n_layers, layer, _sum_squares(delta) if np.isfinite(p).all()
+                        else math.nan)
 
     def decorrelation_step(self, R, x, lr, kappa, scratch, stats, failure, n_layers,
                            layer) -> None:

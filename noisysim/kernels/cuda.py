@@ -50,7 +50,7 @@ from . import noise as _noise
 from . import step as _stepmod
 from .cuda_compile import SIMULATED, exact_kernel
 from .cuda_launch import (MAX_BLOCKS, _dummy, _flat, _nb, _reduction_scratch,  # noqa: F401
-                          _u64, launch, runs)
+                          _segment_blocks, _segment_scratch, _u64, launch, runs)
 
 _SHARED = 256  # shared-memory slots of the block reductions (>= THREADS)
 
@@ -98,7 +98,8 @@ _RNG = _device_twins(rng, ("mix64", "key", "random_bits", "_unit_from_bits", "un
                            "_box_muller", "normal_pair", "normal"))
 _CPU = _device_twins(cpu, ("_sigmoid", "activation_scalar", "derivative_scalar"))
 _NOISE = _device_twins(_noise, ("pow_geometric", "flip_probability"))
-_STEP = _device_twins(_stepmod, ("grad_sq", "grad_bad", "param_bad", "decor_sq", "decor_bad",
+_STEP = _device_twins(_stepmod, ("grad_sq", "grad_bad", "update_sq", "param_bad", "decor_sq",
+                                  "decor_bad",
                                   "grad_norm_sq", "verdict", "blocked", "record"))
 
 d_key = _RNG["key"]
@@ -114,6 +115,10 @@ d_blocked = _STEP["blocked"]
 d_record = _STEP["record"]
 d_decor_sq = _STEP["decor_sq"]
 d_decor_bad = _STEP["decor_bad"]
+d_grad_sq = _STEP["grad_sq"]
+d_grad_bad = _STEP["grad_bad"]
+d_update_sq = _STEP["update_sq"]
+d_param_bad = _STEP["param_bad"]
 _BEFORE_UPDATE = _stepmod.BEFORE_UPDATE
 
 _BINARY_STOCHASTIC = cpu.BINARY_STOCHASTIC
@@ -146,36 +151,82 @@ def _grid_sum(buf, partials, ticket, value):
     same trajectory bit for bit).
 
     Every thread calls it. Each block reduces its threads' values (``_block_sum``'s tree)
-    and thread 0 stores the result in partials[block], makes it visible to the grid
-    (threadfence) and takes a ticket (an integer atomic). The block that draws the last
-    ticket sees every partial: its thread t adds partials t, t + T, ... (T threads) from
-    0.0, the block reduces those as a tree, and thread 0 resets the ticket for the next
-    launch. (All threads of that block share the work, not thread 0 alone: at 65535 blocks
-    a serial sum would be 65535 dependent loads.) This is the CUDA programming guide's
-    "last block" pattern (Memory Fence Functions): a block's store, fence and ticket, seen
-    by the last block through its own ticket, barrier and fence, orders that store before
-    the last block's loads. Returns (True, total) in thread 0 of the last block, (False,
-    value of no meaning) in every other thread."""
+    and thread 0 stores the result in partials[block]; ``_elect_last`` finds the block that
+    finishes last, which sums the partials (``_partials_sum``) and resets the ticket for
+    the next launch. Returns (True, total) in thread 0 of the last block, (False, value of
+    no meaning) in every other thread."""
     total = _block_sum(buf, value)
     tid = cuda.threadIdx.x
-    n_blocks = cuda.gridDim.x
     if tid == 0:
         partials[cuda.blockIdx.x] = total
-        cuda.threadfence()
-        buf[0] = 1.0 if cuda.atomic.add(ticket, 0, 1) == n_blocks - 1 else 0.0
-    cuda.syncthreads()
-    last = buf[0] != 0.0
-    cuda.syncthreads()  # every thread has read the flag before buf is reused
-    if not last:  # the same in every thread of the block: no divergent syncthreads
+    if not _elect_last(buf, ticket):
         return False, total
-    cuda.threadfence()
-    s = 0.0
-    for b in range(tid, n_blocks, cuda.blockDim.x):
-        s += partials[b]
-    total = _block_sum(buf, s)
+    total = _partials_sum(buf, partials, 0)
     if tid == 0:
         ticket[0] = 0
     return tid == 0, total
+
+
+@cuda.jit(device=True)
+def _elect_last(buf, ticket):
+    """True in every thread of the block that finishes last, after thread 0 of every block
+    stored its partials. Each block's thread 0 makes its stores visible to the grid
+    (threadfence) and takes a ticket (an integer atomic); the block that draws the last
+    ticket sees every partial. This is the CUDA programming guide's "last block" pattern
+    (Memory Fence Functions): a block's store, fence and ticket, seen by the last block
+    through its own ticket, barrier and fence, orders that store before the last block's
+    loads. The last block resets the ticket to 0 when it is done with the partials."""
+    tid = cuda.threadIdx.x
+    if tid == 0:
+        cuda.threadfence()
+        buf[0] = 1.0 if cuda.atomic.add(ticket, 0, 1) == cuda.gridDim.x - 1 else 0.0
+    cuda.syncthreads()
+    last = buf[0] != 0.0
+    cuda.syncthreads()  # every thread has read the flag before buf is reused
+    if last:  # the same in every thread of the block: no divergent barrier follows
+        cuda.threadfence()
+    return last
+
+
+@cuda.jit(device=True)
+def _partials_sum(buf, partials, row):
+    """In the last block: the sum of partials[row G + b] over the G blocks, thread t adding
+    b = t, t + T, ... (T threads) from 0.0, then the block's tree. (All threads share the
+    work, not thread 0 alone: at 65535 blocks a serial sum would be 65535 dependent loads.)
+    Every thread gets the total."""
+    n_blocks = cuda.gridDim.x
+    s = 0.0
+    for b in range(cuda.threadIdx.x, n_blocks, cuda.blockDim.x):
+        s += partials[row * n_blocks + b]
+    return _block_sum(buf, s)
+
+
+@cuda.jit(device=True)
+def _segment_partial(buf, partials, segment, value):
+    """Block sum of ``value`` stored as partials[segment G + block] (one row per arena
+    segment, ``noisysim.arena``)."""
+    total = _block_sum(buf, value)
+    if cuda.threadIdx.x == 0:
+        partials[segment * cuda.gridDim.x + cuda.blockIdx.x] = total
+
+
+@cuda.jit(device=True)
+def _segments_into_stats(buf, partials, ticket, seg_layer, stats, n_layers, update):
+    """After ``_segment_partial`` for every segment: the last block adds each segment's
+    total to its layer's statistic, in segment order: stats[update_sq(layer)] (``update``)
+    or stats[grad_sq(layer)]. Returns True in thread 0 of the last block (ticket reset)."""
+    if not _elect_last(buf, ticket):
+        return False
+    tid = cuda.threadIdx.x
+    for s in range(seg_layer.shape[0]):
+        total = _partials_sum(buf, partials, s)
+        if tid == 0:
+            layer = seg_layer[s]
+            idx = d_update_sq(n_layers, layer) if update else d_grad_sq(n_layers, layer)
+            stats[idx] += total
+    if tid == 0:
+        ticket[0] = 0
+    return tid == 0
 
 
 # ------------------------------------------------------------------------------- generator
@@ -514,26 +565,6 @@ def _node_coefficients(vec, first, diff, scale, inv, out):
 
 
 @exact_kernel
-def _sum_squares(x, out, idx, bad_idx, partials, ticket):
-    """out[idx] += sum float64(x)^2 over a 1-D array (``_grid_sum``), out[bad_idx] += its
-    non-finite elements (an atomic add per block: a count, exact in any order)."""
-    buf = cuda.shared.array(_SHARED, np.float64)
-    acc = 0.0
-    nb = 0.0
-    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
-        v = float(x[i])
-        acc += v * v
-        if not math.isfinite(v):
-            nb += 1.0
-    n_bad = _block_sum(buf, nb)
-    if cuda.threadIdx.x == 0 and n_bad > 0.0:
-        cuda.atomic.add(out, bad_idx, n_bad)
-    last, total = _grid_sum(buf, partials, ticket, acc)
-    if last:
-        out[idx] += total
-
-
-@exact_kernel
 def _step_stats(losses, outputs, labels, has_labels, out):
     """One block, in the layout of ``noisysim.kernels.step``: out[LOSS] = mean losses[0];
     out[DL_MEAN], out[DL_STD] = mean and std of dl = losses[1:] - losses[0];
@@ -587,85 +618,104 @@ def _step_stats(losses, outputs, labels, has_labels, out):
 
 
 @exact_kernel
-def _update_gate(stats, failure, n_layers, clip, scale, gate):
-    """One thread: gate[0] = 1 when the optimiser may update (``step.blocked`` before the
-    update is False), scale[0] = min(1, clip / ||g||) rounded to the parameters' dtype
-    (clip <= 0: no clipping, scale 1)."""
-    if cuda.grid(1) != 0:
-        return
-    gate[0] = 0 if d_blocked(stats, failure, n_layers, _BEFORE_UPDATE) else 1
-    norm = math.sqrt(d_grad_norm_sq(stats, n_layers))
-    scale[0] = clip / norm if clip > 0.0 and norm > clip else 1.0
+def _arena_gradient_norms(x, starts, seg_layer, stats, failure, n_layers, clip, scale, gate,
+                          partials, ticket):
+    """Over the gradient arena x (``noisysim.arena``): per segment s of layer l,
+    stats[grad_sq(l)] += sum float64(x)^2 (fixed order: each block's tree, then the last
+    block sums the blocks' partials) and stats[grad_bad(l)] += its non-finite elements (an
+    atomic add per block: a count, exact in any order); then, in the last block, the
+    optimiser's gate and clip scale (``_update_gate``)."""
+    buf = cuda.shared.array(_SHARED, np.float64)
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for s in range(seg_layer.shape[0]):
+        acc = 0.0
+        nb = 0.0
+        for i in range(starts[s] + start, starts[s + 1], stride):
+            v = float(x[i])
+            acc += v * v
+            if not math.isfinite(v):
+                nb += 1.0
+        n_bad = _block_sum(buf, nb)
+        if cuda.threadIdx.x == 0 and n_bad > 0.0:
+            cuda.atomic.add(stats, d_grad_bad(n_layers, seg_layer[s]), n_bad)
+        _segment_partial(buf, partials, s, acc)
+    if _segments_into_stats(buf, partials, ticket, seg_layer, stats, n_layers, False):
+        gate[0] = 0 if d_blocked(stats, failure, n_layers, _BEFORE_UPDATE) else 1
+        norm = math.sqrt(d_grad_norm_sq(stats, n_layers))
+        scale[0] = clip / norm if clip > 0.0 and norm > clip else 1.0
 
 
 @exact_kernel
-def _adam(p, g, m, v, scale, gate, b1, omb1, b2, omb2, inv_c2, eps, lr_c1, stats, sq_idx,
-          bad_idx, partials, ticket):
-    """Adam in the parameters' dtype, in numpy's operation order (noisysim.optim.Adam),
-    when gate[0]; stats[sq_idx] += ||Delta p||^2 (``_grid_sum``), stats[bad_idx] = 1 when
-    p is no longer finite."""
+def _arena_adam(p, g, m, v, starts, seg_layer, n_layers, scale, gate, b1, omb1, b2, omb2,
+                inv_c2, eps, lr_c1, stats, partials, ticket):
+    """Adam over the parameter arena p (gradients g, moments m, v: arenas of its layout),
+    element by element as ``_adam``, when gate[0]; per layer stats[update_sq(l)] +=
+    ||Delta p||^2 (``_segments_into_stats``), stats[param_bad(l)] = 1 when p is no longer
+    finite."""
     if gate[0] == 0:
         return
     buf = cuda.shared.array(_SHARED, np.float64)
-    acc = 0.0
     gscale = scale[0]
     clipped = gscale != 1.0
-    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
-        gi = g[i]
-        if clipped:
-            gi = gi * gscale
-        mi = m[i] * b1
-        mi = mi + omb1 * gi
-        m[i] = mi
-        vi = v[i] * b2
-        vi = vi + omb2 * (gi * gi)
-        v[i] = vi
-        denom = math.sqrt(vi * inv_c2)
-        denom = denom + eps
-        delta = mi * lr_c1
-        delta = delta / denom
-        pi = p[i] - delta
-        p[i] = pi
-        acc += float(delta) * float(delta)
-        if not math.isfinite(pi):
-            stats[bad_idx] = 1.0
-    last, total = _grid_sum(buf, partials, ticket, acc)
-    if last:
-        stats[sq_idx] += total
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for s in range(seg_layer.shape[0]):
+        acc = 0.0
+        for i in range(starts[s] + start, starts[s + 1], stride):
+            gi = g[i]
+            if clipped:
+                gi = gi * gscale
+            mi = m[i] * b1
+            mi = mi + omb1 * gi
+            m[i] = mi
+            vi = v[i] * b2
+            vi = vi + omb2 * (gi * gi)
+            v[i] = vi
+            denom = math.sqrt(vi * inv_c2)
+            denom = denom + eps
+            delta = mi * lr_c1
+            delta = delta / denom
+            pi = p[i] - delta
+            p[i] = pi
+            acc += float(delta) * float(delta)
+            if not math.isfinite(pi):
+                stats[d_param_bad(n_layers, seg_layer[s])] = 1.0
+        _segment_partial(buf, partials, s, acc)
+    _segments_into_stats(buf, partials, ticket, seg_layer, stats, n_layers, True)
 
 
 @exact_kernel
-def _sgd(p, g, vel, has_vel, scale, gate, wd, has_wd, mu, nesterov, lr, stats, sq_idx,
-         bad_idx, partials, ticket):
-    """SGD (momentum, Nesterov, coupled weight decay) as noisysim.optim.SGD, when gate[0];
-    the norm and flag as ``_adam``'s."""
+def _arena_sgd(p, g, vel, has_vel, starts, seg_layer, n_layers, scale, gate, wd, has_wd, mu,
+               nesterov, lr, stats, partials, ticket):
+    """SGD (momentum, Nesterov, coupled weight decay) over the parameter arena p as
+    ``_sgd``, when gate[0]; the norms and flags as ``_arena_adam``'s."""
     if gate[0] == 0:
         return
     buf = cuda.shared.array(_SHARED, np.float64)
-    acc = 0.0
     gscale = scale[0]
     clipped = gscale != 1.0
-    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
-        gi = g[i]
-        if clipped:
-            gi = gi * gscale
-        if has_wd:
-            gi = gi + wd * p[i]
-        step = gi
-        if has_vel:
-            vi = vel[i] * mu
-            vi = vi + gi
-            vel[i] = vi
-            step = gi + mu * vi if nesterov else vi
-        delta = lr * step
-        pi = p[i] - delta
-        p[i] = pi
-        acc += float(delta) * float(delta)
-        if not math.isfinite(pi):
-            stats[bad_idx] = 1.0
-    last, total = _grid_sum(buf, partials, ticket, acc)
-    if last:
-        stats[sq_idx] += total
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for s in range(seg_layer.shape[0]):
+        acc = 0.0
+        for i in range(starts[s] + start, starts[s + 1], stride):
+            gi = g[i]
+            if clipped:
+                gi = gi * gscale
+            if has_wd:
+                gi = gi + wd * p[i]
+            step = gi
+            if has_vel:
+                vi = vel[i] * mu
+                vi = vi + gi
+                vel[i] = vi
+                step = gi + mu * vi if nesterov else vi
+            delta = lr * step
+            pi = p[i] - delta
+            p[i] = pi
+            acc += float(delta) * float(delta)
+            if not math.isfinite(pi):
+                stats[d_param_bad(n_layers, seg_layer[s])] = 1.0
+        _segment_partial(buf, partials, s, acc)
+    _segments_into_stats(buf, partials, ticket, seg_layer, stats, n_layers, True)
 
 
 @exact_kernel
@@ -883,13 +933,6 @@ def node_coefficients(vec, first, diff, scale, inv, out) -> None:
     launch(_node_coefficients, out.size, vec, np.int64(first), bool(diff), scale, inv, out)
 
 
-def sum_squares(x, out, idx, bad_idx) -> None:
-    """out[idx] += sum of x^2 (float64 accumulation; out float64), out[bad_idx] += the
-    non-finite elements of x."""
-    launch(_sum_squares, x.size, _flat(x), out, np.int64(idx), np.int64(bad_idx),
-           *_reduction_scratch(out))
-
-
 def step_stats(losses, outputs, labels, out, has_labels=True) -> None:
     """The loss statistics of a step into out (``noisysim.kernels.step`` layout)."""
     launch(_step_stats, 1, losses, outputs, labels, bool(has_labels), out, blocks=1)
@@ -898,23 +941,31 @@ def step_stats(losses, outputs, labels, out, has_labels=True) -> None:
 # -- optimisers and decorrelation (guarded by the step's statistics)
 
 
-def update_gate(stats, failure, n_layers, clip, scale, gate) -> None:
-    launch(_update_gate, 1, stats, failure, np.int64(n_layers), float(clip or 0.0), scale,
-           gate, blocks=1)
+def arena_gradient_norms(x, starts, seg_layer, stats, failure, n_layers, clip, scale,
+                         gate) -> None:
+    """Per layer ||g||^2 and non-finite counts of the gradient arena x (flat; starts and
+    seg_layer its segment tables on the device), then the optimiser's gate: one launch."""
+    launch(_arena_gradient_norms, x.size, x, starts, seg_layer, stats, failure,
+           np.int64(n_layers), float(clip or 0.0), scale, gate,
+           *_segment_scratch(stats, seg_layer.shape[0]), blocks=_segment_blocks(x.size))
 
 
-def adam_update(p, g, m, v, scale, gate, b1, omb1, b2, omb2, inv_c2, eps, lr_c1, stats,
-                sq_idx, bad_idx) -> None:
-    launch(_adam, p.size, _flat(p), _flat(g), _flat(m), _flat(v), scale, gate, b1, omb1, b2,
-           omb2, inv_c2, eps, lr_c1, stats, np.int64(sq_idx), np.int64(bad_idx),
-           *_reduction_scratch(stats))
+def arena_adam(p, g, m, v, starts, seg_layer, n_layers, scale, gate, b1, omb1, b2, omb2,
+               inv_c2, eps, lr_c1, stats) -> None:
+    """Adam over the whole parameter arena: one launch."""
+    launch(_arena_adam, p.size, p, g, m, v, starts, seg_layer, np.int64(n_layers), scale,
+           gate, b1, omb1, b2, omb2, inv_c2, eps, lr_c1, stats,
+           *_segment_scratch(stats, seg_layer.shape[0]), blocks=_segment_blocks(p.size))
 
 
-def sgd_update(p, g, vel, scale, gate, wd, mu, nesterov, lr, stats, sq_idx, bad_idx) -> None:
+def arena_sgd(p, g, vel, starts, seg_layer, n_layers, scale, gate, wd, mu, nesterov, lr,
+              stats) -> None:
+    """SGD over the whole parameter arena (vel: its velocity arena, or None): one launch."""
     t = p.dtype.type
-    launch(_sgd, p.size, _flat(p), _flat(g), _flat(vel) if vel is not None else _dummy(p, 1),
-           vel is not None, scale, gate, t(wd), bool(wd), t(mu), bool(nesterov), t(lr),
-           stats, np.int64(sq_idx), np.int64(bad_idx), *_reduction_scratch(stats))
+    launch(_arena_sgd, p.size, p, g, vel if vel is not None else _dummy(p, 1),
+           vel is not None, starts, seg_layer, np.int64(n_layers), scale, gate, t(wd),
+           bool(wd), t(mu), bool(nesterov), t(lr), stats,
+           *_segment_scratch(stats, seg_layer.shape[0]), blocks=_segment_blocks(p.size))
 
 
 def decorrelation_delta(delta, second, R, c1, c2, kappa, lr, stats, failure, n_layers,

@@ -255,7 +255,7 @@ class CudaKernels:
         K.loss_scale(losses, first, out, sq=sq, factor=factor, divisor=divisor)
         return out
 
-    def node_gradient(self, scale, v: Vectors, x_ref, has_bias):
+    def node_gradient(self, scale, v: Vectors, x_ref, has_bias, out=None):
         """As the CPU's: c = (sum_k scale_k v_k) / (K B) in the dtype (one fused kernel),
         viewed as rows (B L, C_out) of x_ref's row count (a conv layer; c itself when
         L = 1), g_W = rows^T x* (cuBLAS), g_b = column sums of rows (a cuBLAS product with
@@ -266,13 +266,15 @@ class CudaKernels:
         K.node_coefficients(v.source, v.first, v.diff, scale,
                             dtype.type(1.0 / (v.count * batch)), c)
         rows = c.reshape(x_ref.shape[0], -1)
-        g_W = xp.matmul(rows.T, x_ref)
-        g_b = xp.matmul(self._ones_vector(rows.shape[0], dtype), rows) if has_bias else None
+        g_W = xp.matmul(rows.T, x_ref, out=None if out is None else out.W)
+        g_b = xp.matmul(self._ones_vector(rows.shape[0], dtype), rows,
+                        out=None if out is None else out.b) if has_bias else None
         return g_W, g_b
 
-    def column_sums(self, rows):
-        """rows.sum(axis=0) of a 2-D array, in its dtype (bias gradients; CuPy's sum)."""
-        return rows.sum(axis=0, dtype=rows.dtype)
+    def column_sums(self, rows, out=None):
+        """rows.sum(axis=0) of a 2-D array, in its dtype (bias gradients; CuPy's sum), into
+        ``out`` when given."""
+        return rows.sum(axis=0, dtype=rows.dtype, out=out)
 
     def _ones_vector(self, n, dtype):
         key = (n, np.dtype(dtype).str)
@@ -285,22 +287,22 @@ class CudaKernels:
         K.step_stats(losses, outputs, labels if labels is not None else _dummy_labels(),
                      stats, labels is not None)
 
-    def sum_squares(self, arrays, stats, sq_index, bad_index) -> None:
-        for a in arrays:
-            if a is not None:
-                K.sum_squares(a, stats, sq_index, bad_index)
-
     def host_blocked(self, stats, failure, n_layers, upto) -> bool:
         return False  # the kernels evaluate the guards on the device
 
     def record(self, stats, failure, n_layers, step_number) -> None:
         K.record(stats, failure, n_layers, step_number)
 
+    def gradient_norms(self, grads, stats, failure, n_layers, clip) -> None:
+        """Per layer ||g||^2 and non-finite counts of the gradient arena, then the
+        optimiser's gate and clip scale on the device: one launch."""
+        starts, seg_layer = grads.tables()
+        scale, gate = self._gate(grads.dtype)
+        K.arena_gradient_norms(grads.flat, starts, seg_layer, stats, failure, n_layers, clip,
+                               scale, gate)
+
     def update_gate(self, stats, failure, n_layers, clip, dtype) -> bool:
-        """Launch the optimiser's gate (guard and clip scale on the device); never blocks
-        on the host."""
-        scale, gate = self._gate(dtype)
-        K.update_gate(stats, failure, n_layers, clip, scale, gate)
+        """Never blocks on the host: ``gradient_norms`` set the gate on the device."""
         return False
 
     def _gate(self, dtype):
@@ -309,21 +311,23 @@ class CudaKernels:
             self._gates[key] = (xp.ones(1, dtype=dtype), xp.zeros(1, dtype=np.int32))
         return self._gates[key]
 
-    def adam_update(self, p, g, m, v, opt, count, stats, failure, n_layers, layer) -> None:
-        t = p.dtype.type
-        scale, gate = self._gate(p.dtype)
+    def adam_update(self, params, grads, m, v, opt, count, stats, n_layers) -> None:
+        """Adam over the parameter arena, guarded by the gate: one launch."""
+        t = params.dtype.type
+        scale, gate = self._gate(params.dtype)
         c1 = 1.0 - opt.beta1 ** count
         c2 = 1.0 - opt.beta2 ** count
-        K.adam_update(p, xp.ascontiguousarray(g), m, v, scale, gate, t(opt.beta1),
-                      t(1.0 - opt.beta1), t(opt.beta2), t(1.0 - opt.beta2), t(1.0 / c2),
-                      t(opt.eps), t(opt.lr_at(count) / c1), stats,
-                      _step.update_sq(n_layers, layer), _step.param_bad(n_layers, layer))
+        K.arena_adam(params.flat, grads.flat, m.flat, v.flat, *params.tables(), n_layers,
+                     scale, gate, t(opt.beta1), t(1.0 - opt.beta1), t(opt.beta2),
+                     t(1.0 - opt.beta2), t(1.0 / c2), t(opt.eps),
+                     t(opt.lr_at(count) / c1), stats)
 
-    def sgd_update(self, p, g, velocity, opt, count, stats, failure, n_layers, layer) -> None:
-        scale, gate = self._gate(p.dtype)
-        K.sgd_update(p, xp.ascontiguousarray(g), velocity, scale, gate, opt.weight_decay,
-                     opt.momentum, opt.nesterov, opt.lr_at(count), stats,
-                     _step.update_sq(n_layers, layer), _step.param_bad(n_layers, layer))
+    def sgd_update(self, params, grads, velocity, opt, count, stats, n_layers) -> None:
+        """SGD over the parameter arena, guarded by the gate: one launch."""
+        scale, gate = self._gate(params.dtype)
+        K.arena_sgd(params.flat, grads.flat, None if velocity is None else velocity.flat,
+                    *params.tables(), n_layers, scale, gate, opt.weight_decay,
+                    opt.momentum, opt.nesterov, opt.lr_at(count), stats)
 
     def decorrelation_step(self, R, x, lr, kappa, scratch, stats, failure, n_layers,
                            layer) -> None:

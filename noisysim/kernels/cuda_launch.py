@@ -108,6 +108,26 @@ def _reduction_scratch(like):
     return _SCRATCH[k]
 
 
+#: blocks of the kernels that reduce per arena segment (``cuda._segment_partial``): their
+#: partials take a row of this many slots per segment. 1024 blocks of 256 threads fill an
+#: H200 (132 SMs of 2048 threads) several times over; a grid-stride loop does the rest.
+SEGMENT_BLOCKS = min(MAX_BLOCKS, 1024)
+
+
+def _segment_blocks(n: int) -> int:
+    return max(1, min(SEGMENT_BLOCKS, -(-int(n) // THREADS)))
+
+
+def _segment_scratch(like, n_segments: int):
+    """(partials, ticket) of the per-segment reductions: n_segments rows of SEGMENT_BLOCKS
+    float64 slots, grown on demand, and the ticket of ``_reduction_scratch``."""
+    k = ("segments", isinstance(like, np.ndarray))
+    have = _SCRATCH.get(k)
+    if have is None or have.shape[0] < n_segments * SEGMENT_BLOCKS:
+        have = _SCRATCH[k] = _to_device(np.zeros(n_segments * SEGMENT_BLOCKS), like)
+    return have, _reduction_scratch(like)[1]
+
+
 def runs(times):
     """(index, t0, count) of the maximal runs of consecutive integers in ``times``: pass p
     of a run has time t0 + p, so kernels derive their keys on the device (no copies)."""

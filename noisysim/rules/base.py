@@ -123,8 +123,13 @@ class Rule:
         """Keyword arguments for ``Device.measure``: perturb, sigma, samples, clean_pass."""
         raise NotImplementedError
 
-    def estimate(self, m, network: Network) -> list[LayerGrad]:
-        """Batch-mean estimates of dLoss/dW and dLoss/db from a Measurement ``m``."""
+    def estimate(self, m, network: Network, out=None) -> list[LayerGrad]:
+        """Batch-mean estimates of dLoss/dW and dLoss/db from a Measurement ``m``.
+
+        ``out``: per layer a ``LayerGrad`` of arrays to write the estimates into (the
+        engine hands the optimiser's gradient arena, ``noisysim.arena``); the rules whose
+        products can write there do, the others return new arrays, which the optimiser
+        copies in. The returned list holds the estimates either way."""
         raise NotImplementedError
 
     def _require(self, condition: bool, what: str) -> None:

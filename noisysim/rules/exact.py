@@ -47,14 +47,15 @@ class Backprop(Rule):
         return {"perturb": "none", "sigma": 0.0, "samples": 0,
                 "clean_pass": self.options["clean_pass"]}
 
-    def estimate(self, m, network: Network) -> list[LayerGrad]:
+    def estimate(self, m, network: Network, out=None) -> list[LayerGrad]:
         K = kernels_of(m)
         dout = K.loss_grad(network.loss, m.outputs[0], m.targets)
         layers = m.layers if m.layers is not None else network.layers
         return backward(K, layers, network.activations, reference(m.inputs), reference(m.pre),
                         dout, surrogate=self.options["surrogate"] == "ste", nodes=m.nodes,
                         maps=network.maps,
-                        activity=None if m.activity is None else reference(m.activity))
+                        activity=None if m.activity is None else reference(m.activity),
+                        out=out)
 
 
 class ForwardGradientState(NamedTuple):
@@ -95,7 +96,7 @@ class ForwardGradient(Rule):
             vbs.append(z[:, p.W.size:] if p.b is not None else None)
         return Vs, (vbs if network.bias else None)
 
-    def estimate(self, m, network: Network) -> list[LayerGrad]:
+    def estimate(self, m, network: Network, out=None) -> list[LayerGrad]:
         K = kernels_of(m)
         xp = K.xp
         Vs, vbs = self.tangents(network, self.state.step)

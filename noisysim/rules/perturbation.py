@@ -42,7 +42,7 @@ class NodePerturbation(Rule):
         return {"perturb": "nodes", "sigma": o["sigma"], "samples": o["samples"],
                 "clean_pass": o["clean_pass"]}
 
-    def estimate(self, m, network: Network) -> list[LayerGrad]:
+    def estimate(self, m, network: Network, out=None) -> list[LayerGrad]:
         self._require(m.injected is not None and m.n_passes > 1,
                       "the node perturbations it injected")
         K, count = kernels_of(m), m.n_passes - 1
@@ -50,7 +50,7 @@ class NodePerturbation(Rule):
                              divisor=self.options["sigma"] ** 2)
         return [
             LayerGrad(*K.node_gradient(scale, Vectors(m.injected[l], 1, count, False),
-                                       m.inputs[l][0], p.b is not None))
+                                       m.inputs[l][0], p.b is not None, _slot(out, l)))
             for l, p in enumerate(network.layers)
         ]
 
@@ -73,7 +73,7 @@ class IterativeNodePerturbation(Rule):
         return {"perturb": "each_layer", "sigma": o["sigma"], "samples": o["samples"],
                 "clean_pass": o["clean_pass"]}
 
-    def estimate(self, m, network: Network) -> list[LayerGrad]:
+    def estimate(self, m, network: Network, out=None) -> list[LayerGrad]:
         K = kernels_of(m)
         grads = []
         for k, p in enumerate(network.layers):
@@ -86,7 +86,7 @@ class IterativeNodePerturbation(Rule):
             scale = K.loss_scale(m.losses, first, count, network.dtype,
                                  sq=K.squared_norms(da), factor=network.widths[k + 1])
             grads.append(LayerGrad(*K.node_gradient(scale, da, m.inputs[k][0],
-                                                    p.b is not None)))
+                                                    p.b is not None, _slot(out, k))))
         return grads
 
 
@@ -106,7 +106,7 @@ class ActivityNodePerturbation(Rule):
         return {"perturb": "nodes" if o["sigma"] > 0 else "none", "sigma": o["sigma"],
                 "samples": o["samples"], "clean_pass": o["clean_pass"]}
 
-    def estimate(self, m, network: Network) -> list[LayerGrad]:
+    def estimate(self, m, network: Network, out=None) -> list[LayerGrad]:
         self._require(m.n_passes > 1, "at least one perturbed (or noisy) pass")
         K, count = kernels_of(m), m.n_passes - 1
         da = [Vectors(pre, 1, count, True) for pre in m.pre]
@@ -116,6 +116,12 @@ class ActivityNodePerturbation(Rule):
         scale = K.loss_scale(m.losses, 1, count, network.dtype, sq=sq,
                              factor=network.n_nodes)
         return [
-            LayerGrad(*K.node_gradient(scale, da[l], m.inputs[l][0], p.b is not None))
+            LayerGrad(*K.node_gradient(scale, da[l], m.inputs[l][0], p.b is not None,
+                                       _slot(out, l)))
             for l, p in enumerate(network.layers)
         ]
+
+
+def _slot(out, l):
+    """Layer l's output arrays in ``out`` (the engine's gradient arena), or None."""
+    return None if out is None else out[l]

@@ -28,7 +28,7 @@ class WeightPerturbation(Rule):
         return {"perturb": "weights", "sigma": o["sigma"], "samples": o["samples"],
                 "clean_pass": o["clean_pass"]}
 
-    def estimate(self, m, network: Network) -> list[LayerGrad]:
+    def estimate(self, m, network: Network, out=None) -> list[LayerGrad]:
         self._require(m.injected_weights is not None and m.n_passes > 1,
                       "the weight perturbations it injected")
         scale = loss_changes(m).mean(axis=1) / self.options["sigma"] ** 2
