@@ -10,9 +10,10 @@
 #    against its CPU twin, the engine tests (rules, failures, resume, the launch budget) on
 #    the cuda backend, the compiled machine code;
 # 3. one table: per row, noisysim's cuda step and the PyTorch step (noisysim.gpu.torch_step)
-#    on the same GPU, their ratio, noisysim's GPU-busy fraction and launches per step
-#    (python -m noisysim.gpu.check);
-# 4. the main job on cpu, cuda and auto: final test accuracies and wall times.
+#    on the same GPU, their ratio, noisysim's GPU-busy fraction and launches per step, and
+#    noisysim's step replayed as a CUDA graph (python -m noisysim.gpu.check);
+# 4. the main job on cpu, cuda, cuda with CUDA graphs (backend.graphs) and auto: final test
+#    accuracies and wall times.
 # Steps are independent: one failing does not stop the others (no `set -e`); the script
 # exits non-zero if any step failed.
 set -u
@@ -60,14 +61,15 @@ run twin_tests 150 env NOISYSIM_CUDA_HARDWARE=1 "$PY" -m pytest -q -p no:cachepr
   tests/test_train.py -k cuda -rfEs
 
 step "step times: noisysim cuda vs PyTorch"
-run table 100 "$PY" -m noisysim.gpu.check --steps 5
+run table 130 "$PY" -m noisysim.gpu.check --steps 5
 
-step "main job: cpu, cuda, auto (10 epochs)"
+step "main job: cpu, cuda, cuda with graphs, auto (10 epochs)"
 TMP=$(mktemp -d)
-for backend in cpu cuda auto; do
+for backend in cpu cuda cuda-graphs auto; do
   start=$(date +%s.%N)
-  out=$(timeout 60 "$PY" -m noisysim.cli run --main --backend "$backend" \
-        --set train.epochs=10 --out "$TMP/$backend" 2>&1)
+  graphs=false; [ "$backend" = cuda-graphs ] && graphs=true
+  out=$(timeout 60 "$PY" -m noisysim.cli run --main --backend "${backend%-graphs}" \
+        --set train.epochs=10 --set backend.graphs=$graphs --out "$TMP/$backend" 2>&1)
   rc=$?
   end=$(date +%s.%N)
   [ $rc -ne 0 ] && FAILED+=("main job $backend (exit $rc)")

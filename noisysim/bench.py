@@ -95,12 +95,14 @@ def parse_layers(layers) -> list:
             for w in text.split(",")]
 
 
-def random_data_trainer(rule, layers, batch, noise, dtype, backend="cpu", input_shape=None):
+def random_data_trainer(rule, layers, batch, noise, dtype, backend="cpu", input_shape=None,
+                        batches=1, graphs=False):
     """The benchmark's setup, shared by the backends: a Trainer for ``rule`` on
     ``layers`` (``parse_layers``; layer tables need ``input_shape`` (H, W, C)) with
     intrinsic ``noise`` (gaussian: sigma 0.01), Adam 1e-4, decorrelation lr 1e-7, and one
-    random batch (uniform [0, 1) inputs, random labels) as its training set, on
-    ``backend``. Returns (trainer, widths)."""
+    random batch (uniform [0, 1) inputs, random labels), repeated ``batches`` times, as its
+    training set, on ``backend`` (``graphs``: the Trainer's CUDA-graph option). Returns
+    (trainer, widths)."""
     from .data import Dataset
     from .decorrelation import Decorrelator
     from .device import Device
@@ -118,14 +120,14 @@ def random_data_trainer(rule, layers, batch, noise, dtype, backend="cpu", input_
     noise_model = make_noise(noise, **({"sigma": 0.01} if noise == "gaussian" else {}))
     device = Device(net, noise=noise_model, seed=0)
     gen = np.random.default_rng(0)
-    x = gen.random((batch, widths[0]), dtype=np.float32).astype(dtype)
-    y = gen.integers(0, widths[-1], batch)
+    x = np.tile(gen.random((batch, widths[0]), dtype=np.float32).astype(dtype), (batches, 1))
+    y = np.tile(gen.integers(0, widths[-1], batch), batches)
     data = Dataset(name="random", x_train=x, y_train=y, x_test=x[:0], y_test=y[:0],
                    n_classes=widths[-1], input_shape=(widths[0],), meta={})
     trainer = Trainer(device, r, make_optimizer("adam", lr=1e-4), data,
                       TrainSettings(epochs=1, batch_size=batch, log_every=10**9),
                       decorrelator=Decorrelator(1e-7) if r.decorrelated else None,
-                      backend=backend)
+                      backend=backend, graphs=graphs)
     return trainer, widths
 
 

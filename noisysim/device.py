@@ -297,6 +297,7 @@ class Device:
         P, perturbed_layer, n_rows, n_products = pass_layout(perturb, samples, layer, L,
                                                              self.random_layers())
         times = self.clock + np.arange(P, dtype=np.int64)
+        K.set_clock(self.clock)
         node_eps, draws = self._node_perturbations(perturb, sigma, values, perturbed_layer,
                                                    batch)
         w_eps, b_eps = self._weight_perturbations(perturb, sigma, samples, values, bias_values,
@@ -344,6 +345,7 @@ class Device:
         loss = K.loss(net.loss, flat, targets).reshape(P, batch)
         if self.readout is not None:
             pres, loss = self._read_out(pres, loss, times)
+        K.advance_clock(P)
         self.clock += P
         return Measurement(
             inputs=tuple(inputs),
@@ -371,6 +373,7 @@ class Device:
         K, xp = self.kernels, self.kernels.xp
         net = self.network
         time = np.array([self.clock], dtype=np.int64)
+        K.set_clock(self.clock)
         h = K.asarray(x)[None]
         for l, params in enumerate(self.layers):
             h = self._layer_input(l, h, 1, 1, lambda _, shape: K.empty(shape, net.dtype))
@@ -383,6 +386,7 @@ class Device:
             self._activate(l, a, out, time)
             h = out
         if noisy:
+            K.advance_clock(1)
             self.clock += 1
         return K.to_host(h[0])
 

@@ -45,6 +45,7 @@ class Built:
     data: object
     settings: TrainSettings
     backend: str = "cpu"
+    graphs: bool = False
 
 
 def build(config: dict, data=None) -> Built:
@@ -81,7 +82,9 @@ def build(config: dict, data=None) -> Built:
     settings = TrainSettings(**config["train"])
     backend = _backend(config.get("backend", {}).get("name", "auto"), rule, device, optimizer,
                        settings.batch_size)
-    return Built(network, device, rule, optimizer, decorrelator, data, settings, backend)
+    graphs = bool(config.get("backend", {}).get("graphs", False))
+    return Built(network, device, rule, optimizer, decorrelator, data, settings, backend,
+                 graphs)
 
 
 def _backend(name: str, rule, device, optimizer, batch_size: int) -> str:
@@ -209,7 +212,8 @@ def run(config: dict, out_dir: str | Path = "runs", *, path: str | Path | None =
             b = build(config, data)
             trainer = Trainer(b.device, b.rule, b.optimizer, b.data, b.settings,
                               decorrelator=b.decorrelator, recorder=writer, seed=int(config["seed"]),
-                              progress=progress, should_stop=stop, backend=b.backend)
+                              progress=progress, should_stop=stop, backend=b.backend,
+                              graphs=b.graphs)
             if state is not None:
                 trainer.load_state_dict(state)
                 writer.truncate_after(trainer.step)

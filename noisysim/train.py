@@ -24,6 +24,7 @@ run needs to continue is returned by ``Trainer.state_dict`` (checkpoints).
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -138,13 +139,15 @@ class Trainer:
     ``should_stop()`` is polled after every step (signal handlers set it); the run then
     checkpoints and ends with status "interrupted". ``backend`` ("cpu" or "cuda", resolved)
     says where the steps run; the trainer's objects keep describing the run, and
-    ``state_dict`` reads the backend's state back first.
+    ``state_dict`` reads the backend's state back first. ``graphs``: on a GPU, replay the
+    quiet steps as a CUDA graph (``noisysim.gpu.graph``; no effect on the CPU or under
+    numba's simulator).
     """
 
     def __init__(self, device: Device, rule, optimizer, data, settings: TrainSettings,
                  decorrelator=None, recorder: Recorder | None = None, seed: int = 0,
                  progress: Callable | None = None, should_stop: Callable[[], bool] | None = None,
-                 backend: str = "cpu"):
+                 backend: str = "cpu", graphs: bool = False):
         self.device = device
         device.reuse_buffers = True  # each Measurement is consumed within its step
         self.network: Network = device.network
@@ -179,6 +182,7 @@ class Trainer:
         L = self.network.n_layers
         self._stats = self.kernels.zeros(_step.size(L), np.float64)
         self._failure = self.kernels.asarray(_step.new_failure())
+        self._graph = self._make_graph() if graphs else None
 
     # -- state as data -------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -210,8 +214,82 @@ class Trainer:
             self._order = (epoch, np.argsort(u, kind="stable"))
         return self._order[1]
 
+    # -- CUDA graphs (noisysim.gpu.graph) ------------------------------------------------
+    def _make_graph(self):
+        """A StepGraph when this run can replay its quiet steps: on a real GPU, with a rule
+        without state of its own (FG draws its tangents on the host) and ideal weights (a
+        weight device keys its writes on the host). Says once why not otherwise."""
+        from .backends import simulated
+
+        reason = None
+        if self.kernels.name != "cuda":
+            return None
+        if simulated():
+            reason = "numba's CUDA simulator has no graphs"
+        elif self.rule.state._fields:
+            reason = f"rule {self.rule.name!r} keeps state on the host"
+        elif not self.optimizer.weight_device.ideal:
+            reason = "a non-ideal weight device keys its writes on the host"
+        if reason:
+            sys.stderr.write(f"noisysim: backend.graphs is on, but {reason}: running "
+                             "without graphs\n")
+            return None
+        from .gpu.graph import StepGraph  # pragma: no cover - needs a GPU
+
+        return StepGraph()  # pragma: no cover
+
+    def host_counters(self) -> dict:
+        """The host's values that a quiet step advances: the device's pass clock, the
+        optimiser's update count, the step, the last pass time of each stateful noise
+        model and the records of the GPU's device counters. A replayed step
+        (``noisysim.gpu.graph``) advances them by what a captured step did."""
+        out = {"clock": self.device.clock, "updates": int(self.optimizer.state.count),
+               "step": self.step}
+        for l, state in self.device._noise_state.items():
+            if "_last" in state:
+                out[("noise_last", l)] = state["_last"]
+        if self.kernels.name == "cuda":
+            from .kernels import cuda_launch
+
+            out.update({("counter",) + k: v
+                        for k, v in cuda_launch.counter_records().items() if v is not None})
+        return out
+
+    def advance_host_counters(self, delta: dict) -> None:
+        """Add ``delta`` (keys of ``host_counters``) to the host's values."""
+        self.device.clock += delta["clock"]
+        opt = self.optimizer
+        opt.state = opt.state._replace(count=np.int64(int(opt.state.count) + delta["updates"]))
+        self.step += delta["step"]
+        records = {}
+        for key, d in delta.items():
+            if isinstance(key, tuple) and key[0] == "noise_last":
+                self.device._noise_state[key[1]]["_last"] += d
+            elif isinstance(key, tuple) and key[0] == "counter":
+                records[key[1:]] = d
+        if records:
+            from .kernels import cuda_launch
+
+            cuda_launch.advance_records(records)
+
+    def _quiet(self, step: int) -> bool:
+        """Whether step ``step`` records nothing: no log row, snapshot, checkpoint, epoch
+        end or alignment (the GPU then reads nothing back)."""
+        s = self.settings
+        return not (step % s.log_every == 0 or step == self.total_steps
+                    or (s.snapshot_every and step % s.snapshot_every == 0)
+                    or self._epoch_ends(step)
+                    or (s.checkpoint_every and step % s.checkpoint_every == 0)
+                    or (s.alignment_every and step % s.alignment_every == 0))
+
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> Result:
+        if self._graph is None:
+            return self._run()
+        with self._graph.on_stream():  # pragma: no cover - needs a GPU
+            return self._run()
+
+    def _run(self) -> Result:
         s = self.settings
         if self.step == 0:
             self._evaluate(epoch=0)
@@ -251,11 +329,23 @@ class Trainer:
         """One step on rows [start, stop) of the current epoch's order, gathered on the
         backend (the order is copied there once per epoch). Returns "" or the failure."""
         order = self.order(self.epoch)
-        if self._order_backend[0] != self.epoch:
-            self._order_backend = (self.epoch, self.kernels.asarray(order))
+        if self._order_backend[0] != self.epoch:  # one copy per epoch, into one array
+            held = self._order_backend[1]
+            if held is None:
+                held = self.kernels.asarray(order)
+            else:
+                held[...] = self.kernels.asarray(order)
+            self._order_backend = (self.epoch, held)
         x_all, y_all = self._backend_data()
-        idx = self._order_backend[1][start:stop]
-        return self._step(x_all[idx], y_all[idx], order[start:stop])
+
+        def plain():
+            x, y = self.kernels.gather_batch(x_all, y_all, self._order_backend[1], start, stop)
+            return self._step(x, y, order[start:stop])
+        graph = self._graph
+        if (graph is not None and graph.enabled and stop - start == self.settings.batch_size
+                and self._quiet(self.step + 1)):
+            return graph.step(self, plain)  # pragma: no cover - needs a GPU
+        return plain()
 
     def _train_step(self, x, y) -> str:
         """One step on a host batch (checked and copied to the backend). Returns "" or the
@@ -301,8 +391,7 @@ class Trainer:
         K.record(stats, failure, L, step)
         self.step = step
         snapshot = bool(s.snapshot_every) and step % s.snapshot_every == 0
-        if not (K.eager or log_row or snapshot or self._epoch_ends(step)
-                or (s.checkpoint_every and step % s.checkpoint_every == 0)):
+        if not K.eager and self._quiet(step):
             return ""
         failed = self._unread_failure()
         if failed:

@@ -272,10 +272,13 @@ def _launched_kernels() -> dict:
     flat, starts, seg = a[0].reshape(-1), np.array([0, 10, 15], i64), np.zeros(2, i64)
     K.step_stats(np.zeros((2, 3)), a[0], np.zeros(3, i64), stats, True)
     K.arena_gradient_norms(flat, starts, seg, stats, failure, 1, 1.0, np.ones(1, f32), flag)
+    table = np.ones(3, f32)
     K.arena_adam(flat, flat, flat, flat, starts, seg, 1, np.ones(1, f32), flag,
-                 *(f32(1),) * 7, stats)
-    K.arena_sgd(flat, flat, flat, starts, seg, 1, np.ones(1, f32), flag, 0.0, 0.9, True, 0.1,
-                stats)
+                 *(f32(1),) * 4, 1, 1, table, table, f32(1), stats)
+    K.arena_sgd(flat, flat, flat, starts, seg, 1, np.ones(1, f32), flag, 0.0, 0.9, True, 1,
+                1, table, stats)
+    K.gather_batch(a[0], np.zeros(3, i64), np.arange(3), 0, a[0].copy(), np.zeros(3, i64))
+    K.advance_clock(a, 2)
     K.decorrelation_delta(np.zeros((5, 5), f32), np.zeros(5, f32), np.zeros((5, 5), f32),
                           0.1, 0.1, 0.1, 0.1, stats, failure, 1, 0)
     K.apply_delta(np.zeros((5, 5), f32), np.zeros((5, 5), f32), stats, failure, 1, 0)

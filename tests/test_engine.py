@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 
 from backends import assert_resumes_bit_for_bit
+from conftest import HARDWARE
 from noisysim.data import Dataset
 from noisysim.decorrelation import Decorrelator
 from noisysim.device import Device
-from noisysim.network import Network
+from noisysim.network import LayerGrad, LayerParams, Network
 from noisysim.noise import make_noise
 from noisysim.optim import make_optimizer
 from noisysim.rules import make_rule
@@ -156,8 +157,10 @@ def test_cosine_schedule_spans_the_run_and_resumes_bit_for_bit(backend):
 
 # Kernel launches of one steady-state cuda step, as the design counts them (L layers,
 # Gaussian noise on every layer, clean reference pass, biases, Adam):
+#   data       the batch, gathered in data order (one launch)
 #   measure    per layer: bias (+ a draw for perturbed passes), noise (perturbed passes
-#              only: the reference is clean), activation; then one loss launch
+#              only: the reference is clean), activation; then one loss launch and the
+#              pass clock's advance
 #   estimate   anp: per layer ||da||^2 and the node coefficients, one loss-scale launch;
 #              bp: the loss gradient, one g * f'(a) per layer
 #   step       loss statistics; the gradient norms of every layer with the optimiser's
@@ -167,10 +170,10 @@ def test_cosine_schedule_spans_the_run_and_resumes_bit_for_bit(backend):
 def _launch_budget(rule, L):
     step = 1 + 1 + 1 + 1
     if rule == "bp":
-        return 2 * L + 1 + (1 + L) + step
-    measure = 4 * L + 1
+        return 1 + 2 * L + 2 + (1 + L) + step
+    measure = 4 * L + 2
     estimate = 2 * L + 1
-    return measure + estimate + step + (2 * L if rule == "danp" else 0)
+    return 1 + measure + estimate + step + (2 * L if rule == "danp" else 0)
 
 
 @pytest.mark.parametrize("rule", ["bp", "anp", "danp"])
@@ -181,10 +184,165 @@ def test_cuda_step_launches_and_copies_within_the_design_budget(rule):
     K = trainer.kernels
     trainer._train_rows(0, BATCH)  # first step: data and order copied once
     launches = cuda_launch.LAUNCHES["count"]
-    copies = dict(K.counters)
+    copies, writes = dict(K.counters), cuda_launch.COUNTER_WRITES["count"]
     assert trainer._train_rows(BATCH, 2 * BATCH) == ""
     assert cuda_launch.LAUNCHES["count"] - launches == _launch_budget(rule, len(WIDTHS) - 1)
     assert K.counters == copies, "a step that logs nothing copied between host and device"
+    assert cuda_launch.COUNTER_WRITES["count"] == writes, "the host rewrote a step counter"
+
+
+def _recorded_launches(monkeypatch):
+    """Record every launch's kernel, size, grid and arguments: scalars by value, arrays by
+    shape and dtype (the simulator's temporaries move between steps; on a GPU a captured
+    step's temporaries come from the graph's own memory)."""
+    from noisysim.kernels import cuda, cuda_conv, cuda_hardware, cuda_launch
+
+    seen = []
+    launch = cuda_launch.launch
+
+    def recording(kernel, n, *args, blocks=None):
+        seen.append((kernel.py_func.__name__, n, blocks, tuple(
+            ("array", a.shape, a.dtype.str) if hasattr(a, "shape") and a.ndim else repr(a)
+            for a in args)))
+        return launch(kernel, n, *args, blocks=blocks)
+    for module in (cuda, cuda_conv, cuda_hardware):
+        monkeypatch.setattr(module, "launch", recording)
+    return seen
+
+
+@pytest.mark.parametrize("rule", ["bp", "anp", "danp"])
+def test_cuda_steady_state_steps_launch_the_same_arguments(rule, monkeypatch):
+    """What a CUDA graph of the step needs: every step of the steady state launches the
+    same kernels with the same scalar arguments (the pass clock, the update count and the
+    step number come from device counters, the batch from a device row counter, the
+    learning rate from a table indexed on the device)."""
+    trainer = _trainer("cuda", rule, log_every=1000, schedule="cosine")
+    trainer._train_rows(0, BATCH)
+    seen = _recorded_launches(monkeypatch)
+    trainer._train_rows(BATCH, 2 * BATCH)
+    first = list(seen)
+    seen.clear()
+    trainer._train_rows(2 * BATCH, 3 * BATCH)
+    assert first and seen == first
+
+
+SCALARS = (int, float, np.integer, np.floating)
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_cuda_update_constants_cross_table_windows_bit_for_bit(name, monkeypatch):
+    """The GPU reads each update's learning-rate constants from a device table of
+    ``SCHEDULE`` updates (a new one when the count leaves it): with windows of 3 updates,
+    7 cosine-scheduled updates equal the CPU's, whose constants are host scalars."""
+    from backends import kernels
+    from noisysim.kernels.cuda_backend import CudaKernels
+
+    monkeypatch.setattr(CudaKernels, "SCHEDULE", 3)
+    g = np.random.default_rng(8)
+    grads = [[LayerGrad(g.standard_normal((5, 6)).astype(np.float32),
+                        g.standard_normal(5).astype(np.float32))] for _ in range(7)]
+    results = {}
+    for backend in ("cpu", "cuda"):
+        K = kernels(backend)
+        net = Network([6, 5], seed=3)
+        opt = make_optimizer(name, lr=0.05, schedule="cosine",
+                             **({"momentum": 0.9} if name == "sgd" else {}))
+        opt.horizon = 7
+        layers = [LayerParams(K.asarray(p.W), K.asarray(p.b), None) for p in net.layers]
+        opt.init(layers, K)
+        for gs in grads:
+            opt.update(layers, [LayerGrad(K.asarray(x.W), K.asarray(x.b)) for x in gs])
+        results[backend] = [K.to_host(a) for p in layers for a in (p.W, p.b)]
+    for got, want in zip(results["cuda"], results["cpu"]):
+        np.testing.assert_array_equal(got, want)
+
+
+def _host_scalars(trainer) -> dict:
+    """Every scalar the host holds for a run: the attributes of the trainer, device,
+    optimiser, rule and decorrelator, their NamedTuple states' fields, the noise states'
+    scalar entries and the device counters' records."""
+    from noisysim.kernels import cuda_launch
+
+    out = {}
+    for name in ("trainer", "device", "optimizer", "rule", "decorrelator"):
+        obj = trainer if name == "trainer" else getattr(trainer, name)
+        for key, value in getattr(obj, "__dict__", {}).items():
+            if isinstance(value, tuple) and hasattr(value, "_fields"):
+                for field in value._fields:
+                    if isinstance(getattr(value, field), SCALARS):
+                        out[(name, key, field)] = getattr(value, field)
+            elif isinstance(value, SCALARS + (str,)):
+                out[(name, key)] = value
+    for layer, state in trainer.device._noise_state.items():
+        for key, value in state.items():
+            if isinstance(value, SCALARS):
+                out[("noise", layer, key)] = value
+    out["counters"] = cuda_launch.counter_records()
+    return out
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_a_replayed_step_advances_the_host_as_the_step_did(backend):
+    """What a replayed CUDA graph relies on (noisysim.gpu.graph): the host values a quiet
+    step changes are all in ``host_counters``, so advancing them by one step's change
+    leaves the host exactly where running the step leaves it."""
+    def make():
+        r = make_rule("anp", sigma=1e-2)
+        net = Network(WIDTHS, seed=1)
+        device = Device(net, noise=make_noise("telegraph", p_flip=0.3, amplitude=0.01), seed=2)
+        return Trainer(device, r, make_optimizer("adam", lr=1e-2, schedule="cosine"), _data(),
+                       TrainSettings(epochs=1, batch_size=BATCH, log_every=1000),
+                       recorder=NullRecorder(), backend=backend)
+    ran, replayed = make(), make()
+    for trainer in (ran, replayed):
+        trainer._train_rows(0, BATCH)
+    before = ran.host_counters()
+    assert ran._quiet(2) and ran._train_rows(BATCH, 2 * BATCH) == ""
+    after = ran.host_counters()
+    assert after["step"] == before["step"] + 1
+    assert backend == "cpu" or ("noise_last", 0) in after  # the GPU's host-side check
+    replayed.advance_host_counters({k: after[k] - before[k] for k in after})
+    assert _host_scalars(replayed) == _host_scalars(ran)
+
+
+def _graph_trainer(graphs, rule="danp", epochs=2, batches=7, backend="cuda"):
+    r = make_rule(rule, sigma=1e-2)
+    net = Network(WIDTHS, decorrelation=r.decorrelated, seed=1)
+    device = Device(net, noise=make_noise("telegraph", p_flip=0.3, amplitude=0.01), seed=2)
+    return Trainer(device, r, make_optimizer("adam", lr=1e-2, schedule="cosine"),
+                   _data(n=batches * BATCH), TrainSettings(epochs=epochs, batch_size=BATCH,
+                                                     log_every=3),
+                   decorrelator=Decorrelator(1e-2) if r.decorrelated else None,
+                   recorder=NullRecorder(), backend=backend, graphs=graphs)
+
+
+def _assert_same_runs(a, b):
+    """Two trainers ran alike: the same results, trajectory rows and parameters."""
+    ra, rb = a.run(), b.run()
+    np.testing.assert_equal((ra.status, ra.step, ra.final), (rb.status, rb.step, rb.final))
+    np.testing.assert_equal(a.recorder.rows, b.recorder.rows)
+    for k, v in b.state_dict()["network"].items():
+        np.testing.assert_array_equal(a.state_dict()["network"][k], v, err_msg=k)
+
+
+@pytest.mark.skipif(HARDWARE, reason="the simulator's fallback")
+def test_graphs_under_the_simulator_say_so_once_and_train_as_without(capsys):
+    assert _graph_trainer(True, backend="cpu")._graph is None  # a cuda option
+    assert capsys.readouterr().err == ""
+    with_graphs = _graph_trainer(True, "anp", epochs=1, batches=4)
+    assert capsys.readouterr().err.count("numba's CUDA simulator has no graphs") == 1
+    assert with_graphs._graph is None
+    _assert_same_runs(with_graphs, _graph_trainer(False, "anp", epochs=1, batches=4))
+
+
+@pytest.mark.skipif(not HARDWARE, reason="CUDA graphs need a GPU (NOISYSIM_CUDA_HARDWARE=1)")
+@pytest.mark.parametrize("rule", ["bp", "anp", "danp"])
+def test_cuda_graph_replays_train_bit_for_bit_as_the_plain_step(rule):  # pragma: no cover
+    """Log every 3 steps over 7-batch epochs: warm-up, capture, replays, logged steps and
+    epoch ends interleave; results, trajectory rows and parameters equal the plain run's."""
+    graphed = _graph_trainer(True, rule)
+    _assert_same_runs(graphed, _graph_trainer(False, rule))
+    assert graphed._graph.enabled and graphed._graph.replays > 0
 
 
 def test_numba_views_of_cupy_arrays_are_made_once(monkeypatch):

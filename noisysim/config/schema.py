@@ -235,6 +235,9 @@ SCHEMA: tuple[Key, ...] = (
     Key("backend.name", "string", "auto",
         "compute backend (auto picks cuda when usable and the step is large enough)",
         lambda: BACKENDS),
+    Key("backend.graphs", "boolean", False,
+        "cuda: replay the quiet training steps as a CUDA graph (noisysim.gpu.graph; not yet "
+        "verified on a GPU, so off by default)"),
 )
 
 _FIXED: dict[str, Key] = {k.key: k for k in SCHEMA if not k.open and k.key not in ("model",)}

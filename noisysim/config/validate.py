@@ -183,7 +183,8 @@ class _Resolver:
         self.optimizer()
         self.data()
         self.train()
-        out["backend"] = {"name": self.typed("backend.name")}
+        out["backend"] = {"name": self.typed("backend.name"),
+                          "graphs": self.typed("backend.graphs")}
         self.measurement()
         self.cross_checks()
         out["name"] = self.name()

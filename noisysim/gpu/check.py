@@ -12,7 +12,11 @@ For every row (network, batch, rule) it times, in one process on the same GPU:
   noisysim's GPU-busy fraction (kernel time / wall time of a step) and its kernel
   launches per step.
 
-ratio = PyTorch step time / noisysim step time (> 1: noisysim is faster).
+- noisysim's step replayed as a CUDA graph (``backend.graphs``, ``noisysim.gpu.graph``):
+  the median of ``--steps`` quiet steps of an epoch, after its warm-up and capture steps.
+
+ratio = PyTorch step time / noisysim step time (> 1: noisysim is faster); "graph ratio" the
+same for the graph's step.
 """
 
 from __future__ import annotations
@@ -50,6 +54,29 @@ def _profile(step, n: int) -> tuple[float, float]:
     return busy_us * 1e-6 / n, count / n
 
 
+def graph_step_time(layers: str, batch: int, rule: str, steps: int) -> float:
+    """Median seconds of a quiet step replayed as a CUDA graph (module docstring)."""
+    import statistics
+    import time
+
+    from ..bench import random_data_trainer
+
+    trainer, _ = random_data_trainer(rule, layers, batch, "gaussian", "float32", "cuda",
+                                     batches=steps + 4, graphs=True)
+    graph, K = trainer._graph, trainer.kernels
+    times = []
+    with graph.on_stream():
+        for k in range(steps + 3):  # the epoch's last step (it logs) is left out
+            start = time.perf_counter()
+            if trainer._train_rows(k * batch, (k + 1) * batch):
+                raise RuntimeError("the graph benchmark's step diverged")
+            K.synchronize()
+            times.append(time.perf_counter() - start)
+    if not graph.enabled or graph.replays < steps:
+        raise RuntimeError(f"the step was not replayed ({graph.replays} replays)")
+    return statistics.median(times[3:])  # after warm-up, capture and its first launch
+
+
 def check_row(layers: str, batch: int, rule: str, steps: int) -> dict:
     from ..bench import median_time, random_data_trainer, timed_step
     from .torch_step import bench_torch
@@ -59,10 +86,17 @@ def check_row(layers: str, batch: int, rule: str, steps: int) -> dict:
     t_ns = median_time(step, steps)
     busy, launches = _profile(step, steps)
     t_torch = bench_torch(rule, layers, batch, steps)["step_s"]
+    try:
+        t_graph = graph_step_time(layers, batch, rule, steps)
+    except Exception as exc:  # the plain columns still stand
+        print(f"graph {layers} {batch} {rule}: {type(exc).__name__}: {str(exc)[:200]}",
+              file=sys.stderr, flush=True)
+        t_graph = float("nan")
     return {"layers": layers, "batch": batch, "rule": rule,
             "noisysim_ms": round(1e3 * t_ns, 3), "torch_ms": round(1e3 * t_torch, 3),
             "ratio": round(t_torch / t_ns, 3), "gpu_busy": round(busy / t_ns, 3),
-            "launches_per_step": round(launches, 1)}
+            "launches_per_step": round(launches, 1), "graph_ms": round(1e3 * t_graph, 3),
+            "graph_ratio": round(t_torch / t_graph, 3)}
 
 
 def main(argv=None) -> int:
@@ -86,10 +120,10 @@ def main(argv=None) -> int:
         return 2
     rows = [r for r in ROWS if args.rows == "all" or r[1] <= 1000]
     header = ("| network | batch | rule | noisysim (ms) | PyTorch (ms) | ratio | GPU busy "
-              "| launches/step |")
+              "| launches/step | graph (ms) | graph ratio |")
     if not args.json:
         print(header)
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|")
     failed = 0
     for layers, batch, rule in rows:
         try:
@@ -97,14 +131,14 @@ def main(argv=None) -> int:
         except Exception as exc:  # one row failing must not hide the others
             failed += 1
             print(f"| {layers} | {batch} | {rule} | failed: {type(exc).__name__}: "
-                  f"{str(exc)[:120]} |||||", flush=True)
+                  f"{str(exc)[:120]} |||||||", flush=True)
             continue
         if args.json:
             print(json.dumps(row), flush=True)
         else:
             print(f"| {layers} | {batch} | {rule} | {row['noisysim_ms']} | {row['torch_ms']} "
-                  f"| {row['ratio']} | {row['gpu_busy']:.0%} | {row['launches_per_step']} |",
-                  flush=True)
+                  f"| {row['ratio']} | {row['gpu_busy']:.0%} | {row['launches_per_step']} "
+                  f"| {row['graph_ms']} | {row['graph_ratio']} |", flush=True)
     return 1 if failed else 0
 
 

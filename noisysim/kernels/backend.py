@@ -97,6 +97,18 @@ class CpuKernels:
     def zeros(self, shape, dtype):
         return np.zeros(shape, dtype=dtype)
 
+    def gather_batch(self, x, y, order, start, stop):
+        """(x[order[start:stop]], y[order[start:stop]]): a training batch in data order."""
+        idx = order[start:stop]
+        return x[idx], y[idx]
+
+    def set_clock(self, t) -> None:
+        """The GPU keeps the pass clock on the device for its kernels; the CPU's kernels
+        take the times themselves."""
+
+    def advance_clock(self, n) -> None:
+        """See ``set_clock``."""
+
     # -- forward ---------------------------------------------------------------------------
     def perturb(self, a, eps, bias, sigma, seed, layer, times, draw) -> None:
         """For every pass p with draw[p]: eps[p] = sigma * normal(key(seed, STREAM_PERTURB,

@@ -32,8 +32,11 @@ only for counts (integers, exact in float64 in any order) and for ``_grid_sum``'
 Arrays are anything numba.cuda accepts: numba device arrays, CuPy arrays (through the CUDA
 array interface, without the implicit stream synchronisation), or numpy arrays under the
 simulator. Keys are derived on the device from (seed, stream, time, layer) for runs of
-consecutive pass times, so a launch copies nothing to the GPU. All kernels are grid-stride
-loops, so their results do not depend on the launch configuration.
+consecutive pass times, so a launch copies nothing to the GPU; a pass time is the device's
+pass clock plus an offset (``cuda_launch.clocked``), and the update count and step number
+are device counters too, so a steady-state step launches the same arguments every time (a
+CUDA graph can replay it: ``noisysim.gpu.graph``). All kernels are grid-stride loops, so
+their results do not depend on the launch configuration.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ from . import noise as _noise
 from . import step as _stepmod
 from .cuda_compile import SIMULATED, exact_kernel
 from .cuda_launch import (MAX_BLOCKS, _dummy, _flat, _nb, _reduction_scratch,  # noqa: F401
-                          _segment_blocks, _segment_scratch, _u64, launch, runs)
+                          _segment_blocks, _segment_scratch, _u64, clocked, counted,
+                          counter, counter_value, launch, runs)
 
 _SHARED = 256  # shared-memory slots of the block reductions (>= THREADS)
 
@@ -239,9 +243,10 @@ def _fill_uniform(out, key, offset):
 
 
 @exact_kernel
-def _scaled_normal_rows(out, seed, stream, t0, layer, scale, offset):
+def _scaled_normal_rows(out, seed, stream, clock, t0, layer, scale, offset):
     """out[r, i] = scale * normal(key(seed, stream, t0 + r, layer), offset + i): one
     Box-Muller pair per thread."""
+    t0 = clock[0] + t0  # the pass clock on the device (cuda_launch.clocked)
     n_rows, m = out.shape
     first = offset >> 1
     n_pairs = ((offset + m - 1) >> 1) - first + 1
@@ -267,7 +272,8 @@ def _gauss_add(a, p, i, z, mean, sigma, multiplicative):
 
 
 @exact_kernel
-def _gaussian(a, seed, t0, layer, mean, sigma, multiplicative):
+def _gaussian(a, seed, clock, t0, layer, mean, sigma, multiplicative):
+    t0 = clock[0] + t0  # the pass clock on the device (cuda_launch.clocked)
     n_pass, m = a.shape
     n_pairs = (m + 1) >> 1
     for t in range(cuda.grid(1), n_pass * n_pairs, cuda.gridsize(1)):
@@ -281,9 +287,10 @@ def _gaussian(a, seed, t0, layer, mean, sigma, multiplicative):
 
 
 @exact_kernel
-def _bernoulli(a, seed, t0, layer, prob, amplitude, offset, n_sources, centred, node_p,
+def _bernoulli(a, seed, clock, t0, layer, prob, amplitude, offset, n_sources, centred, node_p,
                width, varied):
     """varied: node i's probability is node_p[i % width] (else ``prob`` everywhere)."""
+    t0 = clock[0] + t0  # the pass clock on the device (cuda_launch.clocked)
     n_pass, m = a.shape
     base = 0.0 if centred else offset
     for t in range(cuda.grid(1), n_pass * m, cuda.gridsize(1)):
@@ -299,10 +306,11 @@ def _bernoulli(a, seed, t0, layer, prob, amplitude, offset, n_sources, centred, 
 
 
 @exact_kernel
-def _telegraph(a, seed, t0, layer, last_time, spin, width, n_src, p_flip, amplitude, offset,
-               sigma, scale, thermal, node_p, varied):
+def _telegraph(a, seed, clock, t0, layer, last_time, spin, width, n_src, p_flip, amplitude,
+               offset, sigma, scale, thermal, node_p, varied):
     """One thread per (slot, node) carries its n_src states through the P passes; varied:
     node i flips with node_p[i % width] (else ``p_flip`` everywhere)."""
+    t0 = clock[0] + t0  # the pass clock on the device (cuda_launch.clocked)
     n_pass, m = a.shape
     for i in range(cuda.grid(1), m, cuda.gridsize(1)):
         prev = last_time[i // width]
@@ -328,8 +336,9 @@ def _telegraph(a, seed, t0, layer, last_time, spin, width, n_src, p_flip, amplit
 
 
 @exact_kernel
-def _ou(a, seed, t0, layer, last_time, x, width, n_poles, decay, c1, std, mean):
+def _ou(a, seed, clock, t0, layer, last_time, x, width, n_poles, decay, c1, std, mean):
     """One thread per (slot, node) advances its n_poles OU processes through the P passes."""
+    t0 = clock[0] + t0  # the pass clock on the device (cuda_launch.clocked)
     n_pass, m = a.shape
     for i in range(cuda.grid(1), m, cuda.gridsize(1)):
         prev = last_time[i // width]
@@ -352,13 +361,15 @@ def _ou(a, seed, t0, layer, last_time, x, width, n_poles, decay, c1, std, mean):
 
 
 @exact_kernel
-def _set_last_time(last_time, n_slots, t):
+def _set_last_time(last_time, n_slots, clock, t):
+    t = clock[0] + t  # the pass clock on the device (cuda_launch.clocked)
     for b in range(cuda.grid(1), n_slots, cuda.gridsize(1)):
         last_time[b] = t
 
 
 @exact_kernel
-def _trace(a, trace, t0, per_node, segment, offset, scale):
+def _trace(a, trace, clock, t0, per_node, segment, offset, scale):
+    t0 = clock[0] + t0  # the pass clock on the device (cuda_launch.clocked)
     n_pass, m = a.shape
     length = trace.shape[0]
     for t in range(cuda.grid(1), n_pass * m, cuda.gridsize(1)):
@@ -373,7 +384,8 @@ def _trace(a, trace, t0, per_node, segment, offset, scale):
 
 
 @exact_kernel
-def _activation(a, out, code, p0, p1, p2, seed, t0, layer, n_batch):
+def _activation(a, out, code, p0, p1, p2, seed, clock, t0, layer, n_batch):
+    t0 = clock[0] + t0  # the pass clock on the device (cuda_launch.clocked)
     rows, width = a.shape
     for t in range(cuda.grid(1), rows * width, cuda.gridsize(1)):
         r = t // width
@@ -647,20 +659,25 @@ def _arena_gradient_norms(x, starts, seg_layer, stats, failure, n_layers, clip, 
 
 @exact_kernel
 def _arena_adam(p, g, m, v, starts, seg_layer, n_layers, scale, gate, b1, omb1, b2, omb2,
-                inv_c2, eps, lr_c1, stats, partials, ticket):
-    """Adam over the parameter arena p (gradients g, moments m, v: arenas of its layout),
-    element by element as ``_adam``, when gate[0]; per layer stats[update_sq(l)] +=
-    ||Delta p||^2 (``_segments_into_stats``), stats[param_bad(l)] = 1 when p is no longer
-    finite."""
-    if gate[0] == 0:
-        return
+                updates, first, lr_c1s, inv_c2s, eps, stats, partials, ticket):
+    """Adam over the parameter arena p (gradients g, moments m, v: arenas of its layout)
+    when gate[0], in the parameters' dtype and in numpy's operation order
+    (noisysim.optim.Adam). Update t = updates[0] + 1 (the device's update counter, which
+    then holds t, gate or not) takes lr / (1 - beta1^t) and 1 / (1 - beta2^t) from the
+    host-made tables lr_c1s[t - first], inv_c2s[t - first]. Per layer
+    stats[update_sq(l)] += ||Delta p||^2 (``_segments_into_stats``), stats[param_bad(l)] = 1
+    when p is no longer finite."""
     buf = cuda.shared.array(_SHARED, np.float64)
+    t = updates[0] + 1
+    lr_c1 = lr_c1s[t - first]
+    inv_c2 = inv_c2s[t - first]
     gscale = scale[0]
     clipped = gscale != 1.0
+    active = gate[0] != 0
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for s in range(seg_layer.shape[0]):
         acc = 0.0
-        for i in range(starts[s] + start, starts[s + 1], stride):
+        for i in range(starts[s] + start, starts[s + 1] if active else 0, stride):
             gi = g[i]
             if clipped:
                 gi = gi * gscale
@@ -680,23 +697,26 @@ def _arena_adam(p, g, m, v, starts, seg_layer, n_layers, scale, gate, b1, omb1, 
             if not math.isfinite(pi):
                 stats[d_param_bad(n_layers, seg_layer[s])] = 1.0
         _segment_partial(buf, partials, s, acc)
-    _segments_into_stats(buf, partials, ticket, seg_layer, stats, n_layers, True)
+    if _segments_into_stats(buf, partials, ticket, seg_layer, stats, n_layers, True):
+        updates[0] = t  # every block has read it: the last one writes
 
 
 @exact_kernel
 def _arena_sgd(p, g, vel, has_vel, starts, seg_layer, n_layers, scale, gate, wd, has_wd, mu,
-               nesterov, lr, stats, partials, ticket):
-    """SGD (momentum, Nesterov, coupled weight decay) over the parameter arena p as
-    ``_sgd``, when gate[0]; the norms and flags as ``_arena_adam``'s."""
-    if gate[0] == 0:
-        return
+               nesterov, updates, first, lrs, stats, partials, ticket):
+    """SGD (momentum, Nesterov, coupled weight decay) over the parameter arena p, as
+    noisysim.optim.SGD, when gate[0]; update t = updates[0] + 1 at the rate lrs[t - first];
+    the counter, norms and flags as ``_arena_adam``'s."""
     buf = cuda.shared.array(_SHARED, np.float64)
+    t = updates[0] + 1
+    lr = lrs[t - first]
     gscale = scale[0]
     clipped = gscale != 1.0
+    active = gate[0] != 0
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for s in range(seg_layer.shape[0]):
         acc = 0.0
-        for i in range(starts[s] + start, starts[s + 1], stride):
+        for i in range(starts[s] + start, starts[s + 1] if active else 0, stride):
             gi = g[i]
             if clipped:
                 gi = gi * gscale
@@ -715,7 +735,8 @@ def _arena_sgd(p, g, vel, has_vel, starts, seg_layer, n_layers, scale, gate, wd,
             if not math.isfinite(pi):
                 stats[d_param_bad(n_layers, seg_layer[s])] = 1.0
         _segment_partial(buf, partials, s, acc)
-    _segments_into_stats(buf, partials, ticket, seg_layer, stats, n_layers, True)
+    if _segments_into_stats(buf, partials, ticket, seg_layer, stats, n_layers, True):
+        updates[0] = t
 
 
 @exact_kernel
@@ -763,9 +784,37 @@ def _apply_delta(R, delta, stats, failure, n_layers, layer):
 
 
 @exact_kernel
-def _record(stats, failure, n_layers, step):
+def _gather_batch(x, y, order, rows, n, x_out, y_out, ticket):
+    """x_out[r] = x[order[rows[0] + r]], y_out[r] = y[order[rows[0] + r]] for r < n (y, y_out
+    2-D); then rows[0] += n (the device's row counter: the next batch's first row)."""
+    buf = cuda.shared.array(_SHARED, np.float64)
+    first = rows[0]
+    width, y_width = x.shape[1], y.shape[1]
+    for t in range(cuda.grid(1), n * width, cuda.gridsize(1)):
+        r = t // width
+        x_out[r, t - r * width] = x[order[first + r], t - r * width]
+    for t in range(cuda.grid(1), n * y_width, cuda.gridsize(1)):
+        r = t // y_width
+        y_out[r, t - r * y_width] = y[order[first + r], t - r * y_width]
+    if _elect_last(buf, ticket) and cuda.threadIdx.x == 0:
+        rows[0] = first + n
+        ticket[0] = 0
+
+
+@exact_kernel
+def _advance(value, n):
     if cuda.grid(1) == 0:
+        value[0] = value[0] + n
+
+
+@exact_kernel
+def _record(stats, failure, n_layers, steps):
+    """The step's verdict into the failure record; the step number is steps[0] + 1 (the
+    device's step counter), which it then holds."""
+    if cuda.grid(1) == 0:
+        step = steps[0] + 1
         d_record(stats, failure, n_layers, step)
+        steps[0] = step
 
 
 # ============================================================================ host wrappers
@@ -790,19 +839,19 @@ def fill_normal_rows(out, seed, stream, times, layer, scale=1.0, element_offset=
         return
     off = int(element_offset)
     n_pairs = ((off + m - 1) >> 1) - (off >> 1) + 1
-    for i, t0, count in runs(times):
+    for i, clock, t0, count in clocked(times, out):
         launch(_scaled_normal_rows, count * n_pairs, out[i:i + count], _u64(seed),
-               _u64(stream), np.int64(t0), _u64(layer), float(scale), np.int64(off))
+               _u64(stream), clock, t0, _u64(layer), float(scale), np.int64(off))
 
 
 # -- device noise (a: (P, B, N) device array; times: host int64 (P,), increasing)
 
 
 def gaussian_apply(a, times, seed, layer, mean, sigma, multiplicative) -> None:
-    for i, t0, count in runs(times):
+    for i, clock, t0, count in clocked(times, a):
         a2 = a[i:i + count].reshape(count, -1)
         m = a2.shape[1]
-        launch(_gaussian, count * ((m + 1) >> 1), a2, _u64(seed), np.int64(t0), _u64(layer),
+        launch(_gaussian, count * ((m + 1) >> 1), a2, _u64(seed), clock, t0, _u64(layer),
                float(mean), float(sigma), bool(multiplicative))
 
 
@@ -811,9 +860,9 @@ def bernoulli_apply(a, times, seed, layer, prob, amplitude, offset, n_sources, c
     """node_p: None, or a float64 device array (N,) of per-node probabilities."""
     varied = node_p is not None
     node_p = node_p if varied else _dummy(a, 1, np.float64)
-    for i, t0, count in runs(times):
+    for i, clock, t0, count in clocked(times, a):
         a2 = a[i:i + count].reshape(count, -1)
-        launch(_bernoulli, a2.size, a2, _u64(seed), np.int64(t0), _u64(layer), float(prob),
+        launch(_bernoulli, a2.size, a2, _u64(seed), clock, t0, _u64(layer), float(prob),
                float(amplitude), float(offset), np.int64(n_sources), bool(centred), node_p,
                np.int64(a.shape[2]), varied)
 
@@ -826,33 +875,33 @@ def telegraph_apply(a, times, last_time, spin, seed, layer, p_flip, amplitude, o
     n_slots, width = a.shape[1], a.shape[2]
     varied = node_p is not None
     node_p = node_p if varied else _dummy(a, 1, np.float64)
-    for i, t0, count in runs(times):
+    for i, clock, t0, count in clocked(times, a):
         a2 = a[i:i + count].reshape(count, -1)
-        launch(_telegraph, a2.shape[1], a2, _u64(seed), np.int64(t0), _u64(layer), last_time,
+        launch(_telegraph, a2.shape[1], a2, _u64(seed), clock, t0, _u64(layer), last_time,
                _flat(spin), np.int64(width), np.int64(spin.shape[2]), float(p_flip),
                float(amplitude), float(offset), float(sigma), float(scale), bool(thermal),
                node_p, varied)
         launch(_set_last_time, n_slots, last_time, np.int64(n_slots),
-               np.int64(t0 + count - 1))
+               clock, t0 + np.int64(count - 1))
 
 
 def ou_apply(a, times, last_time, x, seed, layer, decay, c1, std, mean) -> None:
     """x (slots >= B, N, K) float64 and last_time device arrays, updated in place; decay, c1,
     std (K,) float64 device arrays."""
     n_slots, width = a.shape[1], a.shape[2]
-    for i, t0, count in runs(times):
+    for i, clock, t0, count in clocked(times, a):
         a2 = a[i:i + count].reshape(count, -1)
-        launch(_ou, a2.shape[1], a2, _u64(seed), np.int64(t0), _u64(layer), last_time,
+        launch(_ou, a2.shape[1], a2, _u64(seed), clock, t0, _u64(layer), last_time,
                _flat(x), np.int64(width), np.int64(x.shape[2]), decay, c1, std, float(mean))
         launch(_set_last_time, n_slots, last_time, np.int64(n_slots),
-               np.int64(t0 + count - 1))
+               clock, t0 + np.int64(count - 1))
 
 
 def trace_apply(a, times, trace, per_node, segment, offset, scale) -> None:
     """trace: float64 device array (the recording); segment: int >= 1 (per_node)."""
-    for i, t0, count in runs(times):
+    for i, clock, t0, count in clocked(times, a):
         a2 = a[i:i + count].reshape(count, -1)
-        launch(_trace, a2.size, a2, trace, np.int64(t0), bool(per_node),
+        launch(_trace, a2.size, a2, trace, clock, t0, bool(per_node),
                np.int64(max(segment, 1)), float(offset), float(scale))
 
 
@@ -862,11 +911,13 @@ def trace_apply(a, times, trace, per_node, segment, offset, scale) -> None:
 def activation_forward(a, out, code, p0, p1, p2, seed, layer, times) -> None:
     """out[p, b, j] = f(a[p, b, j]) as cpu.activation_forward (a, out: (P, B, N))."""
     n_pass, n_batch, width = a.shape
-    for i, t0, count in (runs(times) if code == _BINARY_STOCHASTIC else [(0, 0, n_pass)]):
+    runs_ = (clocked(times, a) if code == _BINARY_STOCHASTIC
+             else [(0, _dummy(a, 1, np.int64), np.int64(0), n_pass)])  # no draws: no times
+    for i, clock, t0, count in runs_:
         rows = count * n_batch
         launch(_activation, rows * width, a[i:i + count].reshape(rows, width),
                out[i:i + count].reshape(rows, width), np.int64(code), float(p0), float(p1),
-               float(p2), _u64(seed), np.int64(t0), _u64(layer), np.int64(n_batch))
+               float(p2), _u64(seed), clock, t0, _u64(layer), np.int64(n_batch))
 
 
 def activation_derivative(a, out, code, p0, p1, p2, mode, upstream=None) -> None:
@@ -951,21 +1002,28 @@ def arena_gradient_norms(x, starts, seg_layer, stats, failure, n_layers, clip, s
 
 
 def arena_adam(p, g, m, v, starts, seg_layer, n_layers, scale, gate, b1, omb1, b2, omb2,
-               inv_c2, eps, lr_c1, stats) -> None:
-    """Adam over the whole parameter arena: one launch."""
+               count, first, lr_c1s, inv_c2s, eps, stats) -> None:
+    """Adam update ``count`` over the whole parameter arena: one launch (the tables hold
+    updates first, first + 1, ... and cover count; the device's update counter is made to
+    hold count - 1 and advances to count)."""
     launch(_arena_adam, p.size, p, g, m, v, starts, seg_layer, np.int64(n_layers), scale,
-           gate, b1, omb1, b2, omb2, inv_c2, eps, lr_c1, stats,
-           *_segment_scratch(stats, seg_layer.shape[0]), blocks=_segment_blocks(p.size))
+           gate, b1, omb1, b2, omb2, counter("updates", count - 1, stats), np.int64(first),
+           lr_c1s, inv_c2s, eps, stats, *_segment_scratch(stats, seg_layer.shape[0]),
+           blocks=_segment_blocks(p.size))
+    counted("updates", stats)
 
 
-def arena_sgd(p, g, vel, starts, seg_layer, n_layers, scale, gate, wd, mu, nesterov, lr,
-              stats) -> None:
-    """SGD over the whole parameter arena (vel: its velocity arena, or None): one launch."""
+def arena_sgd(p, g, vel, starts, seg_layer, n_layers, scale, gate, wd, mu, nesterov, count,
+              first, lrs, stats) -> None:
+    """SGD update ``count`` over the whole parameter arena (vel: its velocity arena, or
+    None; lrs: the rate per update): one launch."""
     t = p.dtype.type
     launch(_arena_sgd, p.size, p, g, vel if vel is not None else _dummy(p, 1),
            vel is not None, starts, seg_layer, np.int64(n_layers), scale, gate, t(wd),
-           bool(wd), t(mu), bool(nesterov), t(lr), stats,
+           bool(wd), t(mu), bool(nesterov), counter("updates", count - 1, stats),
+           np.int64(first), lrs, stats,
            *_segment_scratch(stats, seg_layer.shape[0]), blocks=_segment_blocks(p.size))
+    counted("updates", stats)
 
 
 def decorrelation_delta(delta, second, R, c1, c2, kappa, lr, stats, failure, n_layers,
@@ -982,4 +1040,31 @@ def apply_delta(R, delta, stats, failure, n_layers, layer) -> None:
 
 
 def record(stats, failure, n_layers, step) -> None:
-    launch(_record, 1, stats, failure, np.int64(n_layers), np.int64(step), blocks=1)
+    """Record step ``step``'s verdict (the step number from the device's step counter)."""
+    launch(_record, 1, stats, failure, np.int64(n_layers), counter("step", step - 1, stats),
+           blocks=1)
+    counted("step", stats)
+
+
+def gather_batch(x, y, order, start, x_out, y_out) -> None:
+    """Rows order[start:start + n] of x (N, D) and y (N, ...) into x_out (n, D) and y_out
+    (n, ...), n = x_out.shape[0]: one launch, the first row from the device's row counter
+    (made to hold ``start``; it advances by n)."""
+    n = x_out.shape[0]
+    rows = counter("rows", start, x)
+    launch(_gather_batch, n * x.shape[1], x, y.reshape(y.shape[0], -1), order, rows,
+           np.int64(n), x_out, y_out.reshape(n, -1), _reduction_scratch(x)[1])
+    counted("rows", x, n)
+
+
+def set_clock(like, t) -> None:
+    """Make the device's pass clock (counter "clock") hold t (a write only when it does
+    not already)."""
+    counter("clock", t, like)
+
+
+def advance_clock(like, n) -> None:
+    """The device's pass clock += n: after the passes of a measurement."""
+    clock = counter("clock", counter_value("clock", like), like)
+    launch(_advance, 1, clock, np.int64(n), blocks=1)
+    counted("clock", like, n)

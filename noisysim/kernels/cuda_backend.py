@@ -57,6 +57,12 @@ class CudaKernels:
         self._consts: dict = {}   # per noise model: its constants on the device
         self._gates: dict = {}    # per dtype: (clip scale, gate) of the optimiser update
         self._ones: dict = {}     # per (length, dtype): a ones vector for column sums
+        self._schedules: dict = {}  # per optimiser: its per-update constants (``schedule``)
+        self._like = None         # a device array: the kind counters are made on
+        self._batches: dict = {}  # per batch shape: the gathered batch's buffers
+        #: + 1 whenever a step's launches change memory (a new schedule window, batch
+        #: buffers): a CUDA graph captured before is stale (noisysim.gpu.graph)
+        self.generation = 0
 
     @classmethod
     def instance(cls) -> "CudaKernels":
@@ -97,6 +103,34 @@ class CudaKernels:
 
     def zeros(self, shape, dtype):
         return xp.zeros(shape, dtype=dtype)
+
+    def gather_batch(self, x, y, order, start, stop):
+        """(x[order[start:stop]], y[order[start:stop]]) in buffers kept per shape: one
+        launch whose arguments are the same at every full batch (the first row comes from
+        a device counter)."""
+        n = stop - start
+        key = (n, x.shape[1:], x.dtype.str, y.shape[1:], y.dtype.str)
+        if key not in self._batches:
+            self._batches[key] = (xp.empty((n,) + x.shape[1:], x.dtype),
+                                  xp.empty((n,) + y.shape[1:], y.dtype))
+            self.generation += 1
+        x_out, y_out = self._batches[key]
+        K.gather_batch(x, y, order, start, x_out, y_out)
+        return x_out, y_out
+
+    def set_clock(self, t) -> None:
+        """The device's pass clock holds t: before a measurement (written only when it
+        does not already; the kernels read pass times from it)."""
+        K.set_clock(self._device_like(), t)
+
+    def advance_clock(self, n) -> None:
+        """The device's pass clock += n, after a measurement's n passes (one launch)."""
+        K.advance_clock(self._device_like(), n)
+
+    def _device_like(self):
+        if self._like is None:
+            self._like = xp.zeros(1)
+        return self._like
 
     def synchronize(self) -> None:
         """Wait for the queued work (for timing)."""
@@ -315,19 +349,48 @@ class CudaKernels:
         """Adam over the parameter arena, guarded by the gate: one launch."""
         t = params.dtype.type
         scale, gate = self._gate(params.dtype)
-        c1 = 1.0 - opt.beta1 ** count
-        c2 = 1.0 - opt.beta2 ** count
+        first, (lr_c1s, inv_c2s) = self.schedule(opt, params.dtype, count)
         K.arena_adam(params.flat, grads.flat, m.flat, v.flat, *params.tables(), n_layers,
                      scale, gate, t(opt.beta1), t(1.0 - opt.beta1), t(opt.beta2),
-                     t(1.0 - opt.beta2), t(1.0 / c2), t(opt.eps),
-                     t(opt.lr_at(count) / c1), stats)
+                     t(1.0 - opt.beta2), count, first, lr_c1s, inv_c2s, t(opt.eps), stats)
 
     def sgd_update(self, params, grads, velocity, opt, count, stats, n_layers) -> None:
         """SGD over the parameter arena, guarded by the gate: one launch."""
         scale, gate = self._gate(params.dtype)
+        first, (lrs,) = self.schedule(opt, params.dtype, count)
         K.arena_sgd(params.flat, grads.flat, None if velocity is None else velocity.flat,
                     *params.tables(), n_layers, scale, gate, opt.weight_decay,
-                    opt.momentum, opt.nesterov, opt.lr_at(count), stats)
+                    opt.momentum, opt.nesterov, count, first, lrs, stats)
+
+    #: updates per table of ``_schedule``: a new table (and a new CUDA graph) every SCHEDULE
+    #: updates; 2 x 65536 float64 values are 1 MiB
+    SCHEDULE = 4096 if K.SIMULATED else 65536
+
+    def schedule(self, opt, dtype, count):
+        """(first, tables): the per-update constants of ``opt`` for updates t = first ...
+        first + SCHEDULE - 1 on the device, so that the kernels read them at the update
+        number they take from the device's counter and a step's launch arguments do not
+        change. Adam: lr_t / (1 - beta1^t) and 1 / (1 - beta2^t); SGD: lr_t; each rounded
+        to the parameters' dtype exactly as the CPU rounds its scalars. A new window (and
+        ``generation`` + 1) when ``count`` leaves the current one."""
+        t = np.dtype(dtype).type
+        key = (id(opt), np.dtype(dtype).str)
+        options = (opt.name, tuple(sorted(opt.options().items())), opt.horizon)
+        have = self._schedules.get(key)
+        if (have is not None and have[0] is opt and have[1] == options
+                and have[2] <= count < have[2] + self.SCHEDULE):
+            return have[2], have[3]
+        first = count
+        span = range(first, first + self.SCHEDULE)
+        if opt.name == "adam":
+            columns = ([t(opt.lr_at(c) / (1.0 - opt.beta1 ** c)) for c in span],
+                       [t(1.0 / (1.0 - opt.beta2 ** c)) for c in span])
+        else:
+            columns = ([t(opt.lr_at(c)) for c in span],)
+        tables = tuple(self.asarray(np.array(col, dtype=dtype)) for col in columns)
+        self._schedules[key] = (opt, options, first, tables)
+        self.generation += 1
+        return first, tables
 
     def decorrelation_step(self, R, x, lr, kappa, scratch, stats, failure, n_layers,
                            layer) -> None:

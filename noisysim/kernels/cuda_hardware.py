@@ -17,7 +17,7 @@ from numba import cuda
 from . import cuda as _cuda
 from . import hardware, rng
 from .cuda_compile import exact_kernel
-from .cuda_launch import _dummy, _flat, _reduction_scratch, _u64, launch, runs
+from .cuda_launch import _dummy, _flat, _reduction_scratch, _u64, clocked, launch
 
 _TWINS = _cuda._device_twins(hardware, ("readout_scalar", "write_scalar", "_segment",
                                         "table_value", "table_slope"))
@@ -32,9 +32,11 @@ _grid_sum = _cuda._grid_sum
 
 
 @exact_kernel
-def _readout(src, dst, std, levels, lo, delta, seed, t0, layer):
+def _readout(src, dst, std, levels, lo, delta, seed, clock, t0, layer):
     """dst[p, i] = readout_scalar(src[p, i], z), z = normal(key(seed, STREAM_READOUT,
-    t0 + p, layer), i) (0 when std == 0); src, dst (P, B * N)."""
+    t0 + p, layer), i) (0 when std == 0), t0 taken from the device clock
+    (cuda_launch.clocked); src, dst (P, B * N)."""
+    t0 = clock[0] + t0
     n_pass, m = src.shape
     for t in range(cuda.grid(1), n_pass * m, cuda.gridsize(1)):
         p = t // m
@@ -107,11 +109,11 @@ def table_derivative(a, out, xs, ys, straight_through, upstream=None) -> None:
 
 def readout(src, dst, std, levels, lo, delta, seed, layer, times) -> None:
     """dst = the read-out of src, both (P, B, N) device arrays; times host int64 (P,)."""
-    for i, t0, count in runs(times):
+    for i, clock, t0, count in clocked(times, src):
         s2 = src[i:i + count].reshape(count, -1)
         d2 = dst[i:i + count].reshape(count, -1)
         launch(_readout, s2.size, s2, d2, float(std), float(levels), float(lo),
-                     float(delta), _u64(seed), np.int64(t0), _u64(layer))
+                     float(delta), _u64(seed), clock, t0, _u64(layer))
 
 
 def weight_write(p, old, args, ku, kz, gate, stats, writes_idx, clipped_idx) -> None:

@@ -4,7 +4,9 @@ A launch is ``kernel[blocks, THREADS](*args)`` for a grid-stride loop over n ite
 results never depend on the grid). The arguments are device arrays: CuPy arrays on a GPU,
 numpy arrays under numba's CUDA simulator. On a GPU the host cost of a launch, not the
 arithmetic, bounds a small step, so numba views of CuPy arrays are made once per memory
-layout (``_nb``) and ``LAUNCHES`` counts launches (the tests' budget of a step).
+layout (``_nb``) and ``LAUNCHES`` counts launches (the tests' budget of a step). The
+values that change from step to step are device counters (``counter``, ``clocked``), so a
+steady-state step's launches repeat exactly and can be replayed as a CUDA graph.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ _MAX_VIEWS = 4096
 
 
 def _nb(a):
-    """A numba view of a device array (no stream synchronisation: numba and CuPy both use
-    the default stream, so launches stay ordered).
+    """A numba view of a device array (no stream synchronisation: numba and CuPy use one
+    stream, the default one or a CUDA graph's run's (``STREAM``), so launches stay ordered).
 
     Views of CuPy arrays are made once per memory layout (pointer, shape, strides, dtype)
     and kept: numba's conversion through ``__cuda_array_interface__`` costs more host time
@@ -63,13 +65,22 @@ def _blocks(n: int) -> int:
 LAUNCHES = {"count": 0}
 
 
+#: the numba stream launches go to: None = the default stream (CuPy's too), or the stream
+#: of a CUDA graph's run (noisysim.gpu.graph), which CuPy then uses as its current stream
+STREAM = {"numba": None}
+
+
 def launch(kernel, n: int, *args, blocks: int | None = None) -> None:
     """kernel[blocks, THREADS](*args) for a grid-stride loop over n items."""
     if n <= 0:
         return
     args = tuple(_nb(a) for a in args)
     LAUNCHES["count"] += 1
-    kernel[blocks if blocks is not None else _blocks(n), THREADS](*args)
+    grid = blocks if blocks is not None else _blocks(n)
+    if STREAM["numba"] is None:
+        kernel[grid, THREADS](*args)
+    else:  # pragma: no cover - needs a GPU
+        kernel[grid, THREADS, STREAM["numba"]](*args)
 
 
 def _to_device(a, like):
@@ -126,6 +137,80 @@ def _segment_scratch(like, n_segments: int):
     if have is None or have.shape[0] < n_segments * SEGMENT_BLOCKS:
         have = _SCRATCH[k] = _to_device(np.zeros(n_segments * SEGMENT_BLOCKS), like)
     return have, _reduction_scratch(like)[1]
+
+
+# ------------------------------------------------------------------------------ counters
+# Values that change from step to step (the pass clock, the optimiser's update count, the
+# step number) live on the device, where the kernels read them: the arguments of a
+# steady-state step's launches are then the same at every step, which is what replaying
+# the step (a CUDA graph) needs. The kernels that end a stage advance their counter on the
+# device; the host keeps the value it expects and rewrites the device copy only when they
+# disagree (the first use, a restored checkpoint, another run in the same process).
+
+_COUNTERS: dict = {}
+
+
+def counter(name: str, value: int, like):
+    """The device int64 array of one element that holds counter ``name`` (on the device
+    kind ``like`` is), made to hold ``value``: written only when the host's record of it
+    differs."""
+    k = (name, isinstance(like, np.ndarray))
+    entry = _COUNTERS.get(k)
+    if entry is None:
+        entry = _COUNTERS[k] = [_to_device(np.zeros(1, dtype=np.int64), like), None]
+    if entry[1] != int(value):
+        entry[0][0] = int(value)
+        entry[1] = int(value)
+        COUNTER_WRITES["count"] += 1
+    return entry[0]
+
+
+#: host writes of a counter (the tests' check that a steady-state step makes none)
+COUNTER_WRITES = {"count": 0}
+
+
+def counter_value(name: str, like) -> int:
+    """The host's record of counter ``name`` (0 for a new counter)."""
+    k = (name, isinstance(like, np.ndarray))
+    if k not in _COUNTERS:
+        counter(name, 0, like)
+    return _COUNTERS[k][1]
+
+
+def counted(name: str, like, n: int = 1) -> None:
+    """Record that a kernel advanced counter ``name`` by n on the device."""
+    _COUNTERS[(name, isinstance(like, np.ndarray))][1] += int(n)
+
+
+def counter_records() -> dict:
+    """The host's record of every counter, by (name, simulated)."""
+    return {k: v[1] for k, v in _COUNTERS.items()}
+
+
+def advance_records(delta: dict) -> None:
+    """Add ``delta`` (by key of ``counter_records``) to the host's records: what replaying
+    a captured step did to the device's counters."""
+    for k, d in delta.items():
+        if d:
+            _COUNTERS[k][1] += d
+
+
+def forget_counters() -> None:
+    """Drop the host's records: the next use of every counter writes it (after work the
+    device did not run, such as an abandoned capture)."""
+    for entry in _COUNTERS.values():
+        entry[1] = None
+
+
+def clocked(times, like):
+    """(index, clock, offset, count) for the runs of consecutive pass times (``runs``):
+    pass p of a run has time clock[0] + offset + p, where clock is the device's pass
+    clock (counter "clock"; the Device sets it to its own clock before a measurement and
+    advances it after), so the offsets of a step's launches are the same at every step.
+    Correct whatever the clock holds: the offsets are taken from the host's record of it."""
+    base = counter_value("clock", like)
+    clock = _COUNTERS[("clock", isinstance(like, np.ndarray))][0]
+    return [(i, clock, np.int64(t0 - base), n) for i, t0, n in runs(times)]
 
 
 def runs(times):

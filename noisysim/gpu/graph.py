@@ -1,0 +1,112 @@
+"""The steady-state training step as a CUDA graph: captured once, replayed at every quiet step.
+
+On a GPU the cost of a small step is the host's, not the arithmetic's: tens of kernel
+launches, cuBLAS calls and CuPy operations, each a few microseconds of Python and driver
+time. A CUDA graph records the launches of one step once and replays them with one call.
+That is correct only when every step of the steady state launches the same work on the
+same memory, which the engine guarantees (tests/test_engine.py checks it under the
+simulator): the values that change from step to step (the pass clock, the update count,
+the step number, the batch's first row) live in device counters that the kernels read and
+advance themselves, and the learning rate comes from a table indexed on the device.
+
+``StepGraph`` runs the quiet steps of a run (those that log, snapshot, checkpoint, end an
+epoch or compute alignment nothing: ``Trainer._quiet``) and leaves the others to the plain
+path. Every launch of the run, graph or not, goes to one non-default stream (CuPy's current
+stream, and numba's launches through ``cuda_launch.STREAM``), so their order is the order of
+the program. Its life:
+
+1. warm-up: the first quiet step runs plainly, allocating from the graph's own memory pool
+   (so that the capture finds every block it needs in the pool; kernels compile here);
+2. capture: the second quiet step runs with the stream capturing: the host goes through the
+   step (its counters advance once), the GPU records instead of executing; then the graph
+   is launched once, which executes that step;
+3. replay: every later quiet step launches the graph and advances the host's counters by
+   what one captured step advanced them (``Trainer.host_counters``).
+
+A capture that fails (some operation of the step cannot be captured) restores the state
+saved before it, reruns the step plainly and turns the graph off for the run, with a note.
+Under numba's CUDA simulator there are no graphs: the run is plain.
+
+Status: built without a GPU to test it on (issue 10); ``experiments/gpu_check.sh`` compares
+a run with graphs against one without, bit for bit, and times both. ``backend.graphs`` is
+off by default until that has passed on hardware.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+from ..kernels import cuda_launch
+
+
+class StepGraph:
+    """One run's CUDA graph of its quiet training step (module docstring)."""
+
+    def __init__(self, announce=None):
+        import cupy
+        from numba import cuda
+
+        self._cupy = cupy
+        self.stream = cupy.cuda.Stream(non_blocking=True)
+        self.pool = cupy.cuda.MemoryPool()
+        self._numba_stream = cuda.external_stream(self.stream.ptr)
+        self.graph = None
+        self.warm = False
+        self.enabled = True
+        self.delta: dict | None = None
+        self.generation = -1  # CudaKernels.generation when captured
+        self.replays = 0
+        self._announce = announce or (lambda m: print(m, file=sys.stderr))
+
+    @contextlib.contextmanager
+    def on_stream(self):
+        """Every CuPy operation and numba launch inside goes to the graph's stream."""
+        previous = cuda_launch.STREAM["numba"]
+        cuda_launch.STREAM["numba"] = self._numba_stream
+        try:
+            with self.stream:
+                yield
+        finally:
+            cuda_launch.STREAM["numba"] = previous
+
+    def step(self, trainer, plain) -> str:
+        """One quiet step: ``plain()`` runs it without a graph (returns "" or a failure)."""
+        opt, K = trainer.optimizer, trainer.kernels
+        K.schedule(opt, trainer.network.dtype, int(opt.state.count) + 1)  # its window, now
+        if self.graph is not None and self.generation != K.generation:
+            self.graph, self.warm = None, False  # the step's memory changed: capture anew
+        if self.graph is not None:
+            self.graph.launch(stream=self.stream)
+            trainer.advance_host_counters(self.delta)
+            self.replays += 1
+            return ""
+        cupy = self._cupy
+        with cupy.cuda.using_allocator(self.pool.malloc):
+            if not self.warm:
+                self.warm = True
+                return plain()
+            saved = trainer.state_dict()
+            before = trainer.host_counters()
+            self.stream.begin_capture()
+            try:
+                result = plain()
+            except Exception as exc:  # the step could not be captured
+                with contextlib.suppress(Exception):
+                    self.stream.end_capture()
+                return self._give_up(trainer, saved, plain, exc)
+            graph = self.stream.end_capture()
+        after = trainer.host_counters()
+        self.delta = {k: after[k] - before[k] for k in after}
+        self.graph, self.generation = graph, K.generation
+        graph.launch(stream=self.stream)  # executes the captured step
+        return result
+
+    def _give_up(self, trainer, saved, plain, exc) -> str:
+        self.enabled = False
+        cuda_launch.forget_counters()  # the device did not run what the host counted
+        trainer.load_state_dict(saved)
+        self._announce(f"noisysim: this step cannot be captured as a CUDA graph "
+                       f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''});"
+                       " the run continues without graphs")
+        return plain()
