@@ -48,7 +48,10 @@ class StepGraph:
         from numba import cuda
 
         self._cupy = cupy
-        self.stream = cupy.cuda.Stream(non_blocking=True)
+        # A blocking stream: work that still goes to the legacy default stream (numba's
+        # one-off copies at set-up) stays ordered with it. Capture works on any stream but
+        # the legacy one.
+        self.stream = cupy.cuda.Stream(non_blocking=False)
         self.pool = cupy.cuda.MemoryPool()
         self._numba_stream = cuda.external_stream(self.stream.ptr)
         self.graph = None

@@ -157,9 +157,9 @@ def counter(name: str, value: int, like):
     k = (name, isinstance(like, np.ndarray))
     entry = _COUNTERS.get(k)
     if entry is None:
-        entry = _COUNTERS[k] = [_to_device(np.zeros(1, dtype=np.int64), like), None]
+        entry = _COUNTERS[k] = [_counter_array(like), None]
     if entry[1] != int(value):
-        entry[0][0] = int(value)
+        entry[0][0] = int(value)  # on the current stream (CuPy): ordered with the kernels
         entry[1] = int(value)
         COUNTER_WRITES["count"] += 1
     return entry[0]
@@ -167,6 +167,17 @@ def counter(name: str, value: int, like):
 
 #: host writes of a counter (the tests' check that a steady-state step makes none)
 COUNTER_WRITES = {"count": 0}
+
+
+def _counter_array(like):
+    """An int64 array of one element for a counter: a CuPy array on a GPU, whose host
+    writes go to CuPy's current stream like every launch (a numba array's would go to the
+    legacy default stream, unordered with a CUDA graph run's stream)."""
+    if SIMULATED or isinstance(like, np.ndarray):
+        return np.zeros(1, dtype=np.int64)
+    import cupy  # pragma: no cover - needs a GPU
+
+    return cupy.zeros(1, dtype=np.int64)  # pragma: no cover
 
 
 def counter_value(name: str, like) -> int:
