@@ -657,6 +657,33 @@ def _arena_gradient_norms(x, starts, seg_layer, stats, failure, n_layers, clip, 
         scale[0] = clip / norm if clip > 0.0 and norm > clip else 1.0
 
 
+@cuda.jit(device=True)
+def _update_setup(updates, scale, gate):
+    """(t, clip factor, whether it clips, whether the gate is open) of an optimiser update:
+    t = updates[0] + 1 from the device's update counter."""
+    gscale = scale[0]
+    return updates[0] + 1, gscale, gscale != 1.0, gate[0] != 0
+
+
+@cuda.jit(device=True)
+def _step_element(p, i, delta, stats, bad_idx):
+    """p[i] -= delta; stats[bad_idx] = 1 when p[i] is no longer finite. Returns
+    float64(delta)^2."""
+    pi = p[i] - delta
+    p[i] = pi
+    if not math.isfinite(pi):
+        stats[bad_idx] = 1.0
+    return float(delta) * float(delta)
+
+
+@cuda.jit(device=True)
+def _update_done(buf, partials, ticket, seg_layer, stats, n_layers, updates, t):
+    """The update norms into stats, and the update counter to t (by the last block: every
+    block has read it by then)."""
+    if _segments_into_stats(buf, partials, ticket, seg_layer, stats, n_layers, True):
+        updates[0] = t
+
+
 @exact_kernel
 def _arena_adam(p, g, m, v, starts, seg_layer, n_layers, scale, gate, b1, omb1, b2, omb2,
                 updates, first, lr_c1s, inv_c2s, eps, stats, partials, ticket):
@@ -668,19 +695,14 @@ def _arena_adam(p, g, m, v, starts, seg_layer, n_layers, scale, gate, b1, omb1, 
     stats[update_sq(l)] += ||Delta p||^2 (``_segments_into_stats``), stats[param_bad(l)] = 1
     when p is no longer finite."""
     buf = cuda.shared.array(_SHARED, np.float64)
-    t = updates[0] + 1
+    t, gscale, clipped, active = _update_setup(updates, scale, gate)
     lr_c1 = lr_c1s[t - first]
     inv_c2 = inv_c2s[t - first]
-    gscale = scale[0]
-    clipped = gscale != 1.0
-    active = gate[0] != 0
-    start, stride = cuda.grid(1), cuda.gridsize(1)
     for s in range(seg_layer.shape[0]):
         acc = 0.0
-        for i in range(starts[s] + start, starts[s + 1] if active else 0, stride):
-            gi = g[i]
-            if clipped:
-                gi = gi * gscale
+        for i in range(starts[s] + cuda.grid(1), starts[s + 1] if active else 0,
+                       cuda.gridsize(1)):
+            gi = g[i] * gscale if clipped else g[i]
             mi = m[i] * b1
             mi = mi + omb1 * gi
             m[i] = mi
@@ -691,14 +713,9 @@ def _arena_adam(p, g, m, v, starts, seg_layer, n_layers, scale, gate, b1, omb1, 
             denom = denom + eps
             delta = mi * lr_c1
             delta = delta / denom
-            pi = p[i] - delta
-            p[i] = pi
-            acc += float(delta) * float(delta)
-            if not math.isfinite(pi):
-                stats[d_param_bad(n_layers, seg_layer[s])] = 1.0
+            acc += _step_element(p, i, delta, stats, d_param_bad(n_layers, seg_layer[s]))
         _segment_partial(buf, partials, s, acc)
-    if _segments_into_stats(buf, partials, ticket, seg_layer, stats, n_layers, True):
-        updates[0] = t  # every block has read it: the last one writes
+    _update_done(buf, partials, ticket, seg_layer, stats, n_layers, updates, t)
 
 
 @exact_kernel
@@ -708,18 +725,13 @@ def _arena_sgd(p, g, vel, has_vel, starts, seg_layer, n_layers, scale, gate, wd,
     noisysim.optim.SGD, when gate[0]; update t = updates[0] + 1 at the rate lrs[t - first];
     the counter, norms and flags as ``_arena_adam``'s."""
     buf = cuda.shared.array(_SHARED, np.float64)
-    t = updates[0] + 1
+    t, gscale, clipped, active = _update_setup(updates, scale, gate)
     lr = lrs[t - first]
-    gscale = scale[0]
-    clipped = gscale != 1.0
-    active = gate[0] != 0
-    start, stride = cuda.grid(1), cuda.gridsize(1)
     for s in range(seg_layer.shape[0]):
         acc = 0.0
-        for i in range(starts[s] + start, starts[s + 1] if active else 0, stride):
-            gi = g[i]
-            if clipped:
-                gi = gi * gscale
+        for i in range(starts[s] + cuda.grid(1), starts[s + 1] if active else 0,
+                       cuda.gridsize(1)):
+            gi = g[i] * gscale if clipped else g[i]
             if has_wd:
                 gi = gi + wd * p[i]
             step = gi
@@ -729,14 +741,9 @@ def _arena_sgd(p, g, vel, has_vel, starts, seg_layer, n_layers, scale, gate, wd,
                 vel[i] = vi
                 step = gi + mu * vi if nesterov else vi
             delta = lr * step
-            pi = p[i] - delta
-            p[i] = pi
-            acc += float(delta) * float(delta)
-            if not math.isfinite(pi):
-                stats[d_param_bad(n_layers, seg_layer[s])] = 1.0
+            acc += _step_element(p, i, delta, stats, d_param_bad(n_layers, seg_layer[s]))
         _segment_partial(buf, partials, s, acc)
-    if _segments_into_stats(buf, partials, ticket, seg_layer, stats, n_layers, True):
-        updates[0] = t
+    _update_done(buf, partials, ticket, seg_layer, stats, n_layers, updates, t)
 
 
 @exact_kernel
