@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -333,6 +334,77 @@ def test_graphs_under_the_simulator_say_so_once_and_train_as_without(capsys):
     assert capsys.readouterr().err.count("numba's CUDA simulator has no graphs") == 1
     assert with_graphs._graph is None
     _assert_same_runs(with_graphs, _graph_trainer(False, "anp", epochs=1, batches=4))
+
+
+class _EmulatedCapture:
+    """Stands in for CuPy's stream capture under the simulator, which cannot record: the
+    "capture" runs the step, and the graph's first launch after it does nothing; a later
+    launch (a replay) runs the step at the current position and then puts the host's values
+    back as they were, as a replay changes the device only. StepGraph then advances the
+    host's values by what the captured step changed."""
+
+    numba_stream = None
+
+    def __init__(self, trainer):
+        self.trainer, self.plain = trainer, None
+        self.captures, self.fresh = 0, False
+
+    def current(self):
+        return contextlib.nullcontext()
+
+    def allocating(self):
+        return contextlib.nullcontext()
+
+    def begin_capture(self):
+        self.captures += 1
+
+    def end_capture(self):
+        self.fresh = True
+        return "graph"
+
+    def launch(self, graph):
+        if self.fresh:  # the captured step itself: it already ran
+            self.fresh = False
+            return
+        from noisysim.kernels import cuda_launch
+
+        t = self.trainer
+        host = (t.device.clock, t.optimizer.state, t.step,
+                {l: dict(s) for l, s in t.device._noise_state.items()},
+                {k: v[1] for k, v in cuda_launch._COUNTERS.items()})
+        assert self.plain() == ""
+        t.device.clock, t.optimizer.state, t.step = host[:3]
+        for l, state in host[3].items():
+            t.device._noise_state[l]["_last"] = state["_last"]
+        for k, v in host[4].items():
+            cuda_launch._COUNTERS[k][1] = v
+
+
+@pytest.mark.parametrize("window", [4096, 3])
+def test_step_graph_warms_up_captures_and_replays_as_the_plain_run(window, monkeypatch):
+    """StepGraph's bookkeeping, with the capture emulated (``_EmulatedCapture``): warm-up,
+    capture and replays of the quiet steps interleave with logged steps and epoch ends, and
+    the run equals the plain one; with learning-rate tables of 3 updates the graph goes
+    stale and is captured anew."""
+    from noisysim.gpu.graph import StepGraph
+    from noisysim.kernels.cuda_backend import CudaKernels
+
+    monkeypatch.setattr(CudaKernels, "SCHEDULE", window)
+    graphed = _graph_trainer(False, "anp", batches=4)  # quiet: steps 1, 2, 5, 7 of 8
+    runtime = _EmulatedCapture(graphed)
+    graph = graphed._graph = StepGraph(runtime)
+    step = graph.step
+
+    def spying(trainer, plain):
+        runtime.plain = plain
+        return step(trainer, plain)
+    graph.step = spying
+    _assert_same_runs(graphed, _graph_trainer(False, "anp", batches=4))
+    assert graph.enabled
+    if window == 4096:
+        assert runtime.captures == 1 and graph.replays == 2  # steps 5 and 7
+    else:  # tables made at updates 1, 4 (a logged step) and 7 (before step 7)
+        assert runtime.captures == 2 and graph.replays == 0
 
 
 @pytest.mark.skipif(not HARDWARE, reason="CUDA graphs need a GPU (NOISYSIM_CUDA_HARDWARE=1)")

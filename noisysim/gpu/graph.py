@@ -40,10 +40,11 @@ import sys
 from ..kernels import cuda_launch
 
 
-class StepGraph:
-    """One run's CUDA graph of its quiet training step (module docstring)."""
+class CupyRuntime:
+    """The CUDA side of a StepGraph: its stream (shared by CuPy and numba), its private
+    memory pool and stream capture (CuPy's)."""
 
-    def __init__(self, announce=None):
+    def __init__(self):
         import cupy
         from numba import cuda
 
@@ -53,7 +54,33 @@ class StepGraph:
         # the legacy one.
         self.stream = cupy.cuda.Stream(non_blocking=False)
         self.pool = cupy.cuda.MemoryPool()
-        self._numba_stream = cuda.external_stream(self.stream.ptr)
+        self.numba_stream = cuda.external_stream(self.stream.ptr)
+
+    def current(self):
+        """Context: CuPy's current stream is the graph's."""
+        return self.stream
+
+    def allocating(self):
+        """Context: CuPy allocates from the graph's own pool (what a capture records stays
+        the graph's memory)."""
+        return self._cupy.cuda.using_allocator(self.pool.malloc)
+
+    def begin_capture(self) -> None:
+        self.stream.begin_capture()
+
+    def end_capture(self):
+        return self.stream.end_capture()
+
+    def launch(self, graph) -> None:
+        graph.launch(stream=self.stream)
+
+
+class StepGraph:
+    """One run's CUDA graph of its quiet training step (module docstring). ``runtime``:
+    the CUDA side (default ``CupyRuntime()``; tests pass a stand-in)."""
+
+    def __init__(self, runtime=None, announce=None):
+        self.runtime = runtime if runtime is not None else CupyRuntime()
         self.graph = None
         self.warm = False
         self.enabled = True
@@ -66,50 +93,49 @@ class StepGraph:
     def on_stream(self):
         """Every CuPy operation and numba launch inside goes to the graph's stream."""
         previous = cuda_launch.STREAM["numba"]
-        cuda_launch.STREAM["numba"] = self._numba_stream
+        cuda_launch.STREAM["numba"] = self.runtime.numba_stream
         try:
-            with self.stream:
+            with self.runtime.current():
                 yield
         finally:
             cuda_launch.STREAM["numba"] = previous
 
     def step(self, trainer, plain) -> str:
         """One quiet step: ``plain()`` runs it without a graph (returns "" or a failure)."""
-        opt, K = trainer.optimizer, trainer.kernels
+        opt, K, rt = trainer.optimizer, trainer.kernels, self.runtime
         K.schedule(opt, trainer.network.dtype, int(opt.state.count) + 1)  # its window, now
         if self.graph is not None and self.generation != K.generation:
             self.graph, self.warm = None, False  # the step's memory changed: capture anew
         if self.graph is not None:
-            self.graph.launch(stream=self.stream)
+            rt.launch(self.graph)
             trainer.advance_host_counters(self.delta)
             self.replays += 1
             return ""
-        cupy = self._cupy
-        with cupy.cuda.using_allocator(self.pool.malloc):
+        with rt.allocating():
             if not self.warm:
                 self.warm = True
                 return plain()
             saved = trainer.state_dict()
             before = trainer.host_counters()
-            self.stream.begin_capture()
+            rt.begin_capture()
             try:
                 result = plain()
             except Exception as exc:  # the step could not be captured
                 with contextlib.suppress(Exception):
-                    self.stream.end_capture()
+                    rt.end_capture()
                 return self._give_up(trainer, saved, plain, exc)
-            graph = self.stream.end_capture()
+            graph = rt.end_capture()
         after = trainer.host_counters()
         self.delta = {k: after[k] - before[k] for k in after}
         self.graph, self.generation = graph, K.generation
-        graph.launch(stream=self.stream)  # executes the captured step
+        rt.launch(graph)  # executes the captured step
         return result
 
     def _give_up(self, trainer, saved, plain, exc) -> str:
         self.enabled = False
         cuda_launch.forget_counters()  # the device did not run what the host counted
         trainer.load_state_dict(saved)
+        first = str(exc).splitlines()[0] if str(exc) else ""
         self._announce(f"noisysim: this step cannot be captured as a CUDA graph "
-                       f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''});"
-                       " the run continues without graphs")
+                       f"({type(exc).__name__}: {first}); the run continues without graphs")
         return plain()
