@@ -27,9 +27,12 @@ A capture that fails (some operation of the step cannot be captured) restores th
 saved before it, reruns the step plainly and turns the graph off for the run, with a note.
 Under numba's CUDA simulator there are no graphs: the run is plain.
 
-Status: built without a GPU to test it on (issue 10); ``experiments/gpu_check.sh`` compares
-a run with graphs against one without, bit for bit, and times both. ``backend.graphs`` is
-off by default until that has passed on hardware.
+Status: built without a GPU to test it on (issue 10). Under the simulator
+tests/test_engine.py checks the bookkeeping with an emulated capture (``StepGraph`` takes
+its CUDA side as a ``runtime``) and that a replayed step advances the host as a run step
+does; ``experiments/gpu_check.sh`` compares runs with graphs against runs without, bit for
+bit, and times both. ``backend.graphs`` is off by default until that has passed on
+hardware.
 """
 
 from __future__ import annotations
