@@ -635,8 +635,10 @@ def _arena_gradient_norms(x, starts, seg_layer, stats, failure, n_layers, clip, 
     """Over the gradient arena x (``noisysim.arena``): per segment s of layer l,
     stats[grad_sq(l)] += sum float64(x)^2 (fixed order: each block's tree, then the last
     block sums the blocks' partials) and stats[grad_bad(l)] += its non-finite elements (an
-    atomic add per block: a count, exact in any order); then, in the last block, the
-    optimiser's gate and clip scale (``_update_gate``)."""
+    atomic add by each thread that saw some: a count, exact in any order, and no block
+    reduction, which would cost a barrier per segment); then, in the last block, the
+    optimiser's gate and clip scale: gate[0] = 0 when the update must not run
+    (``step.blocked``), scale[0] = min(1, clip / ||g||) (clip <= 0: 1)."""
     buf = cuda.shared.array(_SHARED, np.float64)
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for s in range(seg_layer.shape[0]):
@@ -647,9 +649,8 @@ def _arena_gradient_norms(x, starts, seg_layer, stats, failure, n_layers, clip, 
             acc += v * v
             if not math.isfinite(v):
                 nb += 1.0
-        n_bad = _block_sum(buf, nb)
-        if cuda.threadIdx.x == 0 and n_bad > 0.0:
-            cuda.atomic.add(stats, d_grad_bad(n_layers, seg_layer[s]), n_bad)
+        if nb > 0.0:
+            cuda.atomic.add(stats, d_grad_bad(n_layers, seg_layer[s]), nb)
         _segment_partial(buf, partials, s, acc)
     if _segments_into_stats(buf, partials, ticket, seg_layer, stats, n_layers, False):
         gate[0] = 0 if d_blocked(stats, failure, n_layers, _BEFORE_UPDATE) else 1
