@@ -416,3 +416,11 @@ def test_a_conv_nets_input_shape_is_attributed_to_the_dataset():
     _, origins = explain_config(None, ["data.name=fashion-mnist", "model=fashion_convnet",
                                        "model.input_shape=[28, 28, 1]"])
     assert origins["model.input_shape"] == "--set model.input_shape=[28, 28, 1]"
+
+
+def test_backend_graphs_is_stored_only_when_on():
+    """Off, the default, leaves resolved configs as they were before the key existed (stored
+    trajectories still match their plans); on, the run's file says so."""
+    assert load_config(None).to_dict()["backend"] == {"name": "auto"}
+    on = load_config(None, ["backend.graphs=true"]).to_dict()["backend"]
+    assert on == {"name": "auto", "graphs": True}

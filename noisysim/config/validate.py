@@ -183,8 +183,9 @@ class _Resolver:
         self.optimizer()
         self.data()
         self.train()
-        out["backend"] = {"name": self.typed("backend.name"),
-                          "graphs": self.typed("backend.graphs")}
+        out["backend"] = {"name": self.typed("backend.name")}
+        if self.typed("backend.graphs"):  # off (the default) leaves configs as they were
+            out["backend"]["graphs"] = True
         self.measurement()
         self.cross_checks()
         out["name"] = self.name()
