@@ -23,6 +23,7 @@ run needs to continue is returned by ``Trainer.state_dict`` (checkpoints).
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 from dataclasses import dataclass, field
@@ -368,7 +369,8 @@ class Trainer:
         L = net.n_layers
         layers = self.device.layers
         m = self.device.measure_checked(x, y, **self.rule.request())
-        grads = self.rule.estimate(m, net, out=self.optimizer.gradients.layers)
+        grads = (self.rule.estimate(m, net, out=self.optimizer.gradients.layers)
+                 if _takes_out(self.rule.estimate) else self.rule.estimate(m, net))
         step = self.step + 1
         stats, failure = self._stats, self._failure
         stats[...] = 0.0
@@ -494,3 +496,12 @@ def _cosine(g, e) -> float:
     b = np.concatenate([e.W.ravel()] + ([e.b.ravel()] if e.b is not None else [])).astype(np.float64)
     denom = np.linalg.norm(a) * np.linalg.norm(b)
     return float(a @ b / denom) if denom > 0 else math.nan
+
+
+def _takes_out(estimate) -> bool:
+    """Whether a rule's ``estimate`` accepts ``out`` (the optimiser's gradient arena); a
+    rule written without it returns new arrays, which the optimiser copies in."""
+    try:
+        return "out" in inspect.signature(estimate).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a callable without a signature
+        return False

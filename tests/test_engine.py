@@ -118,6 +118,20 @@ def test_failure_is_reported_at_its_step_and_freezes_the_updates(backend, log_ev
         np.testing.assert_array_equal(v, after_step_1[k], err_msg=k)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_a_rule_whose_estimate_takes_no_out_trains_alike(backend):
+    """A rule written before the gradient arena (``estimate(m, network)``) returns new
+    arrays, which the optimiser copies in: the same training, bit for bit."""
+    old_style, new_style = _trainer(backend), _trainer(backend)
+    estimate = old_style.rule.estimate
+    old_style.rule.estimate = lambda m, network: estimate(m, network)
+    for trainer in (old_style, new_style):
+        trainer._train_rows(0, BATCH)
+        trainer._train_rows(BATCH, 2 * BATCH)
+    for k, v in new_style.state_dict()["network"].items():
+        np.testing.assert_array_equal(old_style.state_dict()["network"][k], v, err_msg=k)
+
+
 def test_failure_messages_have_one_home():
     assert StepFailure("loss", 3).message == "the loss became non-finite at step 3"
     assert StepFailure.from_record([0, 0, -1]) is None
