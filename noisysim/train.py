@@ -287,7 +287,7 @@ class Trainer:
     def run(self) -> Result:
         if self._graph is None:
             return self._run()
-        with self._graph.on_stream():  # pragma: no cover - needs a GPU
+        with self._graph.on_stream():
             return self._run()
 
     def _run(self) -> Result:
@@ -345,7 +345,7 @@ class Trainer:
         graph = self._graph
         if (graph is not None and graph.enabled and stop - start == self.settings.batch_size
                 and self._quiet(self.step + 1)):
-            return graph.step(self, plain)  # pragma: no cover - needs a GPU
+            return graph.step(self, plain)
         return plain()
 
     def _train_step(self, x, y) -> str:
