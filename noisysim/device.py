@@ -178,11 +178,12 @@ class Device:
         self._buffers = {}
         if kernels is CPU:
             self.parameters, self.layers = self.network.parameters, self.network.layers
-        else:  # one arena on the backend, filled by one copy (``push``)
+        else:  # one arena on the backend for W and b, filled by ``push`` with R
             self.parameters = Arena(kernels, self.network.parameters.layout,
                                     self.network.dtype)
             self.layers = [
-                LayerParams(views.W, views.b, None if p.R is None else kernels.asarray(p.R))
+                LayerParams(views.W, views.b,
+                            None if p.R is None else kernels.empty(p.R.shape, p.R.dtype))
                 for views, p in zip(self.parameters.layers, self.network.layers)]
             self.push()
         self.load_state_dict(state)
