@@ -362,7 +362,7 @@ class CudaKernels:
                     *params.tables(), n_layers, scale, gate, opt.weight_decay,
                     opt.momentum, opt.nesterov, count, first, lrs, stats)
 
-    #: updates per table of ``_schedule``: a new table (and a new CUDA graph) every SCHEDULE
+    #: updates per table of ``schedule``: a new table (and a new CUDA graph) every SCHEDULE
     #: updates; 2 x 65536 float64 values are 1 MiB
     SCHEDULE = 4096 if K.SIMULATED else 65536
 
