@@ -119,6 +119,8 @@ def _reduction_scratch(like):
     return _SCRATCH[k]
 
 
+_RETIRED: list = []  # scratch arrays replaced by larger ones (``_segment_scratch``)
+
 #: blocks of the kernels that reduce per arena segment (``cuda._segment_partial``): their
 #: partials take a row of this many slots per segment. 1024 blocks of 256 threads fill an
 #: H200 (132 SMs of 2048 threads) several times over; a grid-stride loop does the rest.
@@ -131,10 +133,13 @@ def _segment_blocks(n: int) -> int:
 
 def _segment_scratch(like, n_segments: int):
     """(partials, ticket) of the per-segment reductions: n_segments rows of SEGMENT_BLOCKS
-    float64 slots, grown on demand, and the ticket of ``_reduction_scratch``."""
+    float64 slots, grown on demand, and the ticket of ``_reduction_scratch``. A grown-out
+    array is kept: a CUDA graph captured with it still writes there when replayed."""
     k = ("segments", isinstance(like, np.ndarray))
     have = _SCRATCH.get(k)
     if have is None or have.shape[0] < n_segments * SEGMENT_BLOCKS:
+        if have is not None:
+            _RETIRED.append(have)
         have = _SCRATCH[k] = _to_device(np.zeros(n_segments * SEGMENT_BLOCKS), like)
     return have, _reduction_scratch(like)[1]
 
