@@ -74,7 +74,7 @@ def graph_step_time(layers: str, batch: int, rule: str, steps: int) -> float:
             times.append(time.perf_counter() - start)
     if not graph.enabled or graph.replays < steps:
         raise RuntimeError(f"the step was not replayed ({graph.replays} replays)")
-    return statistics.median(times[3:])  # after warm-up, capture and its first launch
+    return statistics.median(times[3:])  # after warm-up, capture and the first replay
 
 
 def check_row(layers: str, batch: int, rule: str, steps: int) -> dict:
