@@ -12,21 +12,31 @@
 # 3. one table: per row, noisysim's cuda step and the PyTorch step (noisysim.gpu.torch_step)
 #    on the same GPU, their ratio, noisysim's GPU-busy fraction and launches per step, and
 #    noisysim's step replayed as a CUDA graph (python -m noisysim.gpu.check);
+#    then cpu against cuda step times from 0.016 to 16 GFLOP per step, and the crossover
+#    from which cuda wins (python -m noisysim.gpu.check --crossover: auto's threshold);
 # 4. the main job on cpu, cuda, cuda with CUDA graphs (backend.graphs) and auto: final test
 #    accuracies and wall times.
 # Steps are independent: one failing does not stop the others (no `set -e`); the script
-# exits non-zero if any step failed.
+# exits non-zero if any step failed. The whole script stays within BUDGET_S (300 s): every
+# step's time limit is cut to what is left, and a step with under 10 s left is skipped.
 set -u
 cd "$(dirname "$0")/.." || exit 2
 ROOT=$(pwd)
 PY=${PYTHON:-python3}
 LOG_DIR=${OUT:-}
 FAILED=()
+BUDGET_S=${BUDGET_S:-300}
+DEADLINE=$(( $(date +%s) + BUDGET_S ))
 
 if [ -n "$LOG_DIR" ]; then exec > >(tee -a "$LOG_DIR/gpu_check.log") 2>&1; else exec 2>&1; fi
 step() { echo; echo "=== $* ($(date +%H:%M:%S))"; }
+left() { echo $(( DEADLINE - $(date +%s) )); }
+cap() {  # cap LIMIT: LIMIT, or the seconds left in the budget if fewer
+  local l; l=$(left); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"
+}
 run() {  # run NAME TIMEOUT CMD...: time-limited, output logged, failure remembered
-  local name=$1 limit=$2; shift 2
+  local name=$1 limit; limit=$(cap "$2"); shift 2
+  if [ "$limit" -lt 10 ]; then FAILED+=("$name (skipped: budget spent)"); echo "--- $name skipped: the ${BUDGET_S} s budget is spent"; return 0; fi
   timeout "$limit" "$@"
   local rc=$?
   if [ "$rc" -ne 0 ]; then FAILED+=("$name (exit $rc)"); echo "--- $name failed (exit $rc)"; fi
@@ -41,7 +51,7 @@ else
 fi
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-run versions 60 "$PY" - <<'PYEOF'
+run versions 30 "$PY" - <<'PYEOF'
 import importlib, sys
 print("python", sys.version.split()[0])
 for name in ("numpy", "numba", "numba_cuda", "cupy", "torch", "pytest"):
@@ -56,19 +66,24 @@ PYEOF
 step "hardware twin tests"
 # -k cuda: the cuda half of the engine tests (their `backend` fixture), the kernel twins
 # and the machine-code checks; the CPU half already ran in CI.
-run twin_tests 150 env NOISYSIM_CUDA_HARDWARE=1 "$PY" -m pytest -q -p no:cacheprovider \
+run twin_tests 110 env NOISYSIM_CUDA_HARDWARE=1 "$PY" -m pytest -q -p no:cacheprovider \
   tests/test_cuda.py tests/test_cuda_compile.py tests/test_engine.py tests/test_rules.py \
   tests/test_train.py -k cuda -rfEs
 
 step "step times: noisysim cuda vs PyTorch"
-run table 130 "$PY" -m noisysim.gpu.check --steps 5
+run table 90 "$PY" -m noisysim.gpu.check --steps 5
+
+step "auto's crossover: noisysim's step on cpu and on cuda"
+run crossover 40 "$PY" -m noisysim.gpu.check --crossover --steps 3
 
 step "main job: cpu, cuda, cuda with graphs, auto (10 epochs)"
 TMP=$(mktemp -d)
 for backend in cpu cuda cuda-graphs auto; do
   start=$(date +%s.%N)
   graphs=false; [ "$backend" = cuda-graphs ] && graphs=true
-  out=$(timeout 60 "$PY" -m noisysim.cli run --main --backend "${backend%-graphs}" \
+  limit=$(cap 40)
+  if [ "$limit" -lt 10 ]; then FAILED+=("main job $backend (skipped: budget spent)"); continue; fi
+  out=$(timeout "$limit" "$PY" -m noisysim.cli run --main --backend "${backend%-graphs}" \
         --set train.epochs=10 --set backend.graphs=$graphs --out "$TMP/$backend" 2>&1)
   rc=$?
   end=$(date +%s.%N)
@@ -78,7 +93,7 @@ for backend in cpu cuda cuda-graphs auto; do
 done
 rm -rf "$TMP"
 
-step "summary"
+step "summary ($(( BUDGET_S - $(left) )) s of the ${BUDGET_S} s budget)"
 if [ ${#FAILED[@]} -eq 0 ]; then
   echo "all steps passed"
 else

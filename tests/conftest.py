@@ -12,6 +12,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 HARDWARE = os.environ.get("NOISYSIM_CUDA_HARDWARE") == "1"
 if not HARDWARE:
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+    from simulator import quick_and_safe
+
+    quick_and_safe()  # a short GIL switch interval, atomic shared arrays (tests/simulator.py)
 
 
 @pytest.fixture(params=["cpu", "cuda"])

@@ -129,6 +129,33 @@ def test_gpu_check_refuses_without_a_gpu():
         assert lines[0].startswith("noisysim: error:") and ("GPU" in lines[0] or "cuda" in lines[0])
 
 
+def test_gpu_check_crossover_is_where_cuda_stays_faster():
+    """The crossover is the smallest step from which cuda wins at every larger point: a
+    cuda win below a cpu win does not count."""
+    from math import inf
+
+    from noisysim.gpu.check import crossover
+
+    assert crossover([(0.1, 1.0, 2.0), (1.0, 2.0, 1.0), (10.0, 5.0, 1.0)]) == 1.0
+    assert crossover([(10.0, 5.0, 1.0), (0.1, 1.0, 0.5), (1.0, 1.0, 2.0)]) == 10.0
+    assert crossover([(0.1, 1.0, 0.5), (1.0, 2.0, 1.0)]) == 0.1
+    assert crossover([(0.1, 1.0, 0.5), (1.0, 1.0, 1.0)]) == inf  # a tie is not a win
+
+
+def test_gpu_check_crossover_rows_time_both_backends(monkeypatch):
+    """--crossover's rows (run here under the simulator on a tiny network): both backends
+    timed, and the step's GFLOP counted from the products an ANP step makes."""
+    from noisysim.gpu import check
+
+    monkeypatch.setattr(check, "LADDER", [("6,5,3", 4)])
+    (row,) = check.crossover_rows(steps=1)
+    assert row["cpu_ms"] > 0 and row["cuda_ms"] > 0
+    # ANP: layer 0's input is the same in the clean and the perturbed pass (one product),
+    # layer 1's differs (two); plus one gradient outer product per layer
+    flop = 2 * (4 * 6 * 5 + 5 * 4 * 6) + 2 * (2 * 4 * 5 * 3 + 3 * 4 * 5)
+    assert row["gflop"] == pytest.approx(flop / 1e9, rel=1e-12)
+
+
 def test_backend_names_and_auto_crossover(monkeypatch):
     from noisysim import backends
     from noisysim.errors import NoisysimError
@@ -676,44 +703,13 @@ def check_backend_resolution(env):
     return f"auto -> cuda on {cuda_status()[1]}; announced: {said}"
 
 
-def _lock_simulator_shared_arrays() -> None:
-    """numba's simulator allocates a block's shared array on the first thread that asks,
-    with an unlocked check-then-insert: two threads preempted in between get different
-    arrays and a block reduction silently mixes them. Make the allocation atomic."""
-    import threading
-    import traceback as tb
-
-    from numba.cuda.simulator import kernelapi
-
-    original = kernelapi.FakeCUDAShared.array
-    lock = threading.Lock()
-
-    def array(self, shape, dtype, alignment=None):
-        if alignment is not None or shape == 0:
-            return original(self, shape, dtype, alignment)
-        if not isinstance(dtype, np.dtype):
-            from numba.np import numpy_support
-
-            dtype = numpy_support.as_dtype(dtype) if not isinstance(dtype, type) else dtype
-        caller = tb.extract_stack(sys._getframe())[-2][0:2]
-        with lock:
-            res = self._allocations.get(caller)
-            if res is None:
-                res = self._allocations[caller] = np.empty(shape, dtype)
-        return res
-
-    kernelapi.FakeCUDAShared.array = array
-
-
 def _run_checks() -> int:
-    # The simulator's launcher busy-polls its threads; hand the GIL over more often so the
-    # threads of a block reach their barriers quickly (and make its shared arrays safe
-    # under the resulting preemption).
-    sys.setswitchinterval(2e-5)
     try:
         env = _Env()
         if env.sim:
-            _lock_simulator_shared_arrays()
+            from simulator import quick_and_safe
+
+            quick_and_safe()  # tests/simulator.py
     except Exception as exc:  # numba without a cuda target, or no CuPy on hardware
         _emit("skip", True, f"cuda backend not importable here: {exc!r}")
         return 0

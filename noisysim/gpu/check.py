@@ -1,6 +1,7 @@
 """The table of ``experiments/gpu_check.sh``: noisysim's cuda step against a PyTorch step.
 
     python -m noisysim.gpu.check [--steps 10] [--rows small|all] [--json]
+    python -m noisysim.gpu.check --crossover [--steps 3]
 
 For every row (network, batch, rule) it times, in one process on the same GPU:
 
@@ -17,6 +18,11 @@ For every row (network, batch, rule) it times, in one process on the same GPU:
 
 ratio = PyTorch step time / noisysim step time (> 1: noisysim is faster); "graph ratio" the
 same for the graph's step.
+
+``--crossover`` measures what ``backend = "auto"`` needs instead: noisysim's step on cpu and
+on cuda, in one process, for the ANP networks of ``LADDER`` (from 0.016 to 16 GFLOP of
+matrix products per step), and the step size from which cuda is faster at every larger
+point (``crossover``), to compare with ``noisysim.backends.AUTO_CUDA_MIN_GFLOP``.
 """
 
 from __future__ import annotations
@@ -34,6 +40,55 @@ ROWS = [
     ("3072,4096,4096,4096,10", 4096, "anp"),
     ("3072,4096,4096,4096,10", 4096, "danp"),
 ]
+
+#: (layers, batch) of the crossover ladder, rule anp (``--crossover``).
+LADDER = [(f"784,{h},{h},{h},10", batch) for batch in (64, 1000)
+          for h in (64, 128, 256, 512, 1024)]
+
+
+def crossover(points) -> float:
+    """The smallest step size (GFLOP) from which cuda is faster at every larger point, for
+    ``points`` of (gflop, cpu seconds, cuda seconds); inf when cuda is slower at the
+    largest."""
+    best = float("inf")
+    for gflop, t_cpu, t_cuda in sorted(points, reverse=True):
+        if t_cuda >= t_cpu:
+            break
+        best = gflop
+    return best
+
+
+def crossover_rows(steps: int) -> list[dict]:
+    """cpu and cuda step times of noisysim's ANP step for every ``LADDER`` point."""
+    from ..bench import median_time, random_data_trainer, step_products, timed_step
+
+    rows = []
+    for layers, batch in LADDER:
+        times = {}
+        for backend in ("cpu", "cuda"):
+            trainer, widths = random_data_trainer("anp", layers, batch, "gaussian", "float32",
+                                                  backend)
+            times[backend] = median_time(timed_step(trainer), steps, warmup=1)
+        gflop = sum(2.0 * m * k * n for m, k, n in step_products(
+            trainer.rule, widths, batch, trainer.device.random_layers())) / 1e9
+        rows.append({"layers": layers, "batch": batch, "gflop": gflop,
+                     "cpu_ms": round(1e3 * times["cpu"], 3),
+                     "cuda_ms": round(1e3 * times["cuda"], 3)})
+    return rows
+
+
+def print_crossover(steps: int) -> None:
+    from ..backends import AUTO_CUDA_MIN_GFLOP
+
+    print("| network | batch | GFLOP/step | cpu (ms) | cuda (ms) | faster |")
+    print("|---|---|---|---|---|---|")
+    rows = crossover_rows(steps)
+    for r in rows:
+        print(f"| {r['layers']} | {r['batch']} | {r['gflop']:.3g} | {r['cpu_ms']} | {r['cuda_ms']} "
+              f"| {'cuda' if r['cuda_ms'] < r['cpu_ms'] else 'cpu'} |", flush=True)
+    at = crossover([(r["gflop"], r["cpu_ms"], r["cuda_ms"]) for r in rows])
+    print(f"crossover: cuda is faster from {at:g} GFLOP per step on (anp, {steps} steps; "
+          f"noisysim.backends.AUTO_CUDA_MIN_GFLOP is {AUTO_CUDA_MIN_GFLOP:g})")
 
 
 def _profile(step, n: int) -> tuple[float, float]:
@@ -106,6 +161,8 @@ def main(argv=None) -> int:
     p.add_argument("--rows", choices=("small", "all"), default="all",
                    help="small: the B = 64 and B = 1000 rows only")
     p.add_argument("--json", action="store_true", help="one JSON line per row")
+    p.add_argument("--crossover", action="store_true",
+                   help="cpu against cuda step times for auto's crossover (LADDER), instead")
     args = p.parse_args(argv)
     from ..backends import resolve_backend, simulated
     from ..errors import NoisysimError
@@ -118,6 +175,9 @@ def main(argv=None) -> int:
     except NoisysimError as err:
         print(f"noisysim: error: {err}", file=sys.stderr)
         return 2
+    if args.crossover:
+        print_crossover(args.steps)
+        return 0
     rows = [r for r in ROWS if args.rows == "all" or r[1] <= 1000]
     header = ("| network | batch | rule | noisysim (ms) | PyTorch (ms) | ratio | GPU busy "
               "| launches/step | graph (ms) | graph ratio |")
