@@ -317,7 +317,27 @@ def test_a_replayed_step_advances_the_host_as_the_step_did(backend):
     assert after["step"] == before["step"] + 1
     assert backend == "cpu" or ("noise_last", 0) in after  # the GPU's host-side check
     replayed.advance_host_counters({k: after[k] - before[k] for k in after})
-    assert _host_scalars(replayed) == _host_scalars(ran)
+    try:
+        assert _host_scalars(replayed) == _host_scalars(ran)
+    finally:  # the host's counter records now count a step the device never ran
+        from noisysim.kernels import cuda_launch
+
+        cuda_launch.forget_counters()
+
+
+def test_a_forgotten_counter_is_written_at_its_next_use():
+    """After ``forget_counters`` (a step the device did not run) the pass-time offsets of
+    a launch still match the device's clock."""
+    from noisysim.kernels import cuda_launch
+
+    like = np.zeros(1)
+    cuda_launch.counter("clock", 11, like)
+    cuda_launch.forget_counters()
+    device_clock = cuda_launch._COUNTERS[("clock", True)][0]
+    device_clock[0] = 99  # where the device's clock is, unknown to the host
+    ((index, clock, offset, count),) = cuda_launch.clocked([5, 6], like)
+    assert clock is device_clock and (index, count) == (0, 2)
+    assert clock[0] + offset == 5
 
 
 def _graph_trainer(graphs, rule="danp", epochs=2, batches=7, backend="cuda",

@@ -186,9 +186,10 @@ def _counter_array(like):
 
 
 def counter_value(name: str, like) -> int:
-    """The host's record of counter ``name`` (0 for a new counter)."""
+    """The host's record of counter ``name`` (0 for a new or a forgotten counter, which is
+    then written: the device's value is not known)."""
     k = (name, isinstance(like, np.ndarray))
-    if k not in _COUNTERS:
+    if k not in _COUNTERS or _COUNTERS[k][1] is None:
         counter(name, 0, like)
     return _COUNTERS[k][1]
 
