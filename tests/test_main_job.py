@@ -37,3 +37,25 @@ def test_main_job_from_python_writes_one_run_per_rule_then_reuses_them(tmp_path)
     assert reports == [] and rerun.paths == job.paths  # completed runs of the same config
     assert sum("already completed" in line for line in again) == len(MAIN_RULES)
     np.testing.assert_array_equal([r["mean"] for r in rerun.rows], [r["mean"] for r in job.rows])
+
+
+def test_auto_keeps_the_main_job_on_the_cpu_where_a_gpu_is_usable(monkeypatch):
+    """The main job's steps are far below auto's crossover, so a GPU machine runs it on the
+    CPU (issue 10 measured the previous cuda engine's main job on an H200 at 17 s, against
+    4.8 s on the CPU)."""
+    from noisysim import backends
+    from noisysim.config import load_config
+    from noisysim.experiment import build
+
+    monkeypatch.setattr(backends, "cuda_status", lambda refresh=False: (True, "a GPU"))
+    monkeypatch.setattr(backends, "simulated", lambda: False)
+    data = None
+    for rule in MAIN_RULES:
+        config = load_config(None, [f"rule.name={rule}"]).to_dict()
+        assert config["backend"]["name"] == "auto"
+        built = build(config, data=data)
+        data = built.data
+        assert built.backend == "cpu", rule
+    # and a step above the crossover would go to the GPU
+    wide = load_config(None, ["model.layers=[64,4096,4096,10]", "train.batch_size=256"])
+    assert build(wide.to_dict(), data=data).backend == "cuda"
