@@ -6,16 +6,17 @@
 # Needs numpy, numba, numba-cuda, CuPy, PyTorch and pytest on the machine; installs and
 # downloads nothing (noisysim runs from this checkout through PYTHONPATH).
 # 1. the card and the packages;
-# 2. the hardware twin tests (NOISYSIM_CUDA_HARDWARE=1: no simulator): every CUDA kernel
-#    against its CPU twin, the engine tests (rules, failures, resume, the launch budget) on
-#    the cuda backend, the compiled machine code;
+# 2. the hardware twin tests (NOISYSIM_CUDA_HARDWARE=1: no simulator; every test that
+#    `pytest tests -k cuda` selects): every CUDA kernel against its CPU twin, the engine
+#    tests (rules, failures, resume, the launch budget) on the cuda backend, the reductions'
+#    order, the compiled machine code, graph runs against plain runs;
 # 3. one table: per row, noisysim's cuda step and the PyTorch step (noisysim.gpu.torch_step)
 #    on the same GPU, their ratio, noisysim's GPU-busy fraction and launches per step, and
 #    noisysim's step replayed as a CUDA graph (python -m noisysim.gpu.check);
-#    then cpu against cuda step times from 0.016 to 16 GFLOP per step, and the crossover
-#    from which cuda wins (python -m noisysim.gpu.check --crossover: auto's threshold);
 # 4. the main job on cpu, cuda, cuda with CUDA graphs (backend.graphs) and auto: final test
-#    accuracies and wall times.
+#    accuracies and wall times;
+# 5. cpu against cuda step times from 0.016 to 16 GFLOP per step, and the size from which
+#    cuda wins (python -m noisysim.gpu.check --crossover: auto's threshold).
 # Steps are independent: one failing does not stop the others (no `set -e`); the script
 # exits non-zero if any step failed. The whole script stays within BUDGET_S (300 s): every
 # step's time limit is cut to what is left, and a step with under 10 s left is skipped.
@@ -64,17 +65,15 @@ print("cuda_status", cuda_status())
 PYEOF
 
 step "hardware twin tests"
-# -k cuda: the cuda half of the engine tests (their `backend` fixture), the kernel twins
-# and the machine-code checks; the CPU half already ran in CI.
-run twin_tests 110 env NOISYSIM_CUDA_HARDWARE=1 "$PY" -m pytest -q -p no:cacheprovider \
-  tests/test_cuda.py tests/test_cuda_compile.py tests/test_engine.py tests/test_rules.py \
-  tests/test_train.py -k cuda -rfEs
+# -k cuda: every test of the cuda backend (the cuda half of the engine, rule, hardware and
+# pass tests through their `backend` fixture, the kernel twins, the reductions' order, the
+# conv kernels, the machine-code checks, the graph runs); the CPU half already ran in CI.
+# -v: each test's result as it ends, so a run cut by the time limit still shows them.
+run twin_tests 130 env NOISYSIM_CUDA_HARDWARE=1 "$PY" -m pytest -v --tb=line -rfEs \
+  -p no:cacheprovider tests -k cuda
 
 step "step times: noisysim cuda vs PyTorch"
-run table 90 "$PY" -m noisysim.gpu.check --steps 5
-
-step "auto's crossover: noisysim's step on cpu and on cuda"
-run crossover 40 "$PY" -m noisysim.gpu.check --crossover --steps 3
+run table 80 "$PY" -m noisysim.gpu.check --steps 5
 
 step "main job: cpu, cuda, cuda with graphs, auto (10 epochs)"
 TMP=$(mktemp -d)
@@ -92,6 +91,9 @@ for backend in cpu cuda cuda-graphs auto; do
   echo "$out" | grep -iE "accuracy|rule|backend" | tail -8
 done
 rm -rf "$TMP"
+
+step "auto's crossover: noisysim's step on cpu and on cuda (what is left of the budget)"
+run crossover 40 "$PY" -m noisysim.gpu.check --crossover --steps 3
 
 step "summary ($(( BUDGET_S - $(left) )) s of the ${BUDGET_S} s budget)"
 if [ ${#FAILED[@]} -eq 0 ]; then
