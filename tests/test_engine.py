@@ -443,6 +443,45 @@ def test_step_graph_warms_up_captures_and_replays_as_the_plain_run(window, rule,
         assert runtime.captures == 2 and graph.replays == 0
 
 
+def test_gpu_check_times_graph_replays_only(monkeypatch):
+    """``noisysim.gpu.check.graph_step_time`` (its graph columns), with the capture emulated:
+    it stays within one epoch's quiet steps, and the steps it times and profiles after the
+    warm-up, the capture and the first replay are all replays."""
+    from noisysim import bench
+    from noisysim.gpu import check
+    from noisysim.gpu.graph import StepGraph
+
+    made = []
+    original = bench.random_data_trainer
+
+    def emulated(*args, graphs=False, **kwargs):
+        trainer, widths = original(*args, **kwargs)
+        runtime = _EmulatedCapture(trainer)
+        graph = trainer._graph = StepGraph(runtime)
+        step = graph.step
+
+        def spying(trainer, plain):
+            runtime.plain = plain
+            return step(trainer, plain)
+        graph.step = spying
+        made.append(graph)
+        return trainer, widths
+    monkeypatch.setattr(bench, "random_data_trainer", emulated)
+    profiled = []
+
+    def profile(step, n):
+        before = made[0].replays
+        for _ in range(n):
+            step()
+        profiled.append(made[0].replays - before)
+        return 0.25, 7.0
+    monkeypatch.setattr(check, "_profile", profile)
+    seconds, busy = check.graph_step_time("6,5,4", 4, "anp", steps=2)
+    (graph,) = made
+    assert profiled == [2] and busy == 0.25 and seconds > 0
+    assert graph.enabled and graph.replays == 2 * 2 + 1  # timed 2, profiled 2, the first
+
+
 @pytest.mark.skipif(not HARDWARE, reason="CUDA graphs need a GPU (NOISYSIM_CUDA_HARDWARE=1)")
 @pytest.mark.parametrize("rule", ["bp", "anp", "danp"])
 def test_cuda_graph_replays_train_bit_for_bit_as_the_plain_step(rule):  # pragma: no cover

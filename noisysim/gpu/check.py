@@ -14,7 +14,8 @@ For every row (network, batch, rule) it times, in one process on the same GPU:
   launches per step.
 
 - noisysim's step replayed as a CUDA graph (``backend.graphs``, ``noisysim.gpu.graph``):
-  the median of ``--steps`` quiet steps of an epoch, after its warm-up and capture steps.
+  the median of ``--steps`` quiet steps of an epoch, after its warm-up and capture steps,
+  and its GPU-busy fraction over ``--steps`` more.
 
 ratio = PyTorch step time / noisysim step time (> 1: noisysim is faster); "graph ratio" the
 same for the graph's step.
@@ -109,27 +110,34 @@ def _profile(step, n: int) -> tuple[float, float]:
     return busy_us * 1e-6 / n, count / n
 
 
-def graph_step_time(layers: str, batch: int, rule: str, steps: int) -> float:
-    """Median seconds of a quiet step replayed as a CUDA graph (module docstring)."""
+def graph_step_time(layers: str, batch: int, rule: str, steps: int) -> tuple[float, float]:
+    """(median seconds, GPU kernel seconds) of a quiet step replayed as a CUDA graph (module
+    docstring): the median over ``steps`` replays, the kernel time over ``steps`` more."""
     import statistics
     import time
 
     from ..bench import random_data_trainer
 
     trainer, _ = random_data_trainer(rule, layers, batch, "gaussian", "float32", "cuda",
-                                     batches=steps + 4, graphs=True)
+                                     batches=2 * steps + 4, graphs=True)
     graph, K = trainer._graph, trainer.kernels
+    ks = iter(range(2 * steps + 3))  # the epoch's last step (it logs) is left out
+
+    def step():
+        k = next(ks)
+        if trainer._train_rows(k * batch, (k + 1) * batch):
+            raise RuntimeError("the graph benchmark's step diverged")
     times = []
     with graph.on_stream():
-        for k in range(steps + 3):  # the epoch's last step (it logs) is left out
+        for _ in range(steps + 3):
             start = time.perf_counter()
-            if trainer._train_rows(k * batch, (k + 1) * batch):
-                raise RuntimeError("the graph benchmark's step diverged")
+            step()
             K.synchronize()
             times.append(time.perf_counter() - start)
-    if not graph.enabled or graph.replays < steps:
+        busy, _ = _profile(step, steps)
+    if not graph.enabled or graph.replays < 2 * steps:
         raise RuntimeError(f"the step was not replayed ({graph.replays} replays)")
-    return statistics.median(times[3:])  # after warm-up, capture and the first replay
+    return statistics.median(times[3:]), busy  # after warm-up, capture and the first replay
 
 
 def check_row(layers: str, batch: int, rule: str, steps: int) -> dict:
@@ -142,16 +150,17 @@ def check_row(layers: str, batch: int, rule: str, steps: int) -> dict:
     busy, launches = _profile(step, steps)
     t_torch = bench_torch(rule, layers, batch, steps)["step_s"]
     try:
-        t_graph = graph_step_time(layers, batch, rule, steps)
+        t_graph, busy_graph = graph_step_time(layers, batch, rule, steps)
     except Exception as exc:  # the plain columns still stand
         print(f"graph {layers} {batch} {rule}: {type(exc).__name__}: {str(exc)[:200]}",
               file=sys.stderr, flush=True)
-        t_graph = float("nan")
+        t_graph = busy_graph = float("nan")
     return {"layers": layers, "batch": batch, "rule": rule,
             "noisysim_ms": round(1e3 * t_ns, 3), "torch_ms": round(1e3 * t_torch, 3),
             "ratio": round(t_torch / t_ns, 3), "gpu_busy": round(busy / t_ns, 3),
             "launches_per_step": round(launches, 1), "graph_ms": round(1e3 * t_graph, 3),
-            "graph_ratio": round(t_torch / t_graph, 3)}
+            "graph_ratio": round(t_torch / t_graph, 3),
+            "graph_gpu_busy": round(busy_graph / t_graph, 3)}
 
 
 def main(argv=None) -> int:
@@ -180,10 +189,10 @@ def main(argv=None) -> int:
         return 0
     rows = [r for r in ROWS if args.rows == "all" or r[1] <= 1000]
     header = ("| network | batch | rule | noisysim (ms) | PyTorch (ms) | ratio | GPU busy "
-              "| launches/step | graph (ms) | graph ratio |")
+              "| launches/step | graph (ms) | graph ratio | graph GPU busy |")
     if not args.json:
         print(header)
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
     failed = 0
     for layers, batch, rule in rows:
         try:
@@ -191,14 +200,15 @@ def main(argv=None) -> int:
         except Exception as exc:  # one row failing must not hide the others
             failed += 1
             print(f"| {layers} | {batch} | {rule} | failed: {type(exc).__name__}: "
-                  f"{str(exc)[:120]} |||||||", flush=True)
+                  f"{str(exc)[:120]} ||||||||", flush=True)
             continue
         if args.json:
             print(json.dumps(row), flush=True)
         else:
             print(f"| {layers} | {batch} | {rule} | {row['noisysim_ms']} | {row['torch_ms']} "
                   f"| {row['ratio']} | {row['gpu_busy']:.0%} | {row['launches_per_step']} "
-                  f"| {row['graph_ms']} | {row['graph_ratio']} |", flush=True)
+                  f"| {row['graph_ms']} | {row['graph_ratio']} | {row['graph_gpu_busy']:.0%} |",
+                  flush=True)
     return 1 if failed else 0
 
 
