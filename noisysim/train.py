@@ -256,6 +256,13 @@ class Trainer:
                         for k, v in cuda_launch.counter_records().items() if v is not None})
         return out
 
+    def step_counters(self, start: int) -> dict:
+        """What each device counter must hold when a step on rows [start, ...) begins (the
+        values the plain step writes when the host's record differs): the pass clock, the
+        optimiser's update count, the step and the batch's first row."""
+        return {"clock": self.device.clock, "updates": int(self.optimizer.state.count),
+                "step": self.step, "rows": start}
+
     def advance_host_counters(self, delta: dict) -> None:
         """Add ``delta`` (keys of ``host_counters``) to the host's values."""
         self.device.clock += delta["clock"]
@@ -345,6 +352,7 @@ class Trainer:
         graph = self._graph
         if (graph is not None and graph.enabled and stop - start == self.settings.batch_size
                 and self._quiet(self.step + 1)):
+            self.kernels.hold_counters(self.step_counters(start))
             return graph.step(self, plain)
         return plain()
 

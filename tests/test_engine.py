@@ -341,13 +341,13 @@ def test_a_forgotten_counter_is_written_at_its_next_use():
 
 
 def _graph_trainer(graphs, rule="danp", epochs=2, batches=7, backend="cuda",
-                   noise=("telegraph", {"p_flip": 0.3, "amplitude": 0.01})):
+                   noise=("telegraph", {"p_flip": 0.3, "amplitude": 0.01}), log_every=3):
     r = make_rule(rule, **({} if rule.endswith("bp") else {"sigma": 1e-2}))
     net = Network(WIDTHS, decorrelation=r.decorrelated, seed=1)
     device = Device(net, noise=make_noise(noise[0], **noise[1]), seed=2)
     return Trainer(device, r, make_optimizer("adam", lr=1e-2, schedule="cosine"),
                    _data(n=batches * BATCH), TrainSettings(epochs=epochs, batch_size=BATCH,
-                                                     log_every=3),
+                                                     log_every=log_every),
                    decorrelator=Decorrelator(1e-2) if r.decorrelated else None,
                    recorder=NullRecorder(), backend=backend, graphs=graphs)
 
@@ -375,7 +375,8 @@ class _EmulatedCapture:
     "capture" runs the step, and the graph's first launch after it does nothing; a later
     launch (a replay) runs the step at the current position and then puts the host's values
     back as they were, as a replay changes the device only. StepGraph then advances the
-    host's values by what the captured step changed."""
+    host's values by what the captured step changed. A replay runs no host code, so the
+    emulated one must not need any: no counter written and nothing copied from the host."""
 
     numba_stream = None
 
@@ -406,7 +407,10 @@ class _EmulatedCapture:
         host = (t.device.clock, t.optimizer.state, t.step,
                 {l: dict(s) for l, s in t.device._noise_state.items()},
                 {k: v[1] for k, v in cuda_launch._COUNTERS.items()})
+        writes, copies = cuda_launch.COUNTER_WRITES["count"], t.kernels.counters["to_device"]
         assert self.plain() == ""
+        assert cuda_launch.COUNTER_WRITES["count"] == writes, "a replay wrote a counter"
+        assert t.kernels.counters["to_device"] == copies, "a replay copied from the host"
         t.device.clock, t.optimizer.state, t.step = host[:3]
         for l, state in host[3].items():
             if "_last" in state:  # a stateful model's (telegraph, OU)
@@ -441,6 +445,47 @@ def test_step_graph_warms_up_captures_and_replays_as_the_plain_run(window, rule,
         assert runtime.captures == 1 and graph.replays == 2  # steps 4 and 5
     else:  # tables made at updates 1 and 4 (before step 4): step 4 warms up anew
         assert runtime.captures == 2 and graph.replays == 0
+
+
+def _emulated_graph(trainer):
+    """Give ``trainer`` a StepGraph whose capture is emulated (``_EmulatedCapture``)."""
+    from noisysim.gpu.graph import StepGraph
+
+    runtime = _EmulatedCapture(trainer)
+    graph = trainer._graph = StepGraph(runtime)
+    step = graph.step
+
+    def spying(trainer, plain):
+        runtime.plain = plain
+        return step(trainer, plain)
+    graph.step = spying
+    return graph, runtime
+
+
+@pytest.mark.parametrize("case", ["host copies", "counter write"])
+def test_step_graph_gives_up_on_a_step_that_a_replay_would_not_repeat(case, monkeypatch,
+                                                                      capsys):
+    """A captured step must be device work only. WP copies host-drawn perturbations to the
+    GPU at every step; a capture at an epoch's first step would write the row counter if the
+    trainer did not hold the counters first (made a no-op here). Either way the capture is
+    dropped: the state goes back, the step runs plainly, graphs stay off, with a note."""
+    from noisysim.kernels.cuda_backend import CudaKernels
+
+    gaussian = ("gaussian", {"sigma": 0.01})
+    if case == "host copies":  # steps 1 and 2 quiet: warm-up, capture
+        make = lambda: _graph_trainer(False, "wp", epochs=1, batches=3,  # noqa: E731
+                                      noise=gaussian)
+    else:  # step 1 warm-up, 2 ends epoch 1, 3 is captured at the start of epoch 2
+        monkeypatch.setattr(CudaKernels, "hold_counters", lambda self, values: None)
+        make = lambda: _graph_trainer(False, "anp", epochs=2, batches=2,  # noqa: E731
+                                      noise=gaussian, log_every=1000)
+    graphed = make()
+    graph, runtime = _emulated_graph(graphed)
+    _assert_same_runs(graphed, make())
+    assert runtime.captures == 1 and not graph.enabled and graph.replays == 0
+    want = "host arrays to the GPU" if case == "host copies" else "writes a device counter"
+    (note,) = [line for line in capsys.readouterr().err.splitlines() if "graph" in line]
+    assert "cannot be captured as a CUDA graph" in note and want in note
 
 
 def test_gpu_check_times_graph_replays_only(monkeypatch):

@@ -279,7 +279,9 @@ def test_fg_matches_finite_difference_directional_derivative(decorrelation, back
     assert rule.state_dict() == {"step": np.int64(1)}
     other = make_rule("fg", samples=K, seed=3)
     other.load_state_dict({"step": np.int64(0)})
-    assert_grads_close(other.estimate(m, net), [(g.W, g.b) for g in got], rtol=0, atol=0)
+    # on the same backend: a GPU's tanh and cuBLAS sums are not the CPU's to the last bit
+    assert_grads_close(estimate_on(other, m, net, backend), [(g.W, g.b) for g in got],
+                       rtol=0, atol=0)
     nxt = rule.estimate(m, net)
     assert not np.allclose(nxt[0].W, got[0].W)
 

@@ -23,8 +23,13 @@ the program. Its life:
 3. replay: every later quiet step launches the graph and advances the host's counters by
    what one captured step advanced them (``Trainer.host_counters``).
 
-A capture that fails (some operation of the step cannot be captured) restores the state
-saved before it, reruns the step plainly and turns the graph off for the run, with a note.
+A replay runs no host code, so before every step the graph may run the trainer makes the
+device counters hold what the plain step would write into them (``Trainer.step_counters``,
+``hold_counters``; e.g. the row counter goes back to 0 at an epoch's first step), outside
+any capture. A capture that fails (some operation of the step cannot be captured), or whose
+step copied host data to the GPU or wrote a counter from the host (a replay would not
+refresh either: WP's host-drawn perturbations, for one), is dropped: the state saved before
+it comes back, the step runs plainly and the graph is off for the run, with a note.
 Under numba's CUDA simulator there are no graphs: the run is plain.
 
 Status: built without a GPU to test it on (issue 10). Under the simulator
@@ -120,25 +125,36 @@ class StepGraph:
                 return plain()
             saved = trainer.state_dict()
             before = trainer.host_counters()
+            writes, copies = cuda_launch.COUNTER_WRITES["count"], K.counters["to_device"]
             rt.begin_capture()
             try:
                 result = plain()
             except Exception as exc:  # the step could not be captured
                 with contextlib.suppress(Exception):
                     rt.end_capture()
-                return self._give_up(trainer, saved, plain, exc)
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                return self._give_up(trainer, saved, plain, f"{type(exc).__name__}: {first}")
             graph = rt.end_capture()
+        # host data a replay would not refresh: a copy from the host (e.g. WP's host-drawn
+        # weight perturbations), or a counter written from the host
+        copied = K.counters["to_device"] - copies
+        if copied:
+            return self._give_up(trainer, saved, plain, f"it copies {copied} host arrays to "
+                                 "the GPU, which a replay would not refresh")
+        if cuda_launch.COUNTER_WRITES["count"] != writes:
+            return self._give_up(trainer, saved, plain, "it writes a device counter from the "
+                                 "host, which a replay would not do")
         after = trainer.host_counters()
         self.delta = {k: after[k] - before[k] for k in after}
         self.graph, self.generation = graph, K.generation
         rt.launch(graph)  # executes the captured step
         return result
 
-    def _give_up(self, trainer, saved, plain, exc) -> str:
+    def _give_up(self, trainer, saved, plain, why: str) -> str:
+        """Back to the state before the capture, the step run plainly, graphs off."""
         self.enabled = False
         cuda_launch.forget_counters()  # the device did not run what the host counted
         trainer.load_state_dict(saved)
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        self._announce(f"noisysim: this step cannot be captured as a CUDA graph "
-                       f"({type(exc).__name__}: {first}); the run continues without graphs")
+        self._announce(f"noisysim: this step cannot be captured as a CUDA graph ({why}); "
+                       "the run continues without graphs")
         return plain()

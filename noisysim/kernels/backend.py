@@ -109,6 +109,11 @@ class CpuKernels:
     def advance_clock(self, n) -> None:
         """See ``set_clock``."""
 
+    def hold_counters(self, values: dict) -> None:
+        """The GPU's device counters (the pass clock, the update count, the step, the
+        batch's first row) hold ``values`` by name before a step that may be replayed as a
+        CUDA graph; the CPU has none."""
+
     # -- forward ---------------------------------------------------------------------------
     def perturb(self, a, eps, bias, sigma, seed, layer, times, draw) -> None:
         """For every pass p with draw[p]: eps[p] = sigma * normal(key(seed, STREAM_PERTURB,

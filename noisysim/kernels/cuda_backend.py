@@ -127,6 +127,15 @@ class CudaKernels:
         """The device's pass clock += n, after a measurement's n passes (one launch)."""
         K.advance_clock(self._device_like(), n)
 
+    def hold_counters(self, values: dict) -> None:
+        """Make each device counter named in ``values`` hold its value, as the plain step
+        would (a write only where the host's record differs). A replayed CUDA graph runs no
+        host code, so the trainer calls this before every step the graph may run: e.g. the
+        row counter goes back to 0 at an epoch's first step."""
+        like = self._device_like()
+        for name, value in values.items():
+            K.counter(name, value, like)
+
     def _device_like(self):
         if self._like is None:
             self._like = xp.zeros(1)
