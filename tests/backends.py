@@ -28,13 +28,16 @@ def measurement_on(m, net, name: str):
         return m
     K = kernels(name)
     dev = lambda arrays: None if arrays is None else tuple(  # noqa: E731
-        K.asarray(np.ascontiguousarray(a)) for a in arrays)
+        None if a is None else K.asarray(np.ascontiguousarray(a)) for a in arrays)
+    nodes = None if m.nodes is None else tuple(None if v is None else v.to(K, net.dtype)
+                                               for v in m.nodes)
     return dataclasses.replace(
         m, inputs=dev(m.inputs), pre=dev(m.pre), outputs=K.asarray(m.outputs),
         losses=K.asarray(m.losses), targets=K.asarray(m.targets), injected=dev(m.injected),
         injected_weights=dev(m.injected_weights), injected_bias=dev(m.injected_bias),
         kernels=K, layers=tuple(LayerParams(*(None if a is None else K.asarray(a)
-                                              for a in (p.W, p.b, p.R))) for p in net.layers))
+                                              for a in (p.W, p.b, p.R))) for p in net.layers),
+        nodes=nodes, activity=dev(m.activity))
 
 
 def host_grads(grads, name: str):

@@ -23,6 +23,7 @@ tests/test_cuda_compile.py's.
 from __future__ import annotations
 
 import ast
+import math
 import os
 
 import numpy as np
@@ -284,10 +285,11 @@ def test_adam_update_norm_sums_each_layer_in_the_fixed_grid_order():
 def test_decorrelation_norm_sums_in_the_fixed_grid_order(dtype):
     from noisysim.kernels import cuda as C
     from noisysim.kernels import step
+    from noisysim.kernels.cuda_launch import THREADS
 
     K = kernels("cuda")
     rng = np.random.default_rng(4)
-    d = 6  # R (6, 6): 36 elements over both blocks
+    d = int(math.sqrt(3 * THREADS)) + 1  # R (d, d): more elements than two blocks hold
     R = rng.standard_normal((d, d)).astype(dtype)
     delta = K.asarray((rng.standard_normal((d, d)) * 10.0 ** rng.integers(-5, 6, (d, d))
                        ).astype(dtype))

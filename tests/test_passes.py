@@ -143,6 +143,12 @@ def test_readout_and_variability_leave_the_fresh_noise_to_the_noisy_layers(backe
                               samples=P - 1, clean_pass=False)
     for p in range(1, P):
         for l in range(layer_of[p]):
-            assert pre[l][p].tobytes() == plain[l][p].tobytes(), (p, l)
+            if backend == "cpu":
+                assert pre[l][p].tobytes() == plain[l][p].tobytes(), (p, l)
+            else:  # the two measurements' products have other row counts: cuBLAS may pick
+                # other kernels, which sum in another order (fresh noise would differ by the
+                # noise's size, orders of magnitude more)
+                np.testing.assert_allclose(pre[l][p], plain[l][p], rtol=1e-12, atol=1e-12,
+                                           err_msg=f"pass {p} layer {l}")
     # pass 3 perturbs layer 2: below it, the noisy layer 1 drew fresh (scaled) noise
     assert layer_of[3] == 2 and not np.array_equal(pre[1][3], pre[1][0])
