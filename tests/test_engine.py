@@ -419,34 +419,6 @@ class _EmulatedCapture:
             cuda_launch._COUNTERS[k][1] = v
 
 
-@pytest.mark.parametrize("window, rule", [(4096, "anp"), (3, "bp")])
-def test_step_graph_warms_up_captures_and_replays_as_the_plain_run(window, rule, monkeypatch):
-    """StepGraph's bookkeeping, with the capture emulated (``_EmulatedCapture``): warm-up,
-    capture and replays of the quiet steps interleave with logged steps and epoch ends, and
-    the run equals the plain one; with learning-rate tables of 3 updates the graph goes
-    stale and is captured anew."""
-    from noisysim.gpu.graph import StepGraph
-    from noisysim.kernels.cuda_backend import CudaKernels
-
-    monkeypatch.setattr(CudaKernels, "SCHEDULE", window)
-    gaussian = ("gaussian", {"sigma": 0.01})  # the simulator's fastest noise kernel
-    graphed = _graph_trainer(False, rule, batches=3, noise=gaussian)  # quiet: 1, 2, 4, 5
-    runtime = _EmulatedCapture(graphed)
-    graph = graphed._graph = StepGraph(runtime)
-    step = graph.step
-
-    def spying(trainer, plain):
-        runtime.plain = plain
-        return step(trainer, plain)
-    graph.step = spying
-    _assert_same_runs(graphed, _graph_trainer(False, rule, batches=3, noise=gaussian))
-    assert graph.enabled
-    if window == 4096:
-        assert runtime.captures == 1 and graph.replays == 2  # steps 4 and 5
-    else:  # tables made at updates 1 and 4 (before step 4): step 4 warms up anew
-        assert runtime.captures == 2 and graph.replays == 0
-
-
 def _emulated_graph(trainer):
     """Give ``trainer`` a StepGraph whose capture is emulated (``_EmulatedCapture``)."""
     from noisysim.gpu.graph import StepGraph
@@ -460,6 +432,26 @@ def _emulated_graph(trainer):
         return step(trainer, plain)
     graph.step = spying
     return graph, runtime
+
+
+@pytest.mark.parametrize("window, rule", [(4096, "anp"), (3, "bp")])
+def test_step_graph_warms_up_captures_and_replays_as_the_plain_run(window, rule, monkeypatch):
+    """StepGraph's bookkeeping, with the capture emulated (``_EmulatedCapture``): warm-up,
+    capture and replays of the quiet steps interleave with logged steps and epoch ends, and
+    the run equals the plain one; with learning-rate tables of 3 updates the graph goes
+    stale and is captured anew."""
+    from noisysim.kernels.cuda_backend import CudaKernels
+
+    monkeypatch.setattr(CudaKernels, "SCHEDULE", window)
+    gaussian = ("gaussian", {"sigma": 0.01})  # the simulator's fastest noise kernel
+    graphed = _graph_trainer(False, rule, batches=3, noise=gaussian)  # quiet: 1, 2, 4, 5
+    graph, runtime = _emulated_graph(graphed)
+    _assert_same_runs(graphed, _graph_trainer(False, rule, batches=3, noise=gaussian))
+    assert graph.enabled
+    if window == 4096:
+        assert runtime.captures == 1 and graph.replays == 2  # steps 4 and 5
+    else:  # tables made at updates 1 and 4 (before step 4): step 4 warms up anew
+        assert runtime.captures == 2 and graph.replays == 0
 
 
 @pytest.mark.parametrize("case", ["host copies", "counter write"])
@@ -494,22 +486,13 @@ def test_gpu_check_times_graph_replays_only(monkeypatch):
     warm-up, the capture and the first replay are all replays."""
     from noisysim import bench
     from noisysim.gpu import check
-    from noisysim.gpu.graph import StepGraph
 
     made = []
     original = bench.random_data_trainer
 
     def emulated(*args, graphs=False, **kwargs):
         trainer, widths = original(*args, **kwargs)
-        runtime = _EmulatedCapture(trainer)
-        graph = trainer._graph = StepGraph(runtime)
-        step = graph.step
-
-        def spying(trainer, plain):
-            runtime.plain = plain
-            return step(trainer, plain)
-        graph.step = spying
-        made.append(graph)
+        made.append(_emulated_graph(trainer)[0])
         return trainer, widths
     monkeypatch.setattr(bench, "random_data_trainer", emulated)
     profiled = []
