@@ -85,11 +85,13 @@ def print_crossover(steps: int) -> None:
     print("|---|---|---|---|---|---|")
     rows = crossover_rows(steps)
     for r in rows:
-        print(f"| {r['layers']} | {r['batch']} | {r['gflop']:.3g} | {r['cpu_ms']} | {r['cuda_ms']} "
-              f"| {'cuda' if r['cuda_ms'] < r['cpu_ms'] else 'cpu'} |", flush=True)
+        faster = "cuda" if r["cuda_ms"] < r["cpu_ms"] else "cpu"
+        print(f"| {r['layers']} | {r['batch']} | {r['gflop']:.3g} | {r['cpu_ms']} "
+              f"| {r['cuda_ms']} | {faster} |", flush=True)
     at = crossover([(r["gflop"], r["cpu_ms"], r["cuda_ms"]) for r in rows])
-    print(f"crossover: cuda is faster from {at:g} GFLOP per step on (anp, {steps} steps; "
-          f"noisysim.backends.AUTO_CUDA_MIN_GFLOP is {AUTO_CUDA_MIN_GFLOP:g})")
+    print(f"crossover (anp, median of {steps} steps): cuda is faster at every step of "
+          f"{at:g} GFLOP and more; noisysim.backends.AUTO_CUDA_MIN_GFLOP is "
+          f"{AUTO_CUDA_MIN_GFLOP:g}")
 
 
 def _profile(step, n: int) -> tuple[float, float]:
