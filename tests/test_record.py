@@ -202,6 +202,76 @@ def test_new_refuses_existing_file_and_overwrite_replaces_it(tmp_path):
     assert t.config == {"other": 1} and len(t.series("train", "loss")) == 1
 
 
+def _watch_swmr_start(monkeypatch, when_started):
+    """Call ``when_started()`` as h5py's File switches SWMR writing on."""
+    original = h5py.File.swmr_mode
+
+    def start(self, value):
+        when_started()
+        original.fset(self, value)
+    monkeypatch.setattr(h5py.File, "swmr_mode", property(original.fget, start))
+
+
+def test_a_new_file_gets_its_name_only_once_in_swmr_mode(tmp_path, monkeypatch):
+    """Switching SWMR on unlocks and relocks the file inside HDF5, so a reader that opened
+    it then (a progress poll, `noisysim inspect`) made the run fail at its start: until
+    then the file has a hidden name. The writer works on under the real one."""
+    path = tmp_path / "run.h5"
+    visible = []
+    _watch_swmr_start(monkeypatch, lambda: visible.append(path.exists()))
+    with TrajectoryWriter(path, CONFIG, 7) as w:
+        assert visible == [False] and path.exists()
+        assert [p.name for p in tmp_path.iterdir()] == ["run.h5"]  # no hidden name left
+        w.log("train", {"step": 1, "loss": 0.5})
+        w.flush()
+        w.set_status("completed")
+    t = Trajectory(path)
+    assert t.config == CONFIG and list(t.series("train", "loss")) == [0.5]
+
+
+def test_a_name_taken_while_the_file_is_made_is_refused_and_nothing_is_left(tmp_path,
+                                                                           monkeypatch):
+    path = tmp_path / "run.h5"
+    _watch_swmr_start(monkeypatch, lambda: path.write_bytes(b"another run's file"))
+    with pytest.raises(NoisysimError) as info:
+        TrajectoryWriter(path, CONFIG, 7)
+    msg = str(info.value)
+    assert "\n" not in msg and "another process created it" in msg and str(path) in msg
+    assert [p.name for p in tmp_path.iterdir()] == ["run.h5"]
+    assert path.read_bytes() == b"another run's file"
+
+
+LOCKED = ("Unable to start swmr writing (unable to lock file, errno = 11, error message = "
+          "'Resource temporarily unavailable')")  # HDF5's words when a reader slipped in
+
+
+def test_a_reader_slipping_in_as_swmr_starts_leaves_the_writer_unlocked(tmp_path, monkeypatch):
+    """When HDF5's relock fails as SWMR is switched on again (after a new series, or on
+    resuming), the file is reopened without locks and the run goes on."""
+    path = tmp_path / "run.h5"
+    starts, fail_at = [], [2]  # the first restructure's start
+
+    def start():
+        starts.append(path.exists())
+        if len(starts) in fail_at:
+            raise RuntimeError(LOCKED)
+    _watch_swmr_start(monkeypatch, start)
+    with TrajectoryWriter(path, CONFIG, 7) as w:
+        w.log("train", {"step": 1, "loss": 0.5})
+        w.flush()  # a new series: made outside SWMR mode, which then starts again
+        assert len(starts) == 3 and w._unlocked
+        w.log("train", {"step": 2, "loss": 0.25})
+        w.set_status("interrupted")
+    assert list(Trajectory(path).series("train", "loss")) == [0.5, 0.25]
+    starts.clear()
+    fail_at[0] = 1  # resuming's start
+    with TrajectoryWriter(path, None, None, mode="resume") as w:
+        assert len(starts) == 2
+        w.log("train", {"step": 3, "loss": 0.125})
+        w.set_status("completed")
+    assert list(Trajectory(path).series("train", "loss")) == [0.5, 0.25, 0.125]
+
+
 def test_resume_truncates_after_checkpoint_and_keeps_config(tmp_path):
     path = tmp_path / "run.h5"
     with TrajectoryWriter(path, CONFIG, 7) as w:

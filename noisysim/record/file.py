@@ -238,9 +238,13 @@ def existing_run(path: Path, config: Mapping) -> tuple[str, str]:
 
 
 def create(path: Path, config: Mapping, seed: int, overwrite: bool) -> h5py.File:
-    """A new trajectory file, in SWMR mode, with its root attributes and standard groups."""
-    from noisysim import __version__
+    """A new trajectory file, in SWMR mode, with its root attributes and standard groups.
 
+    The file is made under a hidden name in the same folder and gets ``path`` (a hard link:
+    atomic, and refused if ``path`` appeared meanwhile) only once it is in SWMR mode.
+    Switching SWMR on unlocks and relocks the file inside HDF5: a reader that opened it in
+    between (a sweep's progress, ``noisysim inspect``) would make that fail. Under the
+    hidden name no reader finds it."""
     config_json = config_to_json(config)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise NoisysimError(f"seed must be an integer, got {seed!r}")
@@ -254,10 +258,44 @@ def create(path: Path, config: Mapping, seed: int, overwrite: bool) -> h5py.File
             raise NoisysimError(f"{path} is being written by {live}; stop that run first")
         path.unlink()
     path.parent.mkdir(parents=True, exist_ok=True)
+    hidden = path.with_name(f".{path.name}.{os.getpid()}.new")
+    hidden.unlink(missing_ok=True)  # left by a process of the same pid that was killed here
     try:
-        f = h5open(path, "x", libver=LIBVER)
+        f = h5open(hidden, "x", libver=LIBVER)
     except (OSError, FileExistsError) as err:
         raise NoisysimError(f"cannot create {path}: {one_line(err)}") from None
+    try:
+        _fill_new(f, config_json, seed)
+        _link_in_place(hidden, path)
+    except BaseException:
+        f.close()
+        hidden.unlink(missing_ok=True)
+        raise
+    return f
+
+
+def _link_in_place(hidden: Path, path: Path) -> None:
+    """Give the new file (open, in SWMR mode) its name: a hard link, which fails if ``path``
+    exists; on a file system without hard links, a rename."""
+    taken = NoisysimError(f"cannot create {path}: another process created it while this "
+                          "run was starting (two runs with one name?); give this one another "
+                          "name")
+    try:
+        os.link(hidden, path)
+    except FileExistsError:
+        raise taken from None
+    except OSError:
+        if path.exists():
+            raise taken from None
+        os.replace(hidden, path)
+        return
+    hidden.unlink()
+
+
+def _fill_new(f: h5py.File, config_json: str, seed: int) -> None:
+    """Root attributes and standard groups of a new file, then SWMR mode."""
+    from noisysim import __version__
+
     stamp = now()
     attrs = {
         "format": FORMAT,
@@ -279,7 +317,6 @@ def create(path: Path, config: Mapping, seed: int, overwrite: bool) -> h5py.File
         f.create_group(name)
     f.flush()
     f.swmr_mode = True
-    return f
 
 
 def open_for_resume(path: Path, config: Mapping | None, seed: int | None) -> h5py.File:
@@ -336,11 +373,10 @@ def open_for_resume(path: Path, config: Mapping | None, seed: int | None) -> h5p
         f.attrs["writer_pid"] = np.int64(os.getpid())
         f.attrs["writer_host"] = socket.gethostname()
         f.flush()
-        f.swmr_mode = True
     except BaseException:
         f.close()
         raise
-    return f
+    return start_swmr(f, path, unlocked=False)[0]
 
 
 def reopen(path: Path, swmr: bool, unlocked: bool) -> tuple[h5py.File, bool]:
@@ -369,12 +405,23 @@ def reopen(path: Path, swmr: bool, unlocked: bool) -> tuple[h5py.File, bool]:
             else:
                 raise NoisysimError(f"cannot reopen {path} for writing: {one_line(err)}") from None
     if swmr:
-        try:
-            f.swmr_mode = True
-        except BaseException:
-            f.close()
-            raise
+        return start_swmr(f, path, unlocked)
     return f, unlocked
+
+
+def start_swmr(f: h5py.File, path: Path, unlocked: bool) -> tuple[h5py.File, bool]:
+    """``f`` (open for writing) switched to SWMR mode, and whether it is open without file
+    locks. HDF5 unlocks and relocks the file to switch SWMR on: a reader that opened it in
+    between makes the relock fail. Then HDF5 has undone the switch, and the file is reopened
+    without locks, as for a reader that holds a lock too long (``reopen``)."""
+    try:
+        f.swmr_mode = True
+        return f, unlocked
+    except BaseException as err:
+        f.close()
+        if unlocked or "unable to lock" not in str(err):
+            raise
+    return reopen(path, swmr=True, unlocked=True)
 
 
 # --------------------------------------------------------------------------------------
