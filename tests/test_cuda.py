@@ -142,6 +142,20 @@ def test_gpu_check_crossover_is_where_cuda_stays_faster():
     assert crossover([(0.1, 1.0, 0.5), (1.0, 1.0, 1.0)]) == inf  # a tie is not a win
 
 
+def test_gpu_check_crossover_ladder_spans_what_its_docs_say():
+    """The README and noisysim.gpu.check: the ladder's ANP steps make 0.016 to 16 GFLOP of
+    matrix products (FLOP counted as noisysim.bench counts them)."""
+    from noisysim.bench import random_data_trainer, step_products
+    from noisysim.gpu.check import LADDER
+
+    gflops = []
+    for layers, batch in LADDER:
+        trainer, widths = random_data_trainer("anp", layers, batch, "gaussian", "float32")
+        gflops.append(sum(2.0 * m * k * n for m, k, n in step_products(
+            trainer.rule, widths, batch, trainer.device.random_layers())) / 1e9)
+    assert round(min(gflops), 3) == 0.016 and round(max(gflops)) == 16
+
+
 def test_gpu_check_crossover_rows_time_both_backends(monkeypatch):
     """--crossover's rows (run here under the simulator on a tiny network): both backends
     timed, and the step's GFLOP counted from the products an ANP step makes."""
